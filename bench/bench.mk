@@ -1,0 +1,25 @@
+# Benchmark tools: load generator/verifier and the libevent "ceiling" server.
+#
+# Included from the top-level Makefile (which defines CC and uses build/ for
+# output), or used standalone from the repository root:
+#   make -f bench/bench.mk build/bench/loadgen build/bench/ceiling
+#   make -f bench/bench.mk bench-selftest
+
+CC ?= cc
+BENCH_CFLAGS ?= -std=c11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wpedantic \
+	-Wshadow -Wmissing-prototypes -Wstrict-prototypes
+BENCH_EVENT_CFLAGS := $(shell pkg-config --cflags libevent_core)
+BENCH_EVENT_LIBS := $(shell pkg-config --libs libevent_core)
+BENCH_BINS := build/bench/loadgen build/bench/ceiling
+
+build/bench/loadgen: bench/loadgen.c bench/bench.mk
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) -o $@ $<
+
+build/bench/ceiling: bench/ceiling.c bench/bench.mk
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS)
+
+.PHONY: bench-selftest
+bench-selftest: $(BENCH_BINS)
+	BENCH_NO_BUILD=1 bash bench/selftest.sh

@@ -1,0 +1,69 @@
+/*
+** cond.c — core.cond(): a condition tasks can wait on. The Lua layer builds
+** channels and other queues from it (mechanism in C, policy in Lua).
+*/
+#include "lc.h"
+
+typedef struct lc_cond {
+  lc_ctx *ctx;
+  lc_waitq waiters;
+} lc_cond;
+
+#define tocond(L, i) ((lc_cond *)luaL_checkudata(L, i, LC_COND_T))
+
+/* Resumed by a signal, or by the deadline. */
+static int cond_wait_k (lua_State *L, int status, lua_KContext kc) {
+  lc_cond *cv = tocond(L, 1);
+  (void)status, (void)kc;
+  if (lc_timedout(cv->ctx)) return lc_fail(L, "timeout");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* cond:wait([timeout]) -> true | nil, "timeout". Blocks the calling task. */
+static int cond_wait (lua_State *L) {
+  lc_cond *cv = tocond(L, 1);
+  double deadline = lc_deadline(L, 2);
+  lua_settop(L, 1);
+  return lc_wait(cv->ctx, L, &cv->waiters, deadline, cond_wait_k);
+}
+
+static int cond_signal (lua_State *L) {
+  lc_cond *cv = tocond(L, 1);
+  int any = cv->waiters.head != NULL;
+  lc_wake_one(cv->ctx, &cv->waiters);
+  lua_pushboolean(L, any);
+  return 1;
+}
+
+static int cond_broadcast (lua_State *L) {
+  lc_cond *cv = tocond(L, 1);
+  lc_wake_all(cv->ctx, &cv->waiters);
+  return 0;
+}
+
+static int cond_new (lua_State *L) {
+  lc_cond *cv = lua_newuserdatauv(L, sizeof *cv, 0);
+  cv->ctx = lc_getctx(L);
+  cv->waiters.head = cv->waiters.tail = NULL;
+  luaL_setmetatable(L, LC_COND_T);
+  return 1;
+}
+
+static const luaL_Reg cond_methods[] = {
+  {"wait", cond_wait},
+  {"signal", cond_signal},
+  {"broadcast", cond_broadcast},
+  {NULL, NULL}
+};
+
+int lc_cond_open (lua_State *L) {
+  luaL_newmetatable(L, LC_COND_T);
+  luaL_newlibtable(L, cond_methods);
+  luaL_setfuncs(L, cond_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, cond_new);
+  lua_setfield(L, -3, "cond");
+  return 0;
+}

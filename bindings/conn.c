@@ -1,0 +1,624 @@
+/*
+** conn.c — stream connections (TCP and unix): connect, framed send/recv,
+** raw write/read/readline, close with flush.
+**
+** The socket is driven by two plain events and two evbuffers, not a
+** bufferevent: one large readv per readiness event, and output coalesced
+** for a whole scheduler pass, then written with one writev (evbuffer_write).
+** Callbacks only move bytes and wake the waiting task.
+**
+** Ownership: the Lua userdata holds a pointer to a malloc'ed lc_conn. On
+** close, unsent output keeps the lc_conn alive ("lingering") after the
+** userdata lets go of it; the write callback frees it once flushed.
+*/
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "lc.h"
+
+#define READ_CHUNK (64 * 1024)
+#define READ_MAX_CHUNK (1024 * 1024)
+
+struct lc_conn {
+  lc_handle h;          /* first: the handle list hands us back this pointer */
+  lc_ctx *ctx;
+  evutil_socket_t fd;
+  struct event *rev, *wev;
+  struct evbuffer *in, *out;
+  lc_waitq readers;     /* at most one task (a second reader raises) */
+  lc_waitq writers;     /* tasks held back by the high-water mark */
+  size_t want;          /* bytes of input the reader needs before waking */
+  size_t hwm;
+  uint32_t max_frame;
+  int err;              /* errno of a failed read/write/connect, or 0 */
+  unsigned eof : 1;     /* the peer closed its side */
+  unsigned reading : 1; /* rev is added */
+  unsigned writing : 1; /* wev is added */
+  unsigned dirty : 1;   /* on ctx->dirty, to flush at the end of the pass */
+  unsigned closed : 1;  /* closed by the user: lingering until flushed */
+  unsigned connecting : 1;
+  struct lc_conn *next_dirty;
+  uint64_t frames_in, frames_out, bytes_in, bytes_out;
+};
+
+typedef struct lc_conn lc_conn;
+
+typedef struct {
+  lc_conn *s; /* NULL once closed */
+} conn_ud;
+
+static lc_conn *checkopen (lua_State *L, int i) {
+  conn_ud *u = luaL_checkudata(L, i, LC_CONN_T);
+  if (u->s == NULL) luaL_error(L, "attempt to use a closed connection");
+  return u->s;
+}
+
+/* ---- lifetime ---- */
+
+static void destroy (lc_conn *s) {
+  lc_ctx *c = s->ctx;
+  lc_handle_remove(c, &s->h);
+  if (s->rev) event_free(s->rev);
+  if (s->wev) event_free(s->wev);
+  if (s->in) evbuffer_free(s->in);
+  if (s->out) evbuffer_free(s->out);
+  if (s->fd >= 0) evutil_closesocket(s->fd);
+  if (s->dirty) { /* unlink from the flush list */
+    lc_conn **p = &c->dirty;
+    while (*p != s) p = &(*p)->next_dirty;
+    *p = s->next_dirty;
+  }
+  free(s);
+  lc_maybe_idle(c);
+}
+
+static void handle_destroy (lc_handle *h) {
+  destroy((lc_conn *)h);
+}
+
+static void stop_reading (lc_conn *s) {
+  if (s->reading) event_del(s->rev);
+  s->reading = 0;
+}
+
+static void start_reading (lc_conn *s) {
+  if (!s->reading && !s->eof && !s->err) {
+    event_add(s->rev, NULL);
+    s->reading = 1;
+  }
+}
+
+static void fail_io (lc_conn *s, int err) {
+  lc_ctx *c = s->ctx;
+  if (s->err == 0) s->err = err;
+  stop_reading(s);
+  if (s->writing) event_del(s->wev);
+  s->writing = 0;
+  lc_wake_all(c, &s->readers);
+  lc_wake_all(c, &s->writers);
+}
+
+/* ---- writing ---- */
+
+/* Writes what it can now; arms the write event for the rest. */
+static void flush (lc_conn *s) {
+  lc_ctx *c = s->ctx;
+  size_t before = evbuffer_get_length(s->out), left;
+  int n;
+  if (before == 0 || s->err || s->connecting) return;
+  n = evbuffer_write_atmost(s->out, s->fd, c->max_io > 0 ? c->max_io : -1);
+  if (n < 0 && errno != EAGAIN && errno != EINTR) {
+    fail_io(s, errno);
+    return;
+  }
+  left = evbuffer_get_length(s->out);
+  if (left > 0 && !s->writing) {
+    event_add(s->wev, NULL);
+    s->writing = 1;
+  } else if (left == 0 && s->writing) {
+    event_del(s->wev);
+    s->writing = 0;
+  }
+  if (before > s->hwm && left <= s->hwm) lc_wake_all(c, &s->writers);
+}
+
+/* Queues s to be flushed when the current scheduler pass ends, so that
+** everything the pass sent goes out in one writev. Outside a pass, now. */
+static void mark_dirty (lc_conn *s) {
+  lc_ctx *c = s->ctx;
+  if (c->current == NULL) {
+    flush(s);
+    return;
+  }
+  if (s->dirty) return;
+  s->dirty = 1;
+  s->next_dirty = c->dirty;
+  c->dirty = s;
+}
+
+void lc_conn_flush_dirty (lc_ctx *c) {
+  lc_conn *s;
+  while ((s = c->dirty) != NULL) {
+    c->dirty = s->next_dirty;
+    s->dirty = 0;
+    flush(s);
+    if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+  }
+}
+
+static void on_writable (evutil_socket_t fd, short what, void *arg) {
+  lc_conn *s = arg;
+  (void)fd, (void)what;
+  if (s->connecting) {
+    socklen_t len = sizeof s->err;
+    s->connecting = 0;
+    event_del(s->wev);
+    s->writing = 0;
+    if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &s->err, &len) != 0) s->err = errno;
+    lc_wake_all(s->ctx, &s->readers);
+    return;
+  }
+  flush(s);
+  if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+}
+
+/* ---- reading ---- */
+
+/* One readv into reserved space: as much as the kernel has, up to the
+** chunk (or what the waiting reader still needs, for big frames). */
+static void on_readable (evutil_socket_t fd, short what, void *arg) {
+  lc_conn *s = arg;
+  lc_ctx *c = s->ctx;
+  struct evbuffer_iovec vec[2];
+  size_t have = evbuffer_get_length(s->in);
+  size_t chunk = READ_CHUNK;
+  ssize_t n;
+  int nvec;
+  (void)what;
+  if (s->want > have + chunk) chunk = s->want - have < READ_MAX_CHUNK ? s->want - have : READ_MAX_CHUNK;
+  if (c->max_io > 0 && chunk > (size_t)c->max_io) chunk = (size_t)c->max_io;
+  nvec = evbuffer_reserve_space(s->in, (ev_ssize_t)chunk, vec, 2);
+  if (nvec < 1) return;
+  if (c->max_io > 0) nvec = 1, vec[0].iov_len = vec[0].iov_len < chunk ? vec[0].iov_len : chunk;
+  n = readv(fd, (struct iovec *)vec, nvec);
+  if (n > 0) {
+    size_t got = (size_t)n;
+    int i;
+    for (i = 0; i < nvec; i++) {
+      size_t take = got < vec[i].iov_len ? got : vec[i].iov_len;
+      vec[i].iov_len = take;
+      got -= take;
+    }
+    evbuffer_commit_space(s->in, vec, nvec);
+    s->bytes_in += (uint64_t)n;
+    c->n.bytes_in += (uint64_t)n;
+  } else {
+    evbuffer_commit_space(s->in, vec, 0);
+    if (n == 0) {
+      s->eof = 1;
+      stop_reading(s);
+    } else if (errno != EAGAIN && errno != EINTR) {
+      fail_io(s, errno);
+      return;
+    } else {
+      return;
+    }
+  }
+  have = evbuffer_get_length(s->in);
+  if (s->readers.head) {
+    if (have >= s->want || s->eof) lc_wake_one(c, &s->readers);
+  } else if (have >= s->hwm) {
+    stop_reading(s); /* nobody reads: let TCP push back on the peer */
+  }
+}
+
+/* ---- construction ---- */
+
+/* Pushes a connection userdata owning fd (closed on failure). */
+void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm) {
+  conn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  lc_conn *s;
+  u->s = NULL; /* "closed" until fully built (R5) */
+  luaL_setmetatable(L, LC_CONN_T);
+  s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    evutil_closesocket(fd);
+    luaL_error(L, "luacomm: out of memory");
+  }
+  s->ctx = c;
+  s->fd = fd;
+  s->max_frame = max_frame;
+  s->hwm = hwm;
+  s->rev = event_new(c->base, fd, EV_READ | EV_PERSIST, on_readable, s);
+  s->wev = event_new(c->base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
+  s->in = evbuffer_new();
+  s->out = evbuffer_new();
+  s->h.destroy = handle_destroy;
+  lc_handle_add(c, &s->h, LC_H_CONN);
+  if (!s->rev || !s->wev || !s->in || !s->out) {
+    destroy(s);
+    luaL_error(L, "luacomm: out of memory");
+  }
+  u->s = s;
+  start_reading(s);
+}
+
+static uint32_t opt_max_frame (lua_State *L, int idx) {
+  return (uint32_t)lc_opt_int(L, idx, "max_frame", LC_DEFAULT_MAX_FRAME, 0);
+}
+
+static int io_error (lua_State *L, int err) {
+  char buf[128];
+  return lc_fail(L, lc_strerror(err, buf, sizeof buf));
+}
+
+static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
+  lc_ctx *c = lc_getctx(L);
+  conn_ud *u = luaL_checkudata(L, 3, LC_CONN_T);
+  lc_conn *s = u->s;
+  (void)status, (void)kc;
+  if (s->connecting && !lc_timedout(c)) return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
+  if (s->connecting || s->err) {
+    int err = s->connecting ? ETIMEDOUT : s->err;
+    u->s = NULL;
+    destroy(s);
+    return io_error(L, err);
+  }
+  return 1;
+}
+
+/* comm.connect(addr, [opts]) -> conn | nil, err. May block (in a task). */
+static int conn_connect (lua_State *L) {
+  lc_ctx *c = lc_getctx(L);
+  const char *where = luaL_checkstring(L, 1);
+  double timeout = 10;
+  uint32_t max_frame = opt_max_frame(L, 2);
+  size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
+  const char *bad;
+  lc_addr a;
+  evutil_socket_t fd;
+  conn_ud *u;
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "timeout") != LUA_TNIL) {
+    timeout = luaL_checknumber(L, -1);
+    luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0");
+  }
+  lua_settop(L, 2);
+  bad = lc_parse_addr(where, SOCK_STREAM, &a);
+  if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
+  if (bad) return lc_fail(L, bad);
+  fd = lc_socket(&a, SOCK_STREAM);
+  if (fd < 0) return io_error(L, errno);
+  lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, conn */
+  u = lua_touserdata(L, 3);
+  if (connect(fd, (struct sockaddr *)&a.ss, a.len) == 0) return 1;
+  if (errno != EINPROGRESS && errno != EAGAIN) {
+    int err = errno;
+    destroy(u->s);
+    u->s = NULL;
+    return io_error(L, err);
+  }
+  u->s->connecting = 1;
+  event_add(u->s->wev, NULL);
+  u->s->writing = 1;
+  return lc_wait(c, L, &u->s->readers, lc_now() + timeout, conn_connect_k);
+}
+
+/* ---- frames ---- */
+
+static int frame_closed_error (lua_State *L, lc_conn *s, size_t have) {
+  if (s->err && s->err != EPIPE && s->err != ECONNRESET) return io_error(L, s->err);
+  return lc_fail(L, have == 0 ? "closed" : "truncated");
+}
+
+/* Pushes the first len bytes of in as a string and drains them. One copy
+** when they are contiguous in the buffer, which one large readv makes the
+** common case. */
+static void push_bytes (lua_State *L, struct evbuffer *in, size_t len) {
+  if ((size_t)evbuffer_get_contiguous_space(in) >= len) {
+    lua_pushlstring(L, (const char *)evbuffer_pullup(in, (ev_ssize_t)len), len);
+    evbuffer_drain(in, len);
+  } else {
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, len);
+    evbuffer_remove(in, p, len);
+    luaL_pushresultsize(&b, len);
+  }
+}
+
+/* Oversized announcement: the connection is unusable; drop it now. */
+static int frame_too_large (lua_State *L, conn_ud *u) {
+  lc_conn *s = u->s;
+  u->s = NULL;
+  lc_logf(s->ctx, LC_WARN, "connection closed: frame announced over max_frame (%u)", s->max_frame);
+  destroy(s);
+  return lc_fail(L, "frame too large");
+}
+
+static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  lc_conn *s = u->s;
+  lc_ctx *c;
+  size_t have;
+  (void)status, (void)kc;
+  if (s == NULL) return lc_fail(L, "closed");
+  c = s->ctx;
+  have = evbuffer_get_length(s->in);
+  s->want = 4;
+  if (have >= 4) {
+    unsigned char h[4];
+    uint32_t len;
+    evbuffer_copyout(s->in, h, 4);
+    len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+    if (len > s->max_frame) return frame_too_large(L, u);
+    if (have >= 4 + (size_t)len) {
+      evbuffer_drain(s->in, 4);
+      push_bytes(L, s->in, len);
+      s->frames_in++;
+      c->n.frames_in++;
+      start_reading(s);
+      return 1;
+    }
+    s->want = 4 + (size_t)len;
+  }
+  if (s->eof || s->err) return frame_closed_error(L, s, have);
+  if (lc_timedout(c)) return lc_fail(L, "timeout");
+  start_reading(s);
+  return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_recv_k);
+}
+
+/* Common entry of the reading calls: one reader at a time. */
+static double begin_read (lua_State *L, lc_conn *s, int timeout_idx) {
+  double deadline = lc_deadline(L, timeout_idx);
+  if (s->readers.head)
+    luaL_error(L, "luacomm: another task is already reading this connection");
+  return deadline;
+}
+
+/* Runs k as if resumed: the first attempt and every retry share one path. */
+static int first_try (lua_State *L, lc_ctx *c, double deadline, lua_KFunction k) {
+  lc_set_wait_deadline(c, deadline);
+  return k(L, LUA_OK, 0);
+}
+
+static int conn_recv (lua_State *L) {
+  lc_conn *s = checkopen(L, 1);
+  double deadline = begin_read(L, s, 2);
+  lua_settop(L, 1);
+  return first_try(L, s->ctx, deadline, conn_recv_k);
+}
+
+/* Appends arg 2 (with a frame header when framed) once the output is under
+** the high-water mark. Appending the whole frame in one step is what keeps
+** frames from several tasks from interleaving. */
+static int do_send (lua_State *L, int framed, lua_KFunction k) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  lc_conn *s = u->s;
+  size_t len, wire;
+  const char *p = lua_tolstring(L, 2, &len);
+  if (s == NULL) return lc_fail(L, "closed");
+  if (s->err || s->closed) return frame_closed_error(L, s, 0);
+  if (evbuffer_get_length(s->out) > s->hwm) return lc_wait(s->ctx, L, &s->writers, -1, k);
+  if (framed) {
+    unsigned char h[4];
+    h[0] = (unsigned char)(len >> 24), h[1] = (unsigned char)(len >> 16);
+    h[2] = (unsigned char)(len >> 8), h[3] = (unsigned char)len;
+    evbuffer_add(s->out, h, 4);
+    s->frames_out++;
+    s->ctx->n.frames_out++;
+  }
+  evbuffer_add(s->out, p, len);
+  wire = len + (framed ? 4 : 0);
+  s->bytes_out += wire;
+  s->ctx->n.bytes_out += wire;
+  mark_dirty(s);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int conn_send_k (lua_State *L, int status, lua_KContext kc) {
+  (void)status, (void)kc;
+  return do_send(L, 1, conn_send_k);
+}
+
+static int conn_write_k (lua_State *L, int status, lua_KContext kc) {
+  (void)status, (void)kc;
+  return do_send(L, 0, conn_write_k);
+}
+
+/* conn:send(frame) -> true | nil, err. Yields while over the hwm. */
+static int conn_send (lua_State *L) {
+  lc_conn *s = checkopen(L, 1);
+  size_t len;
+  luaL_checklstring(L, 2, &len);
+  if (len > s->max_frame) return lc_fail(L, "frame too large");
+  lua_settop(L, 2);
+  return conn_send_k(L, LUA_OK, 0);
+}
+
+static int conn_write (lua_State *L) {
+  checkopen(L, 1);
+  luaL_checkstring(L, 2);
+  lua_settop(L, 2);
+  return conn_write_k(L, LUA_OK, 0);
+}
+
+/* ---- raw reads ---- */
+
+static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  lc_conn *s = u->s;
+  size_t n = (size_t)lua_tointeger(L, 2), have;
+  (void)status, (void)kc;
+  if (s == NULL) return lc_fail(L, "closed");
+  have = evbuffer_get_length(s->in);
+  if (have >= n) {
+    push_bytes(L, s->in, n);
+    start_reading(s);
+    return 1;
+  }
+  s->want = n;
+  if (s->eof || s->err) return frame_closed_error(L, s, have);
+  if (lc_timedout(s->ctx)) return lc_fail(L, "timeout");
+  start_reading(s);
+  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), conn_read_k);
+}
+
+/* conn:read(n, [timeout]) -> exactly n bytes | nil, err */
+static int conn_read (lua_State *L) {
+  lc_conn *s = checkopen(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  double deadline;
+  luaL_argcheck(L, n >= 0, 2, "size must be >= 0");
+  deadline = begin_read(L, s, 3);
+  lua_settop(L, 2);
+  return first_try(L, s->ctx, deadline, conn_read_k);
+}
+
+static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  lc_conn *s = u->s;
+  struct evbuffer_ptr eol;
+  size_t eol_len = 0, have;
+  (void)status, (void)kc;
+  if (s == NULL) return lc_fail(L, "closed");
+  have = evbuffer_get_length(s->in);
+  eol = evbuffer_search_eol(s->in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+  if (eol.pos >= 0) {
+    push_bytes(L, s->in, (size_t)eol.pos);
+    evbuffer_drain(s->in, eol_len);
+    start_reading(s);
+    return 1;
+  }
+  if (have > s->max_frame) {
+    u->s = NULL;
+    destroy(s);
+    return lc_fail(L, "line too long");
+  }
+  s->want = have + 1;
+  if ((s->eof || s->err) && have > 0 && !s->err) { /* the last line has no end */
+    push_bytes(L, s->in, have);
+    return 1;
+  }
+  if (s->eof || s->err) return frame_closed_error(L, s, 0);
+  if (lc_timedout(s->ctx)) return lc_fail(L, "timeout");
+  start_reading(s);
+  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), conn_readline_k);
+}
+
+/* conn:readline([timeout]) -> line without "\n" / "\r\n" | nil, err */
+static int conn_readline (lua_State *L) {
+  lc_conn *s = checkopen(L, 1);
+  double deadline = begin_read(L, s, 2);
+  lua_settop(L, 1);
+  return first_try(L, s->ctx, deadline, conn_readline_k);
+}
+
+/* ---- closing and inspection ---- */
+
+/* Idempotent (R6). Unsent output is still flushed: the lc_conn lingers,
+** detached from the userdata, until it is written or the peer is gone. */
+static int conn_close (lua_State *L) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  lc_conn *s = u->s;
+  if (s == NULL) return 0;
+  u->s = NULL;
+  s->closed = 1;
+  stop_reading(s);
+  lc_wake_all(s->ctx, &s->readers);
+  lc_wake_all(s->ctx, &s->writers);
+  if (!s->dirty) flush(s);
+  if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+  return 0;
+}
+
+static int push_name (lua_State *L, int peer) {
+  lc_conn *s = checkopen(L, 1);
+  lc_addr a;
+  a.len = sizeof a.ss;
+  if ((peer ? getpeername(s->fd, (struct sockaddr *)&a.ss, &a.len)
+            : getsockname(s->fd, (struct sockaddr *)&a.ss, &a.len)) != 0)
+    return io_error(L, errno);
+  return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
+}
+
+static int conn_peer (lua_State *L) {
+  return push_name(L, 1);
+}
+
+static int conn_addr (lua_State *L) {
+  return push_name(L, 0);
+}
+
+static void setnum (lua_State *L, const char *k, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+static int conn_stats (lua_State *L) {
+  lc_conn *s = checkopen(L, 1);
+  lua_createtable(L, 0, 6);
+  setnum(L, "frames_in", s->frames_in);
+  setnum(L, "frames_out", s->frames_out);
+  setnum(L, "bytes_in", s->bytes_in);
+  setnum(L, "bytes_out", s->bytes_out);
+  setnum(L, "pending_in", evbuffer_get_length(s->in));
+  setnum(L, "pending_out", evbuffer_get_length(s->out));
+  return 1;
+}
+
+static int conn_is_closed (lua_State *L) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  lua_pushboolean(L, u->s == NULL);
+  return 1;
+}
+
+static int conn_tostring (lua_State *L) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  if (u->s == NULL) lua_pushliteral(L, "luacomm.conn (closed)");
+  else lua_pushfstring(L, "luacomm.conn (fd %d)", (int)u->s->fd);
+  return 1;
+}
+
+static const luaL_Reg conn_methods[] = {
+  {"send", conn_send},
+  {"recv", conn_recv},
+  {"write", conn_write},
+  {"read", conn_read},
+  {"readline", conn_readline},
+  {"close", conn_close},
+  {"peer", conn_peer},
+  {"addr", conn_addr},
+  {"stats", conn_stats},
+  {"closed", conn_is_closed},
+  {NULL, NULL}
+};
+
+static const luaL_Reg conn_metameth[] = {
+  {"__index", NULL},
+  {"__gc", conn_close},
+  {"__close", conn_close},
+  {"__tostring", conn_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg conn_funcs[] = {
+  {"connect", conn_connect},
+  {NULL, NULL}
+};
+
+/* Module table at -2, ctx at -1; both stay. */
+int lc_conn_open (lua_State *L) {
+  luaL_newmetatable(L, LC_CONN_T);
+  luaL_setfuncs(L, conn_metameth, 0);
+  luaL_newlibtable(L, conn_methods);
+  luaL_setfuncs(L, conn_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, conn_funcs, 0);
+  lua_pop(L, 1);
+  return 0;
+}

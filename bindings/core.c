@@ -1,0 +1,220 @@
+/*
+** core.c — luaopen_luacomm_core: the per-state context, logging, counters,
+** and the one exported symbol of the module (R1).
+**
+** The context lives in the registry under LC_CTX_KEY. The host creates it
+** first (lc_set_base) so the bindings run on the host's loop; under stock
+** Lua the first require creates it with an event_base of its own, freed by
+** the context's __gc, which runs last because the context is created first.
+*/
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lc.h"
+
+/* Runs last at lua_close: whatever is still open (a connection lingering to
+** flush, a timer whose userdata is gone) is cut before the base goes. */
+static int ctx_gc (lua_State *L) {
+  lc_ctx *c = lua_touserdata(L, 1);
+  while (c->handles.next != &c->handles) c->handles.next->destroy(c->handles.next);
+  if (c->drain_ev) event_free(c->drain_ev);
+  c->drain_ev = NULL;
+  if (c->own_base && c->base) event_base_free(c->base);
+  c->base = NULL;
+  return 0;
+}
+
+static void stderr_log (void *ud, int level, const char *msg, size_t len) {
+  static const char *const names[] = {"debug", "info", "warn", "error"};
+  (void)ud;
+  fprintf(stderr, "[%s] %.*s\n", names[level], (int)len, msg);
+}
+
+/* Creates the context with the given base (NULL: a base of its own) and
+** leaves it registered; pushes nothing. */
+static lc_ctx *ctx_create (lua_State *L, struct event_base *base) {
+  lc_ctx *c = lua_newuserdatauv(L, sizeof *c, 0);
+  const char *max_io = getenv("LUACOMM_MAX_IO");
+  memset(c, 0, sizeof *c);
+  c->handles.next = c->handles.prev = &c->handles;
+  c->run_task_ref = LUA_NOREF;
+  c->error_handler_ref = LUA_NOREF;
+  c->log = stderr_log;
+  c->log_level = LC_INFO;
+  c->max_io = max_io ? atoi(max_io) : 0;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, ctx_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  if (base == NULL) {
+    base = event_base_new();
+    if (base == NULL) luaL_error(L, "luacomm: cannot create an event base");
+    c->own_base = 1;
+  }
+  c->base = base;
+  lua_setfield(L, LUA_REGISTRYINDEX, LC_CTX_KEY);
+  return c;
+}
+
+lc_ctx *lc_getctx (lua_State *L) {
+  lc_ctx *c;
+  lua_getfield(L, LUA_REGISTRYINDEX, LC_CTX_KEY);
+  c = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return c ? c : ctx_create(L, NULL);
+}
+
+/* For the host: run the bindings on its loop. Call before requiring the module. */
+void lc_set_base (lua_State *L, struct event_base *base) {
+  ctx_create(L, base);
+}
+
+/* The fail convention (R7): nil, err. */
+int lc_fail (lua_State *L, const char *err) {
+  luaL_pushfail(L);
+  lua_pushstring(L, err);
+  return 2;
+}
+
+void lc_logf (lc_ctx *c, int level, const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  int n;
+  if (level < c->log_level) return;
+  va_start(ap, fmt);
+  n = vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  c->log(c->log_ud, level, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+void lc_handle_add (lc_ctx *c, lc_handle *h, int kind) {
+  h->kind = kind;
+  h->next = c->handles.next;
+  h->prev = &c->handles;
+  c->handles.next->prev = h;
+  c->handles.next = h;
+  c->nhandles[kind]++;
+}
+
+void lc_handle_remove (lc_ctx *c, lc_handle *h) {
+  if (h->next == NULL) return;
+  h->prev->next = h->next;
+  h->next->prev = h->prev;
+  h->next = h->prev = NULL;
+  c->nhandles[h->kind]--;
+}
+
+/* opts[k] as an integer >= min, or def when opts (at idx) or the field is nil. */
+int lc_opt_int (lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min) {
+  lua_Integer v = def;
+  if (lua_istable(L, idx)) {
+    if (lua_getfield(L, idx, k) != LUA_TNIL) {
+      int isnum;
+      v = lua_tointegerx(L, -1, &isnum);
+      if (!isnum || v < min)
+        luaL_error(L, "bad option '%s' (an integer >= %d expected)", k, (int)min);
+    }
+    lua_pop(L, 1);
+  }
+  return (int)(v > INT32_MAX ? INT32_MAX : v);
+}
+
+#define ctxup(L) ((lc_ctx *)lua_touserdata(L, lua_upvalueindex(1)))
+
+static int core_log (lua_State *L) {
+  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+  lc_ctx *c = ctxup(L);
+  int level = luaL_checkoption(L, 1, NULL, levels);
+  size_t len;
+  const char *msg = luaL_checklstring(L, 2, &len);
+  if (level >= c->log_level) c->log(c->log_ud, level, msg, len);
+  return 0;
+}
+
+static int core_log_level (lua_State *L) {
+  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+  lc_ctx *c = ctxup(L);
+  if (!lua_isnoneornil(L, 1)) c->log_level = luaL_checkoption(L, 1, NULL, levels);
+  lua_pushstring(L, levels[c->log_level]);
+  return 1;
+}
+
+static void setcount (lua_State *L, const char *k, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+static int core_stats (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  lua_createtable(L, 0, 16);
+  setcount(L, "tasks", (uint64_t)c->live_tasks);
+  setcount(L, "tasks_spawned", c->n.tasks_spawned);
+  setcount(L, "timers", (uint64_t)c->nhandles[LC_H_TIMER]);
+  setcount(L, "conns", (uint64_t)c->nhandles[LC_H_CONN]);
+  setcount(L, "listeners", (uint64_t)c->nhandles[LC_H_LISTENER]);
+  setcount(L, "udp", (uint64_t)c->nhandles[LC_H_UDP]);
+  setcount(L, "frames_in", c->n.frames_in);
+  setcount(L, "frames_out", c->n.frames_out);
+  setcount(L, "bytes_in", c->n.bytes_in);
+  setcount(L, "bytes_out", c->n.bytes_out);
+  setcount(L, "reloads", c->n.reloads);
+  setcount(L, "reload_failures", c->n.reload_failures);
+  setcount(L, "task_errors", c->n.task_errors);
+  return 1;
+}
+
+/* core.count(name): bumps a process counter the Lua layer owns. */
+static int core_count (lua_State *L) {
+  static const char *const names[] = {"reloads", "reload_failures", "task_errors", NULL};
+  lc_ctx *c = ctxup(L);
+  switch (luaL_checkoption(L, 1, NULL, names)) {
+    case 0: c->n.reloads++; break;
+    case 1: c->n.reload_failures++; break;
+    default: c->n.task_errors++; break;
+  }
+  return 0;
+}
+
+static int core_task_budget (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  if (!lua_isnoneornil(L, 1)) c->task_budget = luaL_checknumber(L, 1);
+  lua_pushnumber(L, c->task_budget);
+  return 1;
+}
+
+static int core_versions (lua_State *L) {
+  lua_pushstring(L, LC_VERSION);
+  lua_pushstring(L, event_get_version());
+  return 2;
+}
+
+static const luaL_Reg core_funcs[] = {
+  {"log", core_log},
+  {"log_level", core_log_level},
+  {"stats", core_stats},
+  {"count", core_count},
+  {"task_budget", core_task_budget},
+  {"versions", core_versions},
+  {NULL, NULL}
+};
+
+int luaopen_luacomm_core (lua_State *L) {
+  lc_ctx *c = lc_getctx(L);
+  luaL_checkversion(L);
+  lua_newtable(L);
+  lua_pushlightuserdata(L, c);        /* mod, ctx */
+  lc_sched_open(L);
+  lc_timer_open(L);
+  lc_cond_open(L);
+  lc_conn_open(L);
+  lc_listener_open(L);
+  lc_udp_open(L);
+  lua_pushvalue(L, -1);
+  lua_insert(L, -3);                  /* ctx, mod, ctx */
+  luaL_setfuncs(L, core_funcs, 1);    /* ctx, mod */
+  lua_remove(L, -2);
+  return 1;
+}

@@ -1,0 +1,150 @@
+/*
+** lc.h — the one header shared by the luacomm.core bindings and the host.
+**
+** The model: every blocking call runs inside a task (a Lua thread owned by
+** the scheduler). A call that cannot complete parks its task on a wait queue
+** with lc_wait(), which yields with a continuation; libevent callbacks never
+** resume Lua themselves, they only call lc_wake(), which puts the task on the
+** ready queue. One internal event drains that queue, so every resume happens
+** at one safe point and never inside another resume.
+*/
+#ifndef LC_H
+#define LC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#define LC_VERSION "0.1.0"
+
+/* Registry keys. Strings, not addresses of statics, so that two copies of
+** the code (host and a stray core.so) would still share one context. */
+#define LC_CTX_KEY "luacomm.ctx"
+
+/* Userdata type names (R4). */
+#define LC_TASK_T "luacomm.task"
+#define LC_TIMER_T "luacomm.timer"
+#define LC_CONN_T "luacomm.conn"
+#define LC_LISTENER_T "luacomm.listener"
+#define LC_UDP_T "luacomm.udp"
+#define LC_COND_T "luacomm.cond"
+
+#define LC_DEFAULT_MAX_FRAME (16u * 1024u * 1024u)
+#define LC_DEFAULT_HWM (1024u * 1024u)
+
+/* Debian 12 ships Lua 5.4.4, which predates lua_closethread. */
+#if LUA_VERSION_RELEASE_NUM >= 50406
+#define lc_closethread(co, from) lua_closethread((co), (from))
+#else
+#define lc_closethread(co, from) ((void)(from), lua_resetthread(co))
+#endif
+
+enum lc_level { LC_DEBUG, LC_INFO, LC_WARN, LC_ERROR };
+
+typedef struct lc_ctx lc_ctx;
+typedef struct lc_task lc_task;
+
+/* A FIFO of parked tasks. Embedded in whatever they wait on. */
+typedef struct lc_waitq {
+  lc_task *head, *tail;
+} lc_waitq;
+
+/* Objects whose life keeps the process alive, and which a graceful stop
+** must find: listeners, connections, UDP sockets, timers. */
+typedef struct lc_handle {
+  struct lc_handle *prev, *next;
+  int kind;                               /* LC_H_* */
+  void (*destroy)(struct lc_handle *h);   /* frees it at once, no flush */
+} lc_handle;
+
+enum { LC_H_LISTENER, LC_H_CONN, LC_H_UDP, LC_H_TIMER, LC_H_KINDS };
+
+typedef void (*lc_log_fn)(void *ud, int level, const char *msg, size_t len);
+
+typedef struct lc_counters {
+  uint64_t frames_in, frames_out, bytes_in, bytes_out;
+  uint64_t task_errors, tasks_spawned, reloads, reload_failures;
+} lc_counters;
+
+struct lc_ctx {
+  struct event_base *base;
+  int own_base;           /* created by us (stock Lua): freed in __gc */
+  lua_State *L;           /* thread running lc_run(); used by callbacks */
+  struct event *drain_ev; /* drains the ready queue */
+  lc_waitq ready;
+  lc_task *current;     /* task being resumed, or NULL */
+  int running;          /* inside lc_run */
+  int stop_when_idle;   /* host: end the loop when nothing is pending */
+  int stopping;         /* comm.stop() was called */
+  int stop_status;      /* status given to comm.stop() */
+  int run_task_ref;     /* LUA_NOREF, or the task comm.run waits for */
+  lc_task *run_task;    /* that task, weakly */
+  int live_tasks;       /* spawned, not finished */
+  int sleepers;         /* tasks parked with a deadline */
+  lc_handle handles;    /* sentinel of a circular list */
+  int nhandles[LC_H_KINDS];
+  struct lc_conn *dirty;   /* connections with output to flush after the pass */
+  lc_counters n;
+  int max_io;           /* test knob: cap every read/write at this many bytes */
+  double task_budget;   /* seconds a task may run without yielding; 0 = off */
+  volatile int interrupt; /* set by the host's signal handler */
+  lc_log_fn log;
+  void *log_ud;
+  int log_level;
+  int error_handler_ref; /* Lua function(msg) called for task errors */
+};
+
+/* ---- core.c ---- */
+lc_ctx *lc_getctx(lua_State *L);
+void lc_set_base(lua_State *L, struct event_base *base);
+int lc_fail(lua_State *L, const char *err);
+void lc_logf(lc_ctx *c, int level, const char *fmt, ...);
+double lc_now(void);
+struct timeval lc_timeval(double seconds);
+void lc_handle_add(lc_ctx *c, lc_handle *h, int kind);
+void lc_handle_remove(lc_ctx *c, lc_handle *h);
+int lc_opt_int(lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min);
+int luaopen_luacomm_core(lua_State *L);
+
+/* ---- sched.c ---- */
+int lc_wait(lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k);
+int lc_timedout(lc_ctx *c);
+double lc_wait_deadline(lc_ctx *c);
+void lc_set_wait_deadline(lc_ctx *c, double deadline);
+void lc_wake(lc_ctx *c, lc_task *t);
+void lc_wake_one(lc_ctx *c, lc_waitq *q);
+void lc_wake_all(lc_ctx *c, lc_waitq *q);
+double lc_deadline(lua_State *L, int idx);
+void lc_waitq_remove(lc_waitq *q, lc_task *t);
+int lc_spawn_top(lua_State *L, int nargs);
+int lc_run(lua_State *L);
+void lc_maybe_idle(lc_ctx *c);
+int lc_sched_open(lua_State *L);
+
+/* ---- addr.c ---- */
+typedef struct lc_addr {
+  struct sockaddr_storage ss;
+  socklen_t len;
+} lc_addr;
+const char *lc_strerror(int err, char *buf, size_t size);
+const char *lc_parse_addr(const char *s, int socktype, lc_addr *a);
+int lc_push_sockaddr(lua_State *L, const struct sockaddr *sa, socklen_t len);
+void lc_push_addrstring(lua_State *L, const struct sockaddr *sa, socklen_t len);
+evutil_socket_t lc_socket(const lc_addr *a, int socktype);
+
+/* ---- timer.c, cond.c, conn.c, listener.c, udp.c, addr.c ---- */
+int lc_timer_open(lua_State *L);
+int lc_cond_open(lua_State *L);
+int lc_conn_open(lua_State *L);
+int lc_listener_open(lua_State *L);
+int lc_udp_open(lua_State *L);
+void lc_conn_flush_dirty(lc_ctx *c);
+void lc_conn_push(lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm);
+
+#endif

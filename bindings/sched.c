@@ -1,0 +1,559 @@
+/*
+** sched.c — tasks and the scheduler.
+**
+** A task is a "luacomm.task" userdata whose first user value is its Lua
+** thread. While a task is alive (not finished, failed or cancelled) the
+** userdata is anchored in the registry, so a task parked on a socket that
+** nothing in Lua references is never collected under its waiter (STYLE 5.3.4).
+** Every resume happens in on_drain(), one libevent callback that empties the
+** ready queue; nothing else resumes Lua.
+*/
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+#include "lc.h"
+
+enum { T_READY, T_RUNNING, T_WAITING, T_DONE, T_FAILED, T_CANCELLED };
+
+struct lc_task {
+  lc_ctx *ctx;
+  lua_State *co;
+  int ref;             /* registry anchor while alive, else LUA_NOREF */
+  int status;          /* T_* */
+  int nargs;           /* arguments for the first resume */
+  int timedout;        /* the current wait reached its deadline */
+  int watched;         /* comm.run waits for it: its error is re-raised, not logged */
+  double deadline;     /* of the current wait while armed; < 0 for none */
+  double last_deadline; /* of the latest wait, kept after it fires */
+  double resumed_at;   /* for the runaway guard */
+  struct event *timer; /* the wait's deadline; created on first use */
+  lc_waitq *waitq;     /* the queue it is parked on, if any */
+  lc_task *prev, *next;
+  lc_waitq joiners;
+};
+
+#define totask(L, i) ((lc_task *)luaL_checkudata(L, i, LC_TASK_T))
+#define ctxup(L) ((lc_ctx *)lua_touserdata(L, lua_upvalueindex(1)))
+
+static int alive (const lc_task *t) {
+  return t->status < T_DONE;
+}
+
+/* ---- wait queues ---- */
+
+static void waitq_push (lc_waitq *q, lc_task *t) {
+  t->next = NULL;
+  t->prev = q->tail;
+  if (q->tail) q->tail->next = t;
+  else q->head = t;
+  q->tail = t;
+  t->waitq = q;
+}
+
+void lc_waitq_remove (lc_waitq *q, lc_task *t) {
+  if (t->prev) t->prev->next = t->next;
+  else q->head = t->next;
+  if (t->next) t->next->prev = t->prev;
+  else q->tail = t->prev;
+  t->prev = t->next = NULL;
+  t->waitq = NULL;
+}
+
+/* ---- time ---- */
+
+double lc_now (void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Rounded up to the microsecond (R18): a short timeout never becomes 0. */
+struct timeval lc_timeval (double seconds) {
+  struct timeval tv;
+  double us = seconds > 0 ? ceil(seconds * 1e6) : 0;
+  tv.tv_sec = (time_t)(us / 1e6);
+  tv.tv_usec = (suseconds_t)(us - (double)tv.tv_sec * 1e6);
+  return tv;
+}
+
+/* Optional timeout argument at idx -> absolute deadline, or -1 for none. */
+double lc_deadline (lua_State *L, int idx) {
+  double s;
+  if (lua_isnoneornil(L, idx)) return -1;
+  s = luaL_checknumber(L, idx);
+  luaL_argcheck(L, s >= 0 && s == s, idx, "timeout must be a non-negative number");
+  return lc_now() + s;
+}
+
+/* ---- waking ---- */
+
+static void ready_push (lc_ctx *c, lc_task *t) {
+  t->status = T_READY;
+  waitq_push(&c->ready, t);
+  if (c->ready.head == t && c->running) event_active(c->drain_ev, EV_TIMEOUT, 0);
+}
+
+static void disarm (lc_task *t) {
+  if (t->deadline >= 0) {
+    evtimer_del(t->timer);
+    t->ctx->sleepers--;
+    t->deadline = -1;
+  }
+}
+
+/* Moves a parked task to the ready queue. Safe to call twice, and on a task
+** that is not waiting (no-op): continuations re-check their condition. */
+void lc_wake (lc_ctx *c, lc_task *t) {
+  if (t->status != T_WAITING) return;
+  if (t->waitq) lc_waitq_remove(t->waitq, t);
+  disarm(t);
+  ready_push(c, t);
+}
+
+void lc_wake_one (lc_ctx *c, lc_waitq *q) {
+  if (q->head) lc_wake(c, q->head);
+}
+
+void lc_wake_all (lc_ctx *c, lc_waitq *q) {
+  while (q->head) lc_wake(c, q->head);
+}
+
+static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
+  lc_task *t = arg;
+  (void)fd, (void)what;
+  t->ctx->sleepers--;
+  t->deadline = -1;
+  t->timedout = 1;
+  if (t->waitq) lc_waitq_remove(t->waitq, t);
+  ready_push(t->ctx, t);
+}
+
+/* ---- parking ---- */
+
+/*
+** Parks the calling task on q (may be NULL: woken only by its deadline or
+** an explicit lc_wake) until deadline (absolute, < 0 for none), then
+** continues in k. Raises, before any side effect, when L is not the task
+** being run. Never returns to its caller: it yields.
+*/
+/* Raises unless L is the task being run and may yield here. */
+static lc_task *check_parkable (lc_ctx *c, lua_State *L) {
+  lc_task *t = c->current;
+  if (t == NULL || !c->running)
+    luaL_error(L, "luacomm: blocking call outside a task (use comm.spawn or comm.run)");
+  else if (t->co != L)
+    luaL_error(L, "luacomm: blocking call from a nested coroutine");
+  else if (!lua_isyieldable(L))
+    luaL_error(L, "luacomm: cannot block across a C-call boundary "
+                  "(metamethod called from C, table.sort, string.gsub, require)");
+  return t;
+}
+
+int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k) {
+  lc_task *t = check_parkable(c, L);
+  t->timedout = 0;
+  if (deadline >= 0) {
+    struct timeval tv = lc_timeval(deadline - lc_now());
+    if (t->timer == NULL) t->timer = evtimer_new(c->base, on_task_timeout, t);
+    if (t->timer == NULL) return luaL_error(L, "luacomm: out of memory");
+    evtimer_add(t->timer, &tv);
+    c->sleepers++;
+  }
+  t->deadline = t->last_deadline = deadline;
+  if (q) waitq_push(q, t);
+  t->status = T_WAITING;
+  return lua_yieldk(L, 0, 0, k);
+}
+
+int lc_timedout (lc_ctx *c) {
+  return c->current && c->current->timedout;
+}
+
+/* The deadline of the wait the current task just returned from, so a
+** continuation that must wait again keeps the caller's timeout. */
+double lc_wait_deadline (lc_ctx *c) {
+  return c->current ? c->current->last_deadline : -1;
+}
+
+/* Starts a new blocking operation in the current task, if any: its first
+** attempt runs the continuation directly, which then finds this deadline. */
+void lc_set_wait_deadline (lc_ctx *c, double deadline) {
+  if (c->current == NULL) return;
+  c->current->last_deadline = deadline;
+  c->current->timedout = 0;
+}
+
+/* ---- spawning ---- */
+
+static void runaway_hook (lua_State *L, lua_Debug *ar) {
+  lc_ctx *c = lc_getctx(L);
+  lc_task *t = c->current;
+  (void)ar;
+  if (t == NULL || t->co != L || c->task_budget <= 0) return;
+  if (lc_now() - t->resumed_at > c->task_budget) {
+    /* Keep firing on every line until the task unwinds, so a pcall in the
+    ** runaway code cannot swallow the error for good. */
+    lua_sethook(L, runaway_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+    luaL_error(L, "task exceeded its budget of %.3g s without yielding", c->task_budget);
+  }
+}
+
+/*
+** Stack: fn, arg1..argn at the top (n = nargs). Pops them and pushes a new
+** task, queued to run at the next drain.
+*/
+int lc_spawn_top (lua_State *L, int nargs) {
+  lc_ctx *c = lc_getctx(L);
+  lc_task *t = lua_newuserdatauv(L, sizeof *t, 2);
+  lua_State *co;
+  memset(t, 0, sizeof *t);
+  t->ctx = c;
+  t->ref = LUA_NOREF;
+  t->deadline = -1;
+  t->status = T_DONE; /* "closed" until fully built (R5) */
+  luaL_setmetatable(L, LC_TASK_T);
+  co = lua_newthread(L);
+  lua_setiuservalue(L, -2, 1);        /* fn, args..., task */
+  lua_rotate(L, -(nargs + 2), 1);     /* task, fn, args... */
+  lua_xmove(L, co, nargs + 1);
+  t->co = co;
+  t->nargs = nargs;
+  if (c->task_budget > 0) lua_sethook(co, runaway_hook, LUA_MASKCOUNT, 10000);
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->live_tasks++;
+  c->n.tasks_spawned++;
+  ready_push(c, t);
+  return 1;
+}
+
+static int sched_spawn (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  return lc_spawn_top(L, lua_gettop(L) - 1);
+}
+
+/* ---- finishing ---- */
+
+/* Pushes the task's userdata (from its anchor) onto c->L. */
+static void push_task (lc_ctx *c, lc_task *t) {
+  lua_rawgeti(c->L, LUA_REGISTRYINDEX, t->ref);
+}
+
+/* Ends a task's life: frees its timer, wakes its joiners, drops its anchor.
+** L is any thread that may run API calls now. */
+static void release (lc_ctx *c, lua_State *L, lc_task *t, int status) {
+  t->status = status;
+  if (t->timer) {
+    disarm(t);
+    event_free(t->timer);
+    t->timer = NULL;
+  }
+  c->live_tasks--;
+  lc_wake_all(c, &t->joiners);
+  if (c->run_task == t) event_base_loopbreak(c->base);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
+}
+
+/* Moves nres values from the top of co into a table stored as the task's
+** second user value: { n = nres, ... } for success, the error for failure. */
+static void store_results (lc_ctx *c, lc_task *t, int nres) {
+  lua_State *L = c->L;
+  int i;
+  push_task(c, t);
+  lua_createtable(L, nres, 1);
+  lua_xmove(t->co, L, nres);          /* task, results, v1..vn */
+  for (i = nres; i >= 1; i--) lua_rawseti(L, -1 - i, i);
+  lua_pushinteger(L, nres);
+  lua_setfield(L, -2, "n");
+  lua_setiuservalue(L, -2, 2);
+  lua_pop(L, 1);
+}
+
+static void store_error (lc_ctx *c, lc_task *t) {
+  lua_State *L = c->L;
+  const char *msg;
+  push_task(c, t);
+  lua_xmove(t->co, L, 1);             /* task, err */
+  msg = lua_tostring(L, -1);
+  if (msg == NULL) msg = luaL_typename(L, -1);
+  if (!t->watched) {
+    luaL_traceback(L, t->co, msg, 0); /* the task's own stack, still intact */
+    lc_logf(c, LC_ERROR, "task failed: %s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    c->n.task_errors++;
+  }
+  lua_setiuservalue(L, -2, 2);
+  lua_pop(L, 1);
+}
+
+static void resume (lc_ctx *c, lc_task *t) {
+  int nres, st, nargs = t->nargs;
+  t->nargs = 0;
+  t->status = T_RUNNING;
+  t->resumed_at = lc_now();
+  c->current = t;
+  st = lua_resume(t->co, c->L, nargs, &nres);
+  c->current = NULL;
+  if (st == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    /* A plain coroutine.yield() in a task: treat it as comm.yield(). */
+    if (t->status == T_RUNNING) ready_push(c, t);
+    return;
+  }
+  if (st == LUA_OK) {
+    store_results(c, t, nres);
+    release(c, c->L, t, T_DONE);
+  } else {
+    store_error(c, t);
+    lc_closethread(t->co, c->L);
+    release(c, c->L, t, T_FAILED);
+  }
+}
+
+/* Runs the tasks that were ready when the pass began; tasks readied during
+** the pass run in the next one, after libevent has looked at I/O again. */
+static void on_drain (evutil_socket_t fd, short what, void *arg) {
+  lc_ctx *c = arg;
+  lc_task *last = c->ready.tail, *t;
+  (void)fd, (void)what;
+  while ((t = c->ready.head) != NULL) {
+    lc_waitq_remove(&c->ready, t);
+    resume(c, t);
+    if (t == last) break;
+  }
+  lc_conn_flush_dirty(c);
+  if (c->ready.head) event_active(c->drain_ev, EV_TIMEOUT, 0);
+  else lc_maybe_idle(c);
+}
+
+/* Ends lc_run when nothing can make progress any more. A task parked on a
+** condition with no deadline is not progress by itself. */
+void lc_maybe_idle (lc_ctx *c) {
+  int h = 0, k;
+  if (!c->running || c->ready.head || c->sleepers) return;
+  for (k = 0; k < LC_H_KINDS; k++) h += c->nhandles[k];
+  if (h == 0) event_base_loopbreak(c->base);
+}
+
+/* ---- running the loop ---- */
+
+/*
+** core.loop([task]): drives the event loop. With a task, until that task
+** ends (its error is then not logged: the caller re-raises it); without,
+** until nothing is pending or core.stop() is called. Returns true, or
+** false and "deadlock" when the awaited task can never be resumed.
+*/
+static int sched_loop (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  lc_task *t = lua_isnoneornil(L, 1) ? NULL : totask(L, 1);
+  lua_State *saved = c->L;
+  if (c->running) return luaL_error(L, "luacomm: the loop is already running");
+  if (t && !alive(t)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (t) t->watched = 1;
+  c->run_task = t;
+  c->L = L;
+  c->running = 1;
+  c->stopping = 0;
+  if (c->ready.head) event_active(c->drain_ev, EV_TIMEOUT, 0);
+  else lc_maybe_idle(c);
+  event_base_dispatch(c->base);
+  c->running = 0;
+  c->run_task = NULL;
+  c->L = saved;
+  if (t && alive(t) && !c->stopping) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "deadlock");
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+int lc_run (lua_State *L) {
+  lua_pushcfunction(L, sched_loop);
+  lua_call(L, 0, 1);
+  return lua_toboolean(L, -1);
+}
+
+static int sched_stop (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  c->stop_status = (int)luaL_optinteger(L, 1, 0);
+  c->stopping = 1;
+  if (c->running) event_base_loopbreak(c->base);
+  return 0;
+}
+
+/* ---- blocking calls of the scheduler itself ---- */
+
+static int sched_sleep_k (lua_State *L, int status, lua_KContext kc) {
+  (void)L, (void)status, (void)kc;
+  return 0;
+}
+
+static int sched_sleep (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  double s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s == s, 1, "not a number");
+  return lc_wait(c, L, NULL, lc_now() + (s > 0 ? s : 0), sched_sleep_k);
+}
+
+static int sched_yield (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  ready_push(c, check_parkable(c, L));
+  return lua_yieldk(L, 0, 0, sched_sleep_k);
+}
+
+static int sched_running (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  if (c->current == NULL || c->current->co != L) lua_pushnil(L);
+  else push_task(c, c->current);
+  return 1;
+}
+
+static int sched_now (lua_State *L) {
+  lua_pushnumber(L, lc_now());
+  return 1;
+}
+
+static int sched_time (lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+  return 1;
+}
+
+/* ---- task methods ---- */
+
+static int push_outcome (lua_State *L, lc_task *t) {
+  if (t->status == T_CANCELLED) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "cancelled");
+    return 2;
+  }
+  lua_pushboolean(L, t->status == T_DONE);
+  lua_getiuservalue(L, 1, 2);
+  if (t->status == T_FAILED) return 2;
+  {
+    int n, i;
+    lua_getfield(L, -1, "n");
+    n = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    luaL_checkstack(L, n, "too many results");
+    for (i = 1; i <= n; i++) lua_rawgeti(L, 3, i); /* true, results, v1..vn */
+    lua_remove(L, 3);
+    return n + 1;
+  }
+}
+
+static int task_join_k (lua_State *L, int status, lua_KContext kc) {
+  lc_task *t = totask(L, 1);
+  lc_ctx *c = t->ctx;
+  (void)status, (void)kc;
+  lua_settop(L, 1);
+  if (!alive(t)) return push_outcome(L, t);
+  if (lc_timedout(c)) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
+  return lc_wait(c, L, &t->joiners, lc_wait_deadline(c), task_join_k);
+}
+
+static int task_join (lua_State *L) {
+  lc_task *t = totask(L, 1);
+  lc_ctx *c = t->ctx;
+  double deadline = lc_deadline(L, 2);
+  lua_settop(L, 1);
+  if (!alive(t)) return push_outcome(L, t);
+  if (c->current == t) return luaL_error(L, "luacomm: a task cannot join itself");
+  if (deadline >= 0 && deadline <= lc_now()) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
+  return lc_wait(c, L, &t->joiners, deadline, task_join_k);
+}
+
+/* The task never runs again. Cancelling the running task takes effect when
+** it next yields: its current call does not return. */
+static int task_cancel (lua_State *L) {
+  lc_task *t = totask(L, 1);
+  lc_ctx *c = t->ctx;
+  if (!alive(t)) return 0;
+  if (t->waitq) lc_waitq_remove(t->waitq, t);
+  release(c, L, t, T_CANCELLED); /* arg 1 keeps the userdata alive */
+  if (c->current == t) return lua_yield(L, 0);
+  return 0;
+}
+
+static int task_status (lua_State *L) {
+  static const char *const names[] = {"ready", "running", "waiting", "done", "failed", "cancelled"};
+  lc_task *t = totask(L, 1);
+  lua_pushstring(L, names[t->status]);
+  return 1;
+}
+
+static int task_gc (lua_State *L) {
+  lc_task *t = totask(L, 1);
+  if (t->timer) {
+    event_free(t->timer);
+    t->timer = NULL;
+  }
+  return 0;
+}
+
+static int task_tostring (lua_State *L) {
+  lua_pushfstring(L, "luacomm.task (%p)", lua_touserdata(L, 1));
+  return 1;
+}
+
+static const luaL_Reg task_methods[] = {
+  {"join", task_join},
+  {"cancel", task_cancel},
+  {"status", task_status},
+  {NULL, NULL}
+};
+
+static const luaL_Reg task_metameth[] = {
+  {"__index", NULL},
+  {"__gc", task_gc},
+  {"__tostring", task_tostring},
+  {NULL, NULL}
+};
+
+static const luaL_Reg sched_funcs[] = {
+  {"spawn", sched_spawn},
+  {"loop", sched_loop},
+  {"stop", sched_stop},
+  {"sleep", sched_sleep},
+  {"yield", sched_yield},
+  {"running", sched_running},
+  {"now", sched_now},
+  {"time", sched_time},
+  {NULL, NULL}
+};
+
+/* Module table at -2, ctx at -1 on entry; both stay. */
+int lc_sched_open (lua_State *L) {
+  lc_ctx *c = lua_touserdata(L, -1);
+  if (c->drain_ev == NULL) {
+    c->drain_ev = event_new(c->base, -1, 0, on_drain, c);
+    if (c->drain_ev == NULL) return luaL_error(L, "luacomm: cannot create the scheduler event");
+  }
+  luaL_newmetatable(L, LC_TASK_T);    /* mod, ctx, mt */
+  luaL_setfuncs(L, task_metameth, 0);
+  luaL_newlibtable(L, task_methods);  /* mod, ctx, mt, methods */
+  luaL_setfuncs(L, task_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_insert(L, -3);                  /* ctx, mod, ctx */
+  luaL_setfuncs(L, sched_funcs, 1);   /* ctx, mod */
+  lua_insert(L, -2);                  /* mod, ctx */
+  return 0;
+}

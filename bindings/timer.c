@@ -1,0 +1,142 @@
+/*
+** timer.c — comm.after / comm.every: timers whose callback runs in a task
+** of its own, so it may block, and whose errors are logged by the scheduler
+** without stopping the timer (an `every` keeps firing).
+**
+** A timer's userdata is anchored in the registry while armed; its user
+** value holds { fn, args... }.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "lc.h"
+
+typedef struct lc_timer {
+  lc_handle h;
+  lc_ctx *ctx;
+  struct event *ev;
+  int ref;      /* registry anchor while armed */
+  int repeat;
+  int nargs;
+  double interval;
+} lc_timer;
+
+#define totimer(L, i) ((lc_timer *)luaL_checkudata(L, i, LC_TIMER_T))
+
+static void disarm (lua_State *L, lc_timer *t) {
+  if (t->ref == LUA_NOREF) return;
+  event_del(t->ev);
+  lc_handle_remove(t->ctx, &t->h);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+  t->ref = LUA_NOREF;
+}
+
+static void handle_destroy (lc_handle *h) {
+  lc_timer *t = (lc_timer *)h;
+  event_del(t->ev);
+  lc_handle_remove(t->ctx, h);
+  /* the anchor is dropped with the registry when the state closes */
+}
+
+static void on_fire (evutil_socket_t fd, short what, void *arg) {
+  lc_timer *t = arg;
+  lc_ctx *c = t->ctx;
+  lua_State *L = c->L;
+  int i;
+  (void)fd, (void)what;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);   /* timer */
+  lua_getiuservalue(L, -1, 1);                 /* timer, {fn, args} */
+  for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(L, -1 - (i - 1), i);
+  lc_spawn_top(L, t->nargs);                   /* timer, pack, task */
+  lua_pop(L, 1);
+  if (!t->repeat) disarm(L, t);
+  lua_pop(L, 2);
+}
+
+static int arm (lua_State *L, int repeat) {
+  lc_ctx *c = lc_getctx(L);
+  double s = luaL_checknumber(L, 1);
+  int n = lua_gettop(L), i;
+  lc_timer *t;
+  struct timeval tv;
+  luaL_argcheck(L, s >= 0 && s == s, 1, "interval must be a non-negative number");
+  luaL_argcheck(L, !repeat || s > 0, 1, "interval must be positive");
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  t = lua_newuserdatauv(L, sizeof *t, 1);
+  memset(t, 0, sizeof *t);
+  t->ctx = c;
+  t->ref = LUA_NOREF;
+  luaL_setmetatable(L, LC_TIMER_T);
+  t->ev = event_new(c->base, -1, repeat ? EV_PERSIST : 0, on_fire, t);
+  if (t->ev == NULL) return luaL_error(L, "luacomm: cannot create a timer");
+  t->repeat = repeat;
+  t->nargs = n - 2;
+  t->interval = s;
+  lua_createtable(L, n - 1, 0);
+  for (i = 2; i <= n; i++) {
+    lua_pushvalue(L, i);
+    lua_rawseti(L, -2, i - 1);
+  }
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  t->h.destroy = handle_destroy;
+  lc_handle_add(c, &t->h, LC_H_TIMER);
+  tv = lc_timeval(s);
+  event_add(t->ev, &tv);
+  return 1;
+}
+
+static int timer_after (lua_State *L) {
+  return arm(L, 0);
+}
+
+static int timer_every (lua_State *L) {
+  return arm(L, 1);
+}
+
+static int timer_cancel (lua_State *L) {
+  disarm(L, totimer(L, 1));
+  return 0;
+}
+
+static int timer_active (lua_State *L) {
+  lua_pushboolean(L, totimer(L, 1)->ref != LUA_NOREF);
+  return 1;
+}
+
+static int timer_gc (lua_State *L) {
+  lc_timer *t = totimer(L, 1);
+  if (t->ev) {
+    event_free(t->ev);
+    t->ev = NULL;
+  }
+  lc_handle_remove(t->ctx, &t->h);
+  return 0;
+}
+
+static const luaL_Reg timer_methods[] = {
+  {"cancel", timer_cancel},
+  {"active", timer_active},
+  {NULL, NULL}
+};
+
+static const luaL_Reg timer_metameth[] = {
+  {"__index", NULL},
+  {"__gc", timer_gc},
+  {NULL, NULL}
+};
+
+int lc_timer_open (lua_State *L) {
+  luaL_newmetatable(L, LC_TIMER_T);
+  luaL_setfuncs(L, timer_metameth, 0);
+  luaL_newlibtable(L, timer_methods);
+  luaL_setfuncs(L, timer_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, timer_after);
+  lua_setfield(L, -3, "after");
+  lua_pushcfunction(L, timer_every);
+  lua_setfield(L, -3, "every");
+  return 0;
+}

@@ -1,0 +1,212 @@
+/*
+** udp.c — comm.udp: datagram sockets. sendto writes at once (a full socket
+** buffer parks the task until writable); recvfrom parks until a datagram
+** arrives or the timeout passes.
+*/
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lc.h"
+
+#define MAX_DATAGRAM 65536
+
+typedef struct lc_udp {
+  lc_handle h;
+  lc_ctx *ctx;
+  evutil_socket_t fd;
+  struct event *rev, *wev;
+  lc_waitq readers, writers;
+} lc_udp;
+
+typedef struct {
+  lc_udp *s; /* NULL once closed */
+} udp_ud;
+
+static lc_udp *checkopen (lua_State *L, int i) {
+  udp_ud *u = luaL_checkudata(L, i, LC_UDP_T);
+  if (u->s == NULL) luaL_error(L, "attempt to use a closed socket");
+  return u->s;
+}
+
+static void destroy (lc_udp *s) {
+  lc_ctx *c = s->ctx;
+  lc_handle_remove(c, &s->h);
+  if (s->rev) event_free(s->rev);
+  if (s->wev) event_free(s->wev);
+  if (s->fd >= 0) evutil_closesocket(s->fd);
+  lc_wake_all(c, &s->readers);
+  lc_wake_all(c, &s->writers);
+  free(s);
+  lc_maybe_idle(c);
+}
+
+static void handle_destroy (lc_handle *h) {
+  destroy((lc_udp *)h);
+}
+
+static void on_ready (evutil_socket_t fd, short what, void *arg) {
+  lc_udp *s = arg;
+  (void)fd;
+  lc_wake_all(s->ctx, what & EV_READ ? &s->readers : &s->writers);
+}
+
+static int io_error (lua_State *L, int err) {
+  char buf[128];
+  return lc_fail(L, lc_strerror(err, buf, sizeof buf));
+}
+
+static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
+  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
+  lc_udp *s = u->s;
+  char buf[MAX_DATAGRAM];
+  lc_addr from;
+  ssize_t n;
+  (void)status, (void)kc;
+  if (s == NULL) return lc_fail(L, "closed");
+  from.len = sizeof from.ss;
+  n = recvfrom(s->fd, buf, sizeof buf, 0, (struct sockaddr *)&from.ss, &from.len);
+  if (n >= 0) {
+    event_del(s->rev);
+    lua_pushlstring(L, buf, (size_t)n);
+    lc_push_addrstring(L, (struct sockaddr *)&from.ss, from.len);
+    return 2;
+  }
+  if (errno != EAGAIN && errno != EINTR) return io_error(L, errno);
+  if (lc_timedout(s->ctx)) {
+    event_del(s->rev);
+    return lc_fail(L, "timeout");
+  }
+  event_add(s->rev, NULL);
+  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), udp_recvfrom_k);
+}
+
+/* sock:recvfrom([timeout]) -> data, "host:port" | nil, err */
+static int udp_recvfrom (lua_State *L) {
+  lc_udp *s = checkopen(L, 1);
+  double deadline = lc_deadline(L, 2);
+  if (s->readers.head) return luaL_error(L, "luacomm: another task is already reading this socket");
+  lua_settop(L, 1);
+  lc_set_wait_deadline(s->ctx, deadline);
+  return udp_recvfrom_k(L, LUA_OK, 0);
+}
+
+static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
+  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
+  lc_udp *s = u->s;
+  size_t len;
+  const char *p = lua_tolstring(L, 2, &len);
+  lc_addr *to = lua_touserdata(L, 3);
+  ssize_t n;
+  (void)status, (void)kc;
+  if (s == NULL) return lc_fail(L, "closed");
+  n = sendto(s->fd, p, len, 0, (struct sockaddr *)&to->ss, to->len);
+  if (n >= 0) {
+    event_del(s->wev);
+    s->ctx->n.bytes_out += (uint64_t)n;
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (errno != EAGAIN && errno != EINTR) return io_error(L, errno);
+  event_add(s->wev, NULL);
+  return lc_wait(s->ctx, L, &s->writers, -1, udp_sendto_k);
+}
+
+/* sock:sendto(data, addr) -> true | nil, err */
+static int udp_sendto (lua_State *L) {
+  const char *bad;
+  lc_addr *to;
+  checkopen(L, 1);
+  luaL_checkstring(L, 2);
+  to = lua_newuserdatauv(L, sizeof *to, 0);   /* kept on the stack across waits */
+  bad = lc_parse_addr(luaL_checkstring(L, 3), SOCK_DGRAM, to);
+  if (bad && bad[0] == '!') return luaL_argerror(L, 3, bad + 1);
+  if (bad) return lc_fail(L, bad);
+  lua_replace(L, 3);
+  lua_settop(L, 3);
+  return udp_sendto_k(L, LUA_OK, 0);
+}
+
+static int udp_addr (lua_State *L) {
+  lc_udp *s = checkopen(L, 1);
+  lc_addr a;
+  a.len = sizeof a.ss;
+  if (getsockname(s->fd, (struct sockaddr *)&a.ss, &a.len) != 0) return io_error(L, errno);
+  return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
+}
+
+static int udp_close (lua_State *L) {
+  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
+  if (u->s) destroy(u->s);
+  u->s = NULL;
+  return 0;
+}
+
+/* comm.udp([addr]) -> socket | nil, err */
+static int udp_new (lua_State *L) {
+  lc_ctx *c = lc_getctx(L);
+  const char *where = luaL_optstring(L, 1, "127.0.0.1:0");
+  const char *bad;
+  udp_ud *u;
+  lc_udp *s;
+  lc_addr a;
+  evutil_socket_t fd;
+  bad = lc_parse_addr(where, SOCK_DGRAM, &a);
+  if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
+  if (bad) return lc_fail(L, bad);
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->s = NULL;
+  luaL_setmetatable(L, LC_UDP_T);
+  fd = lc_socket(&a, SOCK_DGRAM);
+  if (fd < 0) return io_error(L, errno);
+  if (bind(fd, (struct sockaddr *)&a.ss, a.len) != 0) {
+    int err = errno;
+    close(fd);
+    return io_error(L, err);
+  }
+  s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    close(fd);
+    return luaL_error(L, "luacomm: out of memory");
+  }
+  s->ctx = c;
+  s->fd = fd;
+  s->h.destroy = handle_destroy;
+  lc_handle_add(c, &s->h, LC_H_UDP);
+  s->rev = event_new(c->base, fd, EV_READ | EV_PERSIST, on_ready, s);
+  s->wev = event_new(c->base, fd, EV_WRITE | EV_PERSIST, on_ready, s);
+  if (!s->rev || !s->wev) {
+    destroy(s);
+    return luaL_error(L, "luacomm: out of memory");
+  }
+  u->s = s;
+  return 1;
+}
+
+static const luaL_Reg udp_methods[] = {
+  {"sendto", udp_sendto},
+  {"recvfrom", udp_recvfrom},
+  {"addr", udp_addr},
+  {"close", udp_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg udp_metameth[] = {
+  {"__index", NULL},
+  {"__gc", udp_close},
+  {"__close", udp_close},
+  {NULL, NULL}
+};
+
+int lc_udp_open (lua_State *L) {
+  luaL_newmetatable(L, LC_UDP_T);
+  luaL_setfuncs(L, udp_metameth, 0);
+  luaL_newlibtable(L, udp_methods);
+  luaL_setfuncs(L, udp_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, udp_new);
+  lua_setfield(L, -3, "udp");
+  return 0;
+}

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs the Debian 12 packages luacomm needs to build, test and benchmark,
+# and does nothing (quickly) when they are all present already.
+set -eu
+PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted libssl-dev"
+missing=""
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "installing:$missing" >&2
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages:$missing — run as root, or: sudo apt-get install$missing" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
