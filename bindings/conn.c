@@ -41,6 +41,7 @@ struct lc_conn {
   unsigned closed : 1;  /* closed by the user: lingering until flushed */
   unsigned connecting : 1;
   struct lc_conn *next_dirty;
+  struct lc_conn **owner; /* the userdata's pointer to us, cleared on detach */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
 };
 
@@ -60,6 +61,7 @@ static lc_conn *checkopen (lua_State *L, int i) {
 
 static void destroy (lc_conn *s) {
   lc_ctx *c = s->ctx;
+  if (s->owner) *s->owner = NULL;
   lc_handle_remove(c, &s->h);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
@@ -243,6 +245,7 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
     luaL_error(L, "luacomm: out of memory");
   }
   u->s = s;
+  s->owner = &u->s;
   start_reading(s);
 }
 
@@ -520,18 +523,35 @@ static int conn_readline (lua_State *L) {
 
 /* Idempotent (R6). Unsent output is still flushed: the lc_conn lingers,
 ** detached from the userdata, until it is written or the peer is gone. */
-static int conn_close (lua_State *L) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
-  lc_conn *s = u->s;
-  if (s == NULL) return 0;
-  u->s = NULL;
+static void close_graceful (lc_conn *s) {
+  if (s->owner) *s->owner = NULL;
+  s->owner = NULL;
   s->closed = 1;
   stop_reading(s);
   lc_wake_all(s->ctx, &s->readers);
   lc_wake_all(s->ctx, &s->writers);
   if (!s->dirty) flush(s);
   if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+}
+
+static int conn_close (lua_State *L) {
+  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  if (u->s) close_graceful(u->s);
   return 0;
+}
+
+/* For a graceful stop: every connection closes as conn:close() would. */
+int lc_conn_close_all (lc_ctx *c) {
+  lc_handle *h, *next;
+  int n = 0;
+  for (h = c->handles.next; h != &c->handles; h = next) {
+    next = h->next;
+    if (h->kind == LC_H_CONN && !((lc_conn *)h)->closed) {
+      close_graceful((lc_conn *)h);
+      n++;
+    }
+  }
+  return n;
 }
 
 static int push_name (lua_State *L, int peer) {

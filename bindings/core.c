@@ -185,6 +185,39 @@ static int core_task_budget (lua_State *L) {
   return 1;
 }
 
+/* Destroys every handle of the kinds in mask; returns how many. */
+static int destroy_kinds (lc_ctx *c, unsigned mask) {
+  lc_handle *h, *next;
+  int n = 0;
+  for (h = c->handles.next; h != &c->handles; h = next) {
+    next = h->next;
+    if (mask & (1u << h->kind)) {
+      h->destroy(h);
+      n++;
+    }
+  }
+  return n;
+}
+
+/*
+** core.shutdown(what) -> n, the steps of a graceful stop:
+** "listeners": stop accepting; "conns": close every connection, flushing
+** what was sent (as conn:close()); "all": cut everything still open —
+** lingering connections, timers, UDP sockets — at once.
+*/
+static int core_shutdown (lua_State *L) {
+  static const char *const steps[] = {"listeners", "conns", "all", NULL};
+  lc_ctx *c = ctxup(L);
+  int n;
+  switch (luaL_checkoption(L, 1, NULL, steps)) {
+    case 0: n = destroy_kinds(c, 1u << LC_H_LISTENER); break;
+    case 1: n = lc_conn_close_all(c); break;
+    default: n = destroy_kinds(c, ~0u); break;
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 static int core_versions (lua_State *L) {
   lua_pushstring(L, LC_VERSION);
   lua_pushstring(L, event_get_version());
@@ -198,6 +231,7 @@ static const luaL_Reg core_funcs[] = {
   {"count", core_count},
   {"task_budget", core_task_budget},
   {"versions", core_versions},
+  {"shutdown", core_shutdown},
   {NULL, NULL}
 };
 

@@ -23,6 +23,7 @@
 typedef struct lc_listener {
   lc_handle h;
   lc_ctx *ctx;
+  struct lc_listener **owner; /* the userdata's pointer to us, cleared on destroy */
   struct evconnlistener *lev;
   lc_waitq accepters;
   evutil_socket_t queue[ACCEPT_QUEUE];
@@ -45,6 +46,7 @@ static lc_listener *checkopen (lua_State *L, int i) {
 
 static void destroy (lc_listener *l) {
   lc_ctx *c = l->ctx;
+  if (l->owner) *l->owner = NULL;
   lc_handle_remove(c, &l->h);
   if (l->lev) evconnlistener_free(l->lev);
   while (l->count > 0) {
@@ -225,6 +227,7 @@ static int listener_listen (lua_State *L) {
   }
   evconnlistener_set_error_cb(l->lev, on_listen_error);
   u->l = l;
+  l->owner = &u->l;
   return 1;
 }
 

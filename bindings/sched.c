@@ -330,11 +330,15 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
 
 /* Ends lc_run when nothing can make progress any more. A task parked on a
 ** condition with no deadline is not progress by itself. */
-void lc_maybe_idle (lc_ctx *c) {
+static int idle (const lc_ctx *c) {
   int h = 0, k;
-  if (!c->running || c->ready.head || c->sleepers) return;
+  if (c->ready.head || c->sleepers) return 0;
   for (k = 0; k < LC_H_KINDS; k++) h += c->nhandles[k];
-  if (h == 0) event_base_loopbreak(c->base);
+  return h == 0;
+}
+
+void lc_maybe_idle (lc_ctx *c) {
+  if (c->running && idle(c)) event_base_loopbreak(c->base);
 }
 
 /* ---- running the loop ---- */
@@ -359,9 +363,10 @@ static int sched_loop (lua_State *L) {
   c->L = L;
   c->running = 1;
   c->stopping = 0;
+  /* A loopbreak before dispatch would be forgotten: libevent clears the
+  ** flag when a loop starts. So an idle start does not dispatch at all. */
   if (c->ready.head) event_active(c->drain_ev, EV_TIMEOUT, 0);
-  else lc_maybe_idle(c);
-  event_base_dispatch(c->base);
+  if (!idle(c)) event_base_dispatch(c->base);
   c->running = 0;
   c->run_task = NULL;
   c->L = saved;

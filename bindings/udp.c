@@ -15,6 +15,7 @@
 typedef struct lc_udp {
   lc_handle h;
   lc_ctx *ctx;
+  struct lc_udp **owner; /* the userdata's pointer to us, cleared on destroy */
   evutil_socket_t fd;
   struct event *rev, *wev;
   lc_waitq readers, writers;
@@ -32,6 +33,7 @@ static lc_udp *checkopen (lua_State *L, int i) {
 
 static void destroy (lc_udp *s) {
   lc_ctx *c = s->ctx;
+  if (s->owner) *s->owner = NULL;
   lc_handle_remove(c, &s->h);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
@@ -181,6 +183,7 @@ static int udp_new (lua_State *L) {
     return luaL_error(L, "luacomm: out of memory");
   }
   u->s = s;
+  s->owner = &u->s;
   return 1;
 }
 

@@ -1,0 +1,197 @@
+/*
+** host.c — builds the Lua state the way lua.c does (GC stopped while
+** building, everything under lua_pcall), puts luacomm.core on the host's
+** event loop, and hands the script to scripts/luacomm/host.lua, which owns
+** the policy: main task, services, reload, graceful stop.
+*/
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lualib.h"
+
+#include "host.h"
+#include "lc.h"
+#include "log.h"
+#include "signals.h"
+
+#ifndef LC_SHARE_DIR
+#define LC_SHARE_DIR "/usr/local/share/lua/5.4"
+#endif
+
+/* out = dir + rel when that fits and probe (a file under it) is readable. */
+static int try_dir (char *out, size_t size, const char *dir, const char *rel) {
+  int n = snprintf(out, size, "%s%s/luacomm.lua", dir, rel);
+  if (n < 0 || (size_t)n >= size || access(out, R_OK) != 0) return 0;
+  n = snprintf(out, size, "%s%s", dir, rel);
+  return n > 0 && (size_t)n < size;
+}
+
+/* Where luacomm's own Lua library is: next to the binary in a build tree
+** (build/luacomm -> scripts/), else the installed share dir. */
+static void find_library (char *out, size_t size) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  char *slash;
+  if (n > 0) {
+    exe[n] = '\0';
+    slash = strrchr(exe, '/');
+    if (slash) {
+      *slash = '\0';
+      if (try_dir(out, size, exe, "/../scripts")) return;
+      if (try_dir(out, size, exe, "/../share/lua/5.4")) return;
+    }
+  }
+  snprintf(out, size, "%s", LC_SHARE_DIR);
+}
+
+/* package[field] = prefix .. ";" .. package[field] */
+static void prepend_path (lua_State *L, const char *field, const char *prefix) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, field);
+  lua_pushfstring(L, "%s;%s", prefix, lua_tostring(L, -1));
+  lua_setfield(L, -3, field);
+  lua_pop(L, 2);
+}
+
+static void add_dir (lua_State *L, const char *dir, int with_cpath) {
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", dir, dir);
+  prepend_path(L, "path", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  if (with_cpath) {
+    lua_pushfstring(L, "%s/?.so", dir);
+    prepend_path(L, "cpath", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+/* Search order: -I dirs (first given first), the script's folder, luacomm's
+** library, then the standard path (LUA_PATH_5_4 and Lua's defaults). */
+static void set_paths (lua_State *L, const rt_opts *o) {
+  char lib[PATH_MAX];
+  int i;
+  find_library(lib, sizeof lib);
+  add_dir(L, lib, 0);
+  if (o->script) {
+    const char *slash = strrchr(o->script, '/');
+    if (slash) lua_pushlstring(L, o->script, (size_t)(slash - o->script));
+    else lua_pushliteral(L, ".");
+    add_dir(L, lua_tostring(L, -1), 0);
+    lua_setfield(L, LUA_REGISTRYINDEX, "luacomm.host.scriptdir");
+  }
+  for (i = o->nincludes - 1; i >= 0; i--) add_dir(L, o->includes[i], 1);
+}
+
+/* arg as lua.c builds it: arg[0] = SCRIPT, arg[1..] = ARGS, negative
+** indices for the interpreter and its options. */
+static void create_arg (lua_State *L, const rt_opts *o) {
+  int i;
+  lua_createtable(L, o->argc - o->script_index - 1, o->script_index + 1);
+  for (i = 0; i < o->argc; i++) {
+    lua_pushstring(L, o->argv[i]);
+    lua_rawseti(L, -2, i - o->script_index);
+  }
+  lua_setglobal(L, "arg");
+}
+
+static void preload_core (lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_luacomm_core);
+  lua_setfield(L, -2, "luacomm.core");
+  lua_pop(L, 1);
+}
+
+/* Runs under lua_pcall: returns the exit status on the stack. */
+static int pmain (lua_State *L) {
+  const rt_opts *o = lua_touserdata(L, 1);
+  lc_ctx *c;
+  int i, nargs = o->argc - o->script_index - 1;
+  luaL_openlibs(L);
+  c = lc_getctx(L);
+  c->log = rt_log_sink;
+  c->log_level = o->log_level;
+  c->task_budget = o->task_budget;
+  preload_core(L);
+  set_paths(L, o);
+  create_arg(L, o);
+  lua_gc(L, LUA_GCRESTART);
+  lua_gc(L, LUA_GCGEN, 0, 0);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "luacomm.host");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "main");
+  lua_createtable(L, 0, 4);
+  if (o->script) lua_pushstring(L, o->script);
+  else lua_pushnil(L);
+  lua_setfield(L, -2, "script");
+  if (o->code) lua_pushstring(L, o->code);
+  else lua_pushnil(L);
+  lua_setfield(L, -2, "code");
+  lua_pushnumber(L, o->stop_timeout);
+  lua_setfield(L, -2, "stop_timeout");
+  lua_createtable(L, nargs, 1);
+  for (i = 0; i < nargs; i++) {
+    lua_pushstring(L, o->argv[o->script_index + 1 + i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushinteger(L, nargs);
+  lua_setfield(L, -2, "n");
+  lua_setfield(L, -2, "args");
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static void write_pidfile (const char *path) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL) {
+    rt_logf(LC_WARN, "cannot write pidfile %s", path);
+    return;
+  }
+  fprintf(f, "%ld\n", (long)getpid());
+  fclose(f);
+}
+
+int rt_host_run (const rt_opts *o) {
+  struct event_base *base = event_base_new();
+  lua_State *L = luaL_newstate();
+  int status;
+  if (base == NULL || L == NULL) {
+    fprintf(stderr, "luacomm: cannot create the event loop or the Lua state\n");
+    return 1;
+  }
+  rt_log_configure(o->log_level, o->log_json);
+  if (o->pidfile) write_pidfile(o->pidfile);
+  lua_gc(L, LUA_GCSTOP);
+  lc_set_base(L, base);
+  if (rt_signals_install(base, L) != 0) rt_logf(LC_WARN, "cannot install signal handlers");
+  lua_pushcfunction(L, pmain);
+  lua_pushlightuserdata(L, (void *)o);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "luacomm: %s\n", msg ? msg : "(error object is not a string)");
+    status = 1;
+  } else {
+    status = (int)lua_tointeger(L, -1);
+  }
+  fflush(stdout);
+  lua_close(L);
+  rt_signals_free();
+  event_base_free(base);
+  if (o->pidfile) unlink(o->pidfile);
+  return status;
+}
+
+/* --check: compile only; "file:line: message" and 1 on a syntax error. */
+int rt_host_check (const char *script) {
+  lua_State *L = luaL_newstate();
+  int status = 0;
+  if (L == NULL) return 1;
+  if (luaL_loadfile(L, script) != LUA_OK) {
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    status = 1;
+  }
+  lua_close(L);
+  return status;
+}

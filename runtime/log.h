@@ -1,0 +1,12 @@
+/* log.h — the host's log sink: text or JSON lines on stderr. */
+#ifndef RT_LOG_H
+#define RT_LOG_H
+
+#include <stddef.h>
+
+void rt_log_configure(int level, int json);
+int rt_log_level_from(const char *name); /* -1 when unknown */
+void rt_log_sink(void *ud, int level, const char *msg, size_t len);
+void rt_logf(int level, const char *fmt, ...);
+
+#endif

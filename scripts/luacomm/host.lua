@@ -1,0 +1,92 @@
+-- luacomm.host: what the luacomm command does with a script, in Lua so the
+-- policy reads plainly: run the main chunk in a task, start a service,
+-- handle signals, stop gracefully. runtime/host.c calls main(opts).
+local core = require "luacomm.core"
+local comm = require "luacomm"
+
+local traceback, unpack, select = debug.traceback, table.unpack, select
+
+local H = { stopping = false, status = 0 }
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+-- Ends the loop once listeners are closed, the service's stop hook has run
+-- and every connection has flushed and closed; past stop_timeout whatever
+-- is left is cut, and the stop still ends with the requested status.
+local function graceful_stop(opts)
+  local deadline = core.now() + opts.stop_timeout
+  local n = core.shutdown("listeners")
+  comm.log.info("stopping: %d listener(s) closed", n)
+  if H.on_stop then
+    local task = core.spawn(H.on_stop)
+    local ok, err = task:join(math.max(0, deadline - core.now()))
+    if not ok then
+      task:cancel()
+      comm.log.error("stop hook: %s", tostring(err))
+    end
+  end
+  core.shutdown("conns")
+  while core.stats().conns > 0 and core.now() < deadline do core.sleep(0.01) end
+  local left = core.stats()
+  if left.conns > 0 then
+    comm.log.warn("stop timeout (%gs): cutting %d connection(s) with unsent output",
+                  opts.stop_timeout, left.conns)
+  end
+  core.shutdown("all")
+  core.stop(H.status)
+end
+
+function H.stop(opts, status)
+  if H.stopping then return end
+  H.stopping = true
+  H.status = status or 0
+  core.spawn(graceful_stop, opts)
+end
+
+local signal_actions = {
+  HUP = function()
+    if H.on_reload then return H.on_reload() end
+    comm.log.warn("SIGHUP: reload is not available for this script")
+  end,
+  TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
+  INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
+}
+
+local function load_main(opts)
+  if opts.code then return load(opts.code, "=(command line)") end
+  if opts.script == "-" then return loadfile() end
+  return loadfile(opts.script)
+end
+
+-- Runs fn(...) in a task until it ends; true, results | false, message.
+local function run_task(fn, ...)
+  local task = core.spawn(function(...) return xpcall(fn, traceback, ...) end, ...)
+  local _, why = core.loop(task)
+  if task:status() ~= "done" then
+    if H.stopping then return true end
+    return false, "main task: " .. (why or "stopped") .. " (waiting for something that cannot happen)"
+  end
+  local r = pack(task:join())
+  if not r[2] then return false, r[3] end
+  return true, unpack(r, 3, r.n)
+end
+
+-- opts: script | code, args = { n = ..., ... }, stop_timeout. Returns the exit status.
+function H.main(opts)
+  local chunk, err = load_main(opts)
+  if not chunk then
+    io.stderr:write(err, "\n")
+    return 1
+  end
+  comm._stop = function(status) H.stop(opts, status) end
+  debug.getregistry()["luacomm.host.signal"] = function(name) return signal_actions[name](opts) end
+  local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
+  if not r[1] then
+    io.stderr:write(tostring(r[2]), "\n")
+    return 1
+  end
+  if not H.stopping then core.loop() end
+  return H.status
+end
+
+return H
