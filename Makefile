@@ -47,5 +47,35 @@ $(OUT)/luacomm: $(HOST:%.c=$(OUT)/obj/%.o) $(BIND:%.c=$(OUT)/obj/%.o)
 deps:
 	@sh tools/install-deps.sh
 
+# The specs: busted on lua5.4 against this build's module and host.
+BUSTED := lua5.4 /usr/bin/busted
+ifeq ($(B),asan)
+# lua5.4 itself is not instrumented: preload the runtimes for the module.
+TEST_ENV := LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+            ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+endif
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	$(TEST_ENV) LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' $(SPECS)
+
+# The same suite against the ASan + UBSan build.
+test-asan:
+	@$(MAKE) --no-print-directory B=asan test
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@lua5.4 tools/demo.lua
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_SHARE)/luacomm $(DESTDIR)$(LUA_LIB)/luacomm
+	install -m 755 $(OUT)/luacomm $(DESTDIR)$(PREFIX)/bin/luacomm
+	install -m 644 scripts/luacomm.lua $(DESTDIR)$(LUA_SHARE)/luacomm.lua
+	install -m 644 scripts/luacomm/*.lua $(DESTDIR)$(LUA_SHARE)/luacomm/
+	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
+
+clean:
+	rm -rf build build-asan
+
 -include $(shell find build build-asan -name '*.d' 2>/dev/null)
-.PHONY: all deps
+.PHONY: all deps test test-asan demo install clean

@@ -218,6 +218,15 @@ static int core_shutdown (lua_State *L) {
   return 1;
 }
 
+/* core.max_io([n]): caps every read and write at n bytes (0 = no cap), to
+** drive every partial-frame path in tests; LUACOMM_MAX_IO sets it at start. */
+static int core_max_io (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  if (!lua_isnoneornil(L, 1)) c->max_io = (int)luaL_checkinteger(L, 1);
+  lua_pushinteger(L, c->max_io);
+  return 1;
+}
+
 static int core_versions (lua_State *L) {
   lua_pushstring(L, LC_VERSION);
   lua_pushstring(L, event_get_version());
@@ -232,6 +241,7 @@ static const luaL_Reg core_funcs[] = {
   {"task_budget", core_task_budget},
   {"versions", core_versions},
   {"shutdown", core_shutdown},
+  {"max_io", core_max_io},
   {NULL, NULL}
 };
 

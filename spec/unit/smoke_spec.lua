@@ -1,0 +1,20 @@
+local comm = require "luacomm"
+local helpers = require "helpers"
+
+describe("smoke", function()
+  it("echoes a frame over loopback", function()
+    helpers.run(function()
+      local l = comm.serve("127.0.0.1:0", function(c) c:send(c:recv()) end)
+      local _, port = l:addr()
+      local c = assert(comm.connect("127.0.0.1:" .. port))
+      c:send("hi")
+      assert.are.equal("hi", c:recv(1))
+      l:close(); c:close()
+    end)
+  end)
+  it("runs the host", function()
+    local st, out = helpers.run_host({ "-e", "print(...)", "a", "b" })
+    assert.are.equal(0, st)
+    assert.are.equal("a\tb\n", out)
+  end)
+end)
