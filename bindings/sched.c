@@ -9,6 +9,7 @@
 ** ready queue; nothing else resumes Lua.
 */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -191,11 +192,17 @@ static void runaway_hook (lua_State *L, lua_Debug *ar) {
   lc_task *t = c->current;
   (void)ar;
   if (t == NULL || t->co != L || c->task_budget <= 0) return;
-  if (lc_now() - t->resumed_at > c->task_budget) {
+  if (lc_now() - t->resumed_at <= c->task_budget) {
+    /* Back within budget (it yielded since): back to the cheap hook. */
+    if (lua_gethookmask(L) & LUA_MASKLINE) lua_sethook(L, runaway_hook, LUA_MASKCOUNT, 10000);
+  } else {
     /* Keep firing on every line until the task unwinds, so a pcall in the
     ** runaway code cannot swallow the error for good. */
+    char msg[96];
     lua_sethook(L, runaway_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
-    luaL_error(L, "task exceeded its budget of %.3g s without yielding", c->task_budget);
+    snprintf(msg, sizeof msg, "task ran %.3g s without yielding (budget %.3g s): interrupted",
+             lc_now() - t->resumed_at, c->task_budget);
+    luaL_error(L, "%s", msg);
   }
 }
 

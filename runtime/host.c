@@ -139,6 +139,12 @@ static int pmain (lua_State *L) {
   lua_pushinteger(L, nargs);
   lua_setfield(L, -2, "n");
   lua_setfield(L, -2, "args");
+  lua_createtable(L, o->nincludes, 0);
+  for (i = 0; i < o->nincludes; i++) {
+    lua_pushstring(L, o->includes[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "includes");
   lua_call(L, 1, 1);
   return 1;
 }

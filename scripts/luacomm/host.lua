@@ -3,6 +3,7 @@
 -- handle signals, stop gracefully. runtime/host.c calls main(opts).
 local core = require "luacomm.core"
 local comm = require "luacomm"
+local loader = require "luacomm.loader"
 
 local traceback, unpack, select = debug.traceback, table.unpack, select
 
@@ -44,9 +45,9 @@ function H.stop(opts, status)
 end
 
 local signal_actions = {
-  HUP = function()
-    if H.on_reload then return H.on_reload() end
-    comm.log.warn("SIGHUP: reload is not available for this script")
+  HUP = function(opts)
+    comm.log.info("SIGHUP: reloading")
+    return comm.reload(opts)
   end,
   TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
   INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
@@ -71,19 +72,58 @@ local function run_task(fn, ...)
   return true, unpack(r, 3, r.n)
 end
 
--- opts: script | code, args = { n = ..., ... }, stop_timeout. Returns the exit status.
-function H.main(opts)
-  local chunk, err = load_main(opts)
-  if not chunk then
-    io.stderr:write(err, "\n")
-    return 1
+-- A reload attempt, from SIGHUP or comm.reload(): logged and counted.
+local function reload(opts)
+  if opts.code or not H.service then
+    local why = opts.code and "the script was given with -e: there is no file to reload"
+                or "the script is not a service (it returns no table): nothing to reload"
+    comm.log.warn("reload: %s", why)
+    return false, why
   end
+  local t0 = core.now()
+  local ok, err = H.loader:reload(opts.script, opts.args, H.service, H.state)
+  if ok then
+    core.count("reloads")
+    comm.log.info("reload ok: %s and %d module(s) in %.1f ms", opts.script, err, (core.now() - t0) * 1e3)
+    return true
+  end
+  core.count("reload_failures")
+  comm.log.error("reload failed, old code still serving: %s", err)
+  return false, err
+end
+
+-- A script that returned a table is a service: start(state, ...) runs once.
+local function start_service(opts, service)
+  H.service, H.state = service, {}
+  if type(service.stop) == "function" then
+    H.on_stop = function() return service.stop(H.state) end
+  end
+  if type(service.start) ~= "function" then return true end
+  return run_task(service.start, H.state, unpack(opts.args, 1, opts.args.n))
+end
+
+local function fail(msg)
+  io.stderr:write(tostring(msg), "\n")
+  return 1
+end
+
+-- opts: script | code, args = { n = ..., ... }, includes, stop_timeout.
+-- Returns the exit status.
+function H.main(opts)
+  local dirs = { opts.script and (opts.script:match("^(.*)/[^/]*$") or ".") }
+  for _, d in ipairs(opts.includes or {}) do dirs[#dirs + 1] = d end
+  H.loader = loader.new(dirs)
+  H.loader:install()
+  local chunk, err = load_main(opts)
+  if not chunk then return fail(err) end
   comm._stop = function(status) H.stop(opts, status) end
+  comm.reload = function() return reload(opts) end
   debug.getregistry()["luacomm.host.signal"] = function(name) return signal_actions[name](opts) end
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
-  if not r[1] then
-    io.stderr:write(tostring(r[2]), "\n")
-    return 1
+  if not r[1] then return fail(r[2]) end
+  if type(r[2]) == "table" and not H.stopping then
+    local ok, why = start_service(opts, r[2])
+    if not ok then return fail(why) end
   end
   if not H.stopping then core.loop() end
   return H.status
