@@ -95,8 +95,9 @@ end
 -- A script that returned a table is a service: start(state, ...) runs once.
 local function start_service(opts, service)
   H.service, H.state = service, {}
-  if type(service.stop) == "function" then
-    H.on_stop = function() return service.stop(H.state) end
+  -- looked up at stop time: a reload may have added or changed it
+  H.on_stop = function()
+    if type(service.stop) == "function" then return service.stop(H.state) end
   end
   if type(service.start) ~= "function" then return true end
   return run_task(service.start, H.state, unpack(opts.args, 1, opts.args.n))

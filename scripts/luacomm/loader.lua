@@ -81,9 +81,13 @@ function Loader:stage(script, args)
     return real_require(name)
   end
   _G.require = staged_require
+  local last_line = 0
   local ok, result = protect(function()
     local chunk, err = loadfile(script)
     if not chunk then load_error(err) end
+    for line in pairs(debug.getinfo(chunk, "L").activelines) do
+      if line > last_line then last_line = line end
+    end
     local v = chunk(table.unpack(args, 1, args.n))
     for _, name in ipairs(self.modules) do
       if staged[name] == nil then load_module(name) end
@@ -93,7 +97,9 @@ function Loader:stage(script, args)
   _G.require = real_require
   if not ok then return nil, result end
   if type(result) ~= "table" then
-    return nil, script .. ": the new version does not return a table (a service must)"
+    -- the last line with code is where the chunk returns
+    return nil, ("%s:%d: the new version returns %s, not a table (a service must return one)")
+      :format(script, last_line, type(result))
   end
   return staged, result
 end
