@@ -1,0 +1,83 @@
+-- luacomm.loader in-process: staging, in-place patching, rollback, and
+-- upvalue rebinding, without a host or signals (the integration spec
+-- covers those).
+local helpers = require "helpers"
+local loader = require "luacomm.loader"
+
+insulate("luacomm.loader", function()
+  local dir, saved_searcher, saved_path, L
+
+  local function write_service(body)
+    return helpers.writefile(dir .. "/svc.lua", body)
+  end
+
+  before_each(function()
+    dir = helpers.tmpdir()
+    saved_searcher, saved_path = package.searchers[2], package.path
+    package.path = dir .. "/?.lua;" .. package.path
+    L = loader.new({ dir })
+    L:install()
+  end)
+
+  after_each(function()
+    package.searchers[2], package.path = saved_searcher, saved_path
+    package.loaded.lmod = nil
+  end)
+
+  local function first_load(src, mod)
+    if mod then helpers.writefile(dir .. "/lmod.lua", mod) end
+    local script = write_service(src)
+    return script, assert(loadfile(script))()
+  end
+
+  it("records only modules from the service's folders", function()
+    first_load("require 'lmod'; require 'cjson'; return {}", "return {}")
+    assert.are.same({ "lmod" }, L.modules)
+  end)
+
+  it("patches the first-loaded tables in place", function()
+    local script, M = first_load("local m = require 'lmod'\nlocal M = {}\nfunction M.v() return 'v1' .. m.x end\nM.old = 1\nreturn M\n",
+                                 "return { x = 'a' }")
+    local mod = package.loaded.lmod
+    write_service("local m = require 'lmod'\nlocal M = {}\nfunction M.v() return 'v2' .. m.x end\nM.new = 2\nreturn M\n")
+    helpers.writefile(dir .. "/lmod.lua", "return { x = 'b' }")
+    assert.is_true((L:reload(script, { n = 0 }, M, {})))
+    assert.are.equal("v2b", M.v())
+    assert.is_nil(M.old)
+    assert.are.equal(2, M.new)
+    assert.are.equal(mod, package.loaded.lmod)     -- same table, new contents
+    assert.are.equal("b", mod.x)
+  end)
+
+  it("binds the new code's `local M` to the live table", function()
+    local script, M = first_load("local M = {}\nfunction M.get() return M.value end\nM.value = 1\nreturn M\n")
+    write_service("local M = {}\nfunction M.get() return M.value end\nM.value = 1\nreturn M\n")
+    assert.is_true((L:reload(script, { n = 0 }, M, {})))
+    M.value = 42                                    -- state written to the live table
+    assert.are.equal(42, M.get())
+  end)
+
+  it("changes nothing when a chunk fails, and reports file:line", function()
+    local script, M = first_load("local M = {}\nfunction M.v() return 1 end\nreturn M\n")
+    local v = M.v
+    write_service("local M = {}\nfunction M.v() return 2 end\nerror('top')\nreturn M\n")
+    local ok, err = L:reload(script, { n = 0 }, M, {})
+    assert.is_false(ok)
+    assert.truthy(err:match("svc%.lua:3: top"))
+    assert.are.equal(v, M.v)
+  end)
+
+  it("rolls every table back when M.reload raises", function()
+    local script, M = first_load("local M = {}\nfunction M.v() return 1 end\nreturn M\n", "return { x = 1 }")
+    require "lmod"
+    write_service("require 'lmod'\nlocal M = {}\nfunction M.v() return 2 end\n"
+                  .. "function M.reload() error('no') end\nreturn M\n")
+    helpers.writefile(dir .. "/lmod.lua", "return { x = 2 }")
+    local ok, err = L:reload(script, { n = 0 }, M, {})
+    assert.is_false(ok)
+    assert.truthy(err:match("reload hook"))
+    assert.are.equal(1, M.v())
+    assert.is_nil(M.reload)
+    assert.are.equal(1, package.loaded.lmod.x)
+  end)
+end)
