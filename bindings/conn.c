@@ -19,7 +19,7 @@
 
 #include "lc.h"
 
-#define READ_CHUNK (64 * 1024)
+#define READ_SCRATCH (256 * 1024)
 #define READ_MAX_CHUNK (1024 * 1024)
 
 struct lc_conn {
@@ -169,45 +169,49 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
 
 /* ---- reading ---- */
 
-/* One readv into reserved space: as much as the kernel has, up to the
-** chunk (or what the waiting reader still needs, for big frames). */
+/* Reads straight into the input buffer when a large frame is expected (one
+** copy); otherwise into the shared scratch buffer and appends what came:
+** a big chain reserved per read and freed once drained would make malloc
+** grow and trim the heap on every readiness event. */
+static ssize_t read_some (lc_conn *s) {
+  lc_ctx *c = s->ctx;
+  size_t have = evbuffer_get_length(s->in), cap = c->max_io > 0 ? (size_t)c->max_io : SIZE_MAX;
+  ssize_t n;
+  if (s->want > have + READ_SCRATCH) {
+    struct evbuffer_iovec vec[2];
+    size_t chunk = s->want - have < READ_MAX_CHUNK ? s->want - have : READ_MAX_CHUNK;
+    int nvec = evbuffer_reserve_space(s->in, (ev_ssize_t)chunk, vec, 1);
+    if (nvec < 1) return -1;
+    if (vec[0].iov_len > cap) vec[0].iov_len = cap;
+    n = read(s->fd, vec[0].iov_base, vec[0].iov_len);
+    vec[0].iov_len = n > 0 ? (size_t)n : 0;
+    evbuffer_commit_space(s->in, vec, n > 0 ? 1 : 0);
+    return n;
+  }
+  if (c->scratch == NULL && (c->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
+  n = read(s->fd, c->scratch, READ_SCRATCH < cap ? READ_SCRATCH : cap);
+  if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) return -1;
+  return n;
+}
+
 static void on_readable (evutil_socket_t fd, short what, void *arg) {
   lc_conn *s = arg;
   lc_ctx *c = s->ctx;
-  struct evbuffer_iovec vec[2];
-  size_t have = evbuffer_get_length(s->in);
-  size_t chunk = READ_CHUNK;
+  size_t have;
   ssize_t n;
-  int nvec;
-  (void)what;
-  if (s->want > have + chunk) chunk = s->want - have < READ_MAX_CHUNK ? s->want - have : READ_MAX_CHUNK;
-  if (c->max_io > 0 && chunk > (size_t)c->max_io) chunk = (size_t)c->max_io;
-  nvec = evbuffer_reserve_space(s->in, (ev_ssize_t)chunk, vec, 2);
-  if (nvec < 1) return;
-  if (c->max_io > 0) nvec = 1, vec[0].iov_len = vec[0].iov_len < chunk ? vec[0].iov_len : chunk;
-  n = readv(fd, (struct iovec *)vec, nvec);
+  (void)fd, (void)what;
+  n = read_some(s);
   if (n > 0) {
-    size_t got = (size_t)n;
-    int i;
-    for (i = 0; i < nvec; i++) {
-      size_t take = got < vec[i].iov_len ? got : vec[i].iov_len;
-      vec[i].iov_len = take;
-      got -= take;
-    }
-    evbuffer_commit_space(s->in, vec, nvec);
     s->bytes_in += (uint64_t)n;
     c->n.bytes_in += (uint64_t)n;
+  } else if (n == 0) {
+    s->eof = 1;
+    stop_reading(s);
+  } else if (errno != EAGAIN && errno != EINTR) {
+    fail_io(s, errno);
+    return;
   } else {
-    evbuffer_commit_space(s->in, vec, 0);
-    if (n == 0) {
-      s->eof = 1;
-      stop_reading(s);
-    } else if (errno != EAGAIN && errno != EINTR) {
-      fail_io(s, errno);
-      return;
-    } else {
-      return;
-    }
+    return;
   }
   have = evbuffer_get_length(s->in);
   if (s->readers.head) {

@@ -21,6 +21,8 @@ static int ctx_gc (lua_State *L) {
   while (c->handles.next != &c->handles) c->handles.next->destroy(c->handles.next);
   if (c->drain_ev) event_free(c->drain_ev);
   c->drain_ev = NULL;
+  free(c->scratch);
+  c->scratch = NULL;
   if (c->own_base && c->base) event_base_free(c->base);
   c->base = NULL;
   return 0;

@@ -92,6 +92,7 @@ struct lc_ctx {
   struct lc_conn *dirty;   /* connections with output to flush after the pass */
   lc_counters n;
   int max_io;           /* test knob: cap every read/write at this many bytes */
+  char *scratch;        /* conn.c's read buffer, shared by every connection */
   double task_budget;   /* seconds a task may run without yielding; 0 = off */
   volatile int interrupt; /* set by the host's signal handler */
   lc_log_fn log;
