@@ -149,14 +149,25 @@ static int pmain (lua_State *L) {
   return 1;
 }
 
+/* The pidfile we wrote, removed at any exit: the normal return from
+** rt_host_run, and exit(1) on a second stop signal, which never returns. */
+static const char *pidfile_written;
+
+static void remove_pidfile (void) {
+  if (pidfile_written) unlink(pidfile_written);
+  pidfile_written = NULL;
+}
+
 static void write_pidfile (const char *path) {
   FILE *f = fopen(path, "w");
   if (f == NULL) {
     rt_logf(LC_WARN, "cannot write pidfile %s", path);
-    return;
+    return; /* not ours to remove: it may be another process's */
   }
   fprintf(f, "%ld\n", (long)getpid());
   fclose(f);
+  pidfile_written = path;
+  atexit(remove_pidfile);
 }
 
 int rt_host_run (const rt_opts *o) {
@@ -185,7 +196,7 @@ int rt_host_run (const rt_opts *o) {
   lua_close(L);
   rt_signals_free();
   event_base_free(base);
-  if (o->pidfile) unlink(o->pidfile);
+  remove_pidfile();
   return status;
 }
 
