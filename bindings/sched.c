@@ -423,7 +423,7 @@ static int sched_yield (lua_State *L) {
 static int sched_running (lua_State *L) {
   lc_ctx *c = ctxup(L);
   if (c->current == NULL || c->current->co != L) lua_pushnil(L);
-  else push_task(c, c->current);
+  else lua_rawgeti(L, LUA_REGISTRYINDEX, c->current->ref); /* on L: push_task pushes on c->L */
   return 1;
 }
 
