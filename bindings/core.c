@@ -34,6 +34,19 @@ static void stderr_log (void *ud, int level, const char *msg, size_t len) {
   fprintf(stderr, "[%s] %.*s\n", names[level], (int)len, msg);
 }
 
+/* libevent's timers otherwise run on CLOCK_MONOTONIC_COARSE, which lags
+** the clock of comm.now() by up to a tick (4 ms here): a sleep would end
+** before its time as comm.now() measures it. For hosts too. */
+struct event_base *lc_event_base_new (void) {
+  struct event_config *cfg = event_config_new();
+  struct event_base *base;
+  if (cfg == NULL) return NULL;
+  event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+  base = event_base_new_with_config(cfg);
+  event_config_free(cfg);
+  return base;
+}
+
 /* Creates the context with the given base (NULL: a base of its own) and
 ** leaves it registered; pushes nothing. */
 static lc_ctx *ctx_create (lua_State *L, struct event_base *base) {
@@ -51,7 +64,7 @@ static lc_ctx *ctx_create (lua_State *L, struct event_base *base) {
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
   if (base == NULL) {
-    base = event_base_new();
+    base = lc_event_base_new();
     if (base == NULL) luaL_error(L, "luacomm: cannot create an event base");
     c->own_base = 1;
   }

@@ -104,6 +104,7 @@ struct lc_ctx {
 /* ---- core.c ---- */
 lc_ctx *lc_getctx(lua_State *L);
 void lc_set_base(lua_State *L, struct event_base *base);
+struct event_base *lc_event_base_new(void);
 int lc_fail(lua_State *L, const char *err);
 void lc_logf(lc_ctx *c, int level, const char *fmt, ...);
 double lc_now(void);

@@ -122,7 +122,13 @@ void lc_wake_all (lc_ctx *c, lc_waitq *q) {
 
 static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
   lc_task *t = arg;
+  double left = t->deadline - lc_now();
   (void)fd, (void)what;
+  if (left > 0) { /* a base on a coarse clock fires early: wait out the rest */
+    struct timeval tv = lc_timeval(left);
+    evtimer_add(t->timer, &tv);
+    return;
+  }
   t->ctx->sleepers--;
   t->deadline = -1;
   t->timedout = 1;
@@ -158,6 +164,7 @@ int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunctio
     struct timeval tv = lc_timeval(deadline - lc_now());
     if (t->timer == NULL) t->timer = evtimer_new(c->base, on_task_timeout, t);
     if (t->timer == NULL) return luaL_error(L, "luacomm: out of memory");
+    event_base_update_cache_time(c->base); /* else relative to when this pass began */
     evtimer_add(t->timer, &tv);
     c->sleepers++;
   }

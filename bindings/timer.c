@@ -19,6 +19,8 @@ typedef struct lc_timer {
   int repeat;
   int nargs;
   double interval;
+  double due;      /* of a one-shot: comm.now() time it may fire */
+  lua_Integer gen; /* bumped by cancel: firings not yet started are dropped */
 } lc_timer;
 
 #define totimer(L, i) ((lc_timer *)luaL_checkudata(L, i, LC_TIMER_T))
@@ -38,19 +40,45 @@ static void handle_destroy (lc_handle *h) {
   /* the anchor is dropped with the registry when the state closes */
 }
 
+static int callback_k (lua_State *L, int status, lua_KContext kc) {
+  (void)status, (void)kc;
+  return lua_gettop(L) - 2;
+}
+
+/* The body of a firing's task: fn(args...), unless the timer was cancelled
+** between the firing and the task's first turn, so that nothing runs once
+** cancel() has returned. Stack: timer, gen. */
+static int callback (lua_State *L) {
+  lc_timer *t = totimer(L, 1);
+  int i;
+  if (t->gen != lua_tointeger(L, 2)) return 0;
+  lua_getiuservalue(L, 1, 1);                  /* timer, gen, {fn, args} */
+  for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(L, 3, i);
+  lua_remove(L, 3);                            /* timer, gen, fn, args... */
+  lua_callk(L, t->nargs, LUA_MULTRET, 0, callback_k);
+  return callback_k(L, LUA_OK, 0);
+}
+
 static void on_fire (evutil_socket_t fd, short what, void *arg) {
   lc_timer *t = arg;
   lc_ctx *c = t->ctx;
   lua_State *L = c->L;
-  int i;
   (void)fd, (void)what;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);   /* timer */
-  lua_getiuservalue(L, -1, 1);                 /* timer, {fn, args} */
-  for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(L, -1 - (i - 1), i);
-  lc_spawn_top(L, t->nargs);                   /* timer, pack, task */
+  if (!t->repeat && lc_now() < t->due) { /* a base on a coarse clock fires early */
+    struct timeval tv = lc_timeval(t->due - lc_now());
+    event_add(t->ev, &tv);
+    return;
+  }
+  lua_pushcfunction(L, callback);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  lua_pushinteger(L, t->gen);                  /* callback, timer, gen */
+  lc_spawn_top(L, 2);                          /* task */
   lua_pop(L, 1);
-  if (!t->repeat) disarm(L, t);
-  lua_pop(L, 2);
+  if (!t->repeat) {
+    lua_Integer gen = t->gen;
+    disarm(L, t);
+    t->gen = gen; /* a one-shot that fired is not a cancel */
+  }
 }
 
 static int arm (lua_State *L, int repeat) {
@@ -83,6 +111,8 @@ static int arm (lua_State *L, int repeat) {
   t->h.destroy = handle_destroy;
   lc_handle_add(c, &t->h, LC_H_TIMER);
   tv = lc_timeval(s);
+  t->due = lc_now() + s;
+  event_base_update_cache_time(c->base); /* else relative to when this pass began */
   event_add(t->ev, &tv);
   return 1;
 }
