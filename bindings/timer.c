@@ -26,6 +26,7 @@ typedef struct lc_timer {
 #define totimer(L, i) ((lc_timer *)luaL_checkudata(L, i, LC_TIMER_T))
 
 static void disarm (lua_State *L, lc_timer *t) {
+  t->gen++;
   if (t->ref == LUA_NOREF) return;
   event_del(t->ev);
   lc_handle_remove(t->ctx, &t->h);
@@ -35,6 +36,7 @@ static void disarm (lua_State *L, lc_timer *t) {
 
 static void handle_destroy (lc_handle *h) {
   lc_timer *t = (lc_timer *)h;
+  t->gen++;
   event_del(t->ev);
   lc_handle_remove(t->ctx, h);
   /* the anchor is dropped with the registry when the state closes */
