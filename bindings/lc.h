@@ -80,6 +80,7 @@ struct lc_ctx {
   lc_waitq ready;
   lc_task *current;     /* task being resumed, or NULL */
   int running;          /* inside lc_run */
+  int draining;         /* inside the ready queue's pass */
   int stop_when_idle;   /* host: end the loop when nothing is pending */
   int stopping;         /* comm.stop() was called */
   int stop_status;      /* status given to comm.stop() */

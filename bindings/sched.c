@@ -92,7 +92,7 @@ double lc_deadline (lua_State *L, int idx) {
 static void ready_push (lc_ctx *c, lc_task *t) {
   t->status = T_READY;
   waitq_push(&c->ready, t);
-  if (c->ready.head == t && c->running) event_active(c->drain_ev, EV_TIMEOUT, 0);
+  if (c->ready.head == t && c->running && !c->draining) event_active(c->drain_ev, EV_TIMEOUT, 0);
 }
 
 static void disarm (lc_task *t) {
@@ -329,16 +329,22 @@ static void resume (lc_ctx *c, lc_task *t) {
 /* Runs the tasks that were ready when the pass began; tasks readied during
 ** the pass run in the next one, after libevent has looked at I/O again. */
 static void on_drain (evutil_socket_t fd, short what, void *arg) {
+  static const struct timeval zero = {0, 0};
   lc_ctx *c = arg;
   lc_task *last = c->ready.tail, *t;
   (void)fd, (void)what;
+  c->draining = 1;
   while ((t = c->ready.head) != NULL) {
     lc_waitq_remove(&c->ready, t);
     resume(c, t);
     if (t == last) break;
   }
   lc_conn_flush_dirty(c);
-  if (c->ready.head) event_active(c->drain_ev, EV_TIMEOUT, 0);
+  c->draining = 0;
+  /* Not event_active: libevent would run us again in this same iteration,
+  ** and tasks that keep yielding would starve I/O and timers. A zero
+  ** timeout comes after the next poll. */
+  if (c->ready.head) event_add(c->drain_ev, &zero);
   else lc_maybe_idle(c);
 }
 
