@@ -90,6 +90,32 @@ describe("tasks", function()
     end)
   end)
 
+  it("a task that keeps yielding does not starve timers or sockets", function()
+    helpers.run(function()
+      local timer_fired, got = false, nil
+      comm.after(0.001, function() timer_fired = true end)
+      local l, addr = helpers.listen()
+      local reader = comm.spawn(function()
+        local c = l:accept(5)
+        got = c:recv(5)
+        c:close()
+      end)
+      local c = assert(comm.connect(addr))
+      assert.is_true(c:send("polled"))
+      -- A busy poller: only comm.yield between checks, never a sleep.
+      local spins, t0 = 0, comm.now()
+      while not (timer_fired and got) and comm.now() - t0 < 2 do
+        spins = spins + 1
+        comm.yield()
+      end
+      assert.is_true(timer_fired)
+      assert.are.equal("polled", got)
+      assert.is_true(reader:join(5))
+      c:close()
+      l:close()
+    end)
+  end)
+
   it("now is monotonic and sleep waits at least its time; time is the wall clock", function()
     helpers.run(function()
       local prev = comm.now()
@@ -188,6 +214,17 @@ describe("tasks", function()
       trace[#trace + 1] = "a"
       assert.is_true(t:join(5))
       assert.are.same({ "b", "a" }, trace)
+    end)
+  end)
+
+  it("running returns the current task inside one and nil outside", function()
+    assert.is_nil(comm.running())
+    helpers.run(function()
+      local t
+      t = comm.spawn(function() return comm.running() == t end)
+      assert.are.same({ true, true }, { t:join(5) })
+      assert.are.equal("luacomm.task", (tostring(comm.running()):match("^luacomm%.task")))
+      assert.is_nil(coroutine.wrap(function() return comm.running() end)())
     end)
   end)
 
