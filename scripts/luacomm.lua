@@ -127,7 +127,12 @@ json.encode_invalid_numbers(false)
 M.json = {
   null = json.null,
   -- raises on a value JSON cannot hold (a function, NaN, a cycle)
-  encode = function(v) return json.encode(v) end,
+  encode = function(v)
+    local ok, s = pcall(json.encode, v)
+    if ok then return s end
+    -- blame the caller's line, not this file's
+    error("json.encode: " .. tostring(s):gsub("^.-:%d+: ", ""), 2)
+  end,
   -- never raises: nil, err on bad input
   decode = function(s)
     if type(s) ~= "string" then return nil, "expected a string, got " .. type(s) end
