@@ -74,8 +74,21 @@ install: all
 	install -m 644 scripts/luacomm/*.lua $(DESTDIR)$(LUA_SHARE)/luacomm/
 	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
 
+include bench/bench.mk
+
+# Speed against a C ceiling in the same run: ceiling and examples/echo.lua
+# under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
+BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
+bench: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
+
+bench-quick: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
+
 clean:
 	rm -rf build build-asan
 
 -include $(shell find build build-asan -name '*.d' 2>/dev/null)
-.PHONY: all deps test test-asan demo install clean
+.PHONY: all deps test test-asan demo install clean bench bench-quick

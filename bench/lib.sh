@@ -1,9 +1,11 @@
+# shellcheck shell=bash
 # Helpers shared by bench/selftest.sh and bench/run.sh (sourced, not run).
 #
 # Servers are started with start_server and stopped with stop_server; an EXIT
-# trap calling bench_cleanup kills whatever is still running.
+# trap calling bench_cleanup kills whatever is still running of the processes
+# listed in BENCH_PIDS.
 
-BENCH_SERVER_PIDS=()
+BENCH_PIDS=()
 _bench_port=${BENCH_PORT_BASE:-$((20000 + $$ % 10000))}
 
 # True while PID exists and is not a zombie (kill -0 succeeds on zombies).
@@ -38,7 +40,7 @@ start_server() {
     shift 2
     PORT=$PORT "$@" sh -c "exec $cmd" >"$log" 2>&1 &
     SERVER_PID=$!
-    BENCH_SERVER_PIDS+=("$SERVER_PID")
+    BENCH_PIDS+=("$SERVER_PID")
 }
 
 # wait_ready PID TIMEOUT_S CHECK...: polls CHECK until it succeeds; fails if
@@ -60,7 +62,7 @@ server_mem_kib() {
 
 # stop_server PID: SIGTERM, then SIGKILL after 5 s; returns the exit status.
 stop_server() {
-    local pid=$1 i status p kept=()
+    local pid=$1 i status
     kill -TERM "$pid" 2>/dev/null
     for ((i = 0; i < 50; i++)); do
         bench_alive "$pid" || break
@@ -70,17 +72,29 @@ stop_server() {
     # Braces: bash prints "Killed" job notices on the shell's stderr.
     { wait "$pid"; } 2>/dev/null
     status=$?
-    for p in "${BENCH_SERVER_PIDS[@]}"; do
-        [[ $p == "$pid" ]] || kept+=("$p")
-    done
-    BENCH_SERVER_PIDS=("${kept[@]}")
+    bench_forget "$pid"
     return "$status"
+}
+
+# Removes PID from BENCH_PIDS once it has been waited for (the number may be
+# reused by an unrelated process afterwards).
+bench_forget() {
+    local p kept=()
+    for p in "${BENCH_PIDS[@]}"; do
+        [[ $p == "$1" ]] || kept+=("$p")
+    done
+    BENCH_PIDS=("${kept[@]}")
 }
 
 bench_cleanup() {
     local pid
-    for pid in "${BENCH_SERVER_PIDS[@]}"; do
+    for pid in "${BENCH_PIDS[@]}"; do
         kill -KILL "$pid" 2>/dev/null
+        { wait "$pid"; } 2>/dev/null
     done
-    BENCH_SERVER_PIDS=()
+    BENCH_PIDS=()
 }
+
+# Makes INT/TERM run the EXIT trap (and so bench_cleanup) before dying.
+trap 'exit 130' INT
+trap 'exit 143' TERM

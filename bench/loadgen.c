@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#define NS_PER_S 1000000000ull
 #define TAG_LEN 12                   /* u32 conn id + u64 seq */
 #define MIN_SIZE 16                  /* tag plus at least 4 pattern bytes */
 #define MAX_SIZE (16u << 20)         /* servers may reject larger frames */
@@ -47,7 +48,6 @@
 #define DRAIN_TIMEOUT_NS (5 * NS_PER_S)    /* for in-flight frames at the end */
 #define ROUNDTRIP_TIMEOUT_NS (30 * NS_PER_S) /* --idle: first echo on all conns */
 #define GAP_GRACE_NS (NS_PER_S)      /* how long a skipped frame may be late */
-#define NS_PER_S 1000000000ull
 #define MAX_EVENTS 512
 
 /* Log-linear latency histogram: values below 2^(SUB_BITS+1) ns are exact,

@@ -4,10 +4,9 @@
 # fault (ceiling --fault MODE) and against a server that goes away.
 #
 # Env: LOADGEN, CEILING (binaries to test), BENCH_PORT_BASE (ports are
-# picked upwards from it), BENCH_NO_BUILD=1
-# (skip building; used when make already did).
+# picked upwards from it), BENCH_NO_BUILD=1 (skip building; make did it).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 . bench/lib.sh
 
 if [[ -z ${BENCH_NO_BUILD:-} ]]; then
@@ -115,10 +114,13 @@ test_server_dies() {
         --warmup 0 >"$TMP/out" 2>"$TMP/err" &
     local lg=$!
     sleep 0.5
-    kill -KILL "$SERVER_PID"
-    wait "$lg"
-    local rc=$?
-    stop_server "$SERVER_PID"
+    local rc
+    {   # braces: keep bash's "Killed" job notice out of the report
+        kill -KILL "$SERVER_PID"
+        wait "$lg"
+        rc=$?
+        stop_server "$SERVER_PID"
+    } 2>/dev/null
     if ((rc == 1)) && grep -Eq 'server closed|reset' "$TMP/err"; then
         pass "server killed mid-run: $(cat "$TMP/err")"
     else
