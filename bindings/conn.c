@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -51,11 +52,26 @@ typedef struct {
   lc_conn *s; /* NULL once closed */
 } conn_ud;
 
+/* The methods carry the metatable as upvalue 1: comparing with it skips
+** luaL_checkudata's registry lookup by name, a strcmp on every call. */
+static conn_ud *toconn (lua_State *L, int i) {
+  void *p = lua_touserdata(L, i);
+  if (p != NULL && lua_getmetatable(L, i)) {
+    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+    if (same) return p;
+  }
+  return luaL_checkudata(L, i, LC_CONN_T);
+}
+
 static lc_conn *checkopen (lua_State *L, int i) {
-  conn_ud *u = luaL_checkudata(L, i, LC_CONN_T);
+  conn_ud *u = toconn(L, i);
   if (u->s == NULL) luaL_error(L, "attempt to use a closed connection");
   return u->s;
 }
+
+/* In a continuation, argument 1 was checked by the first call. */
+#define argconn(L) ((conn_ud *)lua_touserdata(L, 1))
 
 /* ---- lifetime ---- */
 
@@ -105,13 +121,37 @@ static void fail_io (lc_conn *s, int err) {
 
 /* ---- writing ---- */
 
+#define WRITE_IOVECS 64
+
+/* One sendmsg of up to WRITE_IOVECS chains of out. Not evbuffer_write:
+** its writev raises SIGPIPE when the peer is gone, which kills a stock
+** lua5.4 (the host ignores SIGPIPE; a library must not decide that). */
+static ssize_t write_some (lc_conn *s, size_t cap) {
+  struct evbuffer_iovec vec[WRITE_IOVECS];
+  struct msghdr msg;
+  int n = evbuffer_peek(s->out, (ev_ssize_t)cap, NULL, vec, WRITE_IOVECS), i;
+  size_t total = 0;
+  ssize_t w;
+  if (n > WRITE_IOVECS) n = WRITE_IOVECS;
+  for (i = 0; i < n; i++) {
+    if (total + vec[i].iov_len > cap) vec[i].iov_len = cap - total;
+    total += vec[i].iov_len;
+  }
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = (struct iovec *)vec;
+  msg.msg_iovlen = (size_t)n;
+  w = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+  if (w > 0) evbuffer_drain(s->out, (size_t)w);
+  return w;
+}
+
 /* Writes what it can now; arms the write event for the rest. */
 static void flush (lc_conn *s) {
   lc_ctx *c = s->ctx;
   size_t before = evbuffer_get_length(s->out), left;
-  int n;
+  ssize_t n;
   if (before == 0 || s->err || s->connecting) return;
-  n = evbuffer_write_atmost(s->out, s->fd, c->max_io > 0 ? c->max_io : -1);
+  n = write_some(s, c->max_io > 0 ? (size_t)c->max_io : before);
   if (n < 0 && errno != EAGAIN && errno != EINTR) {
     fail_io(s, errno);
     return;
@@ -264,7 +304,7 @@ static int io_error (lua_State *L, int err) {
 
 static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  conn_ud *u = luaL_checkudata(L, 3, LC_CONN_T);
+  conn_ud *u = lua_touserdata(L, 3);
   lc_conn *s = u->s;
   (void)status, (void)kc;
   if (s->connecting && !lc_timedout(c)) return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
@@ -345,7 +385,7 @@ static int frame_too_large (lua_State *L, conn_ud *u) {
 }
 
 static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  conn_ud *u = argconn(L);
   lc_conn *s = u->s;
   lc_ctx *c;
   size_t have;
@@ -355,14 +395,27 @@ static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
   have = evbuffer_get_length(s->in);
   s->want = 4;
   if (have >= 4) {
-    unsigned char h[4];
+    struct evbuffer_iovec first;
+    const unsigned char *h;
+    unsigned char hb[4];
     uint32_t len;
-    evbuffer_copyout(s->in, h, 4);
+    evbuffer_peek(s->in, -1, NULL, &first, 1);
+    if (first.iov_len >= 4) {
+      h = first.iov_base;
+    } else {
+      evbuffer_copyout(s->in, hb, 4);
+      h = hb;
+    }
     len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
     if (len > s->max_frame) return frame_too_large(L, u);
     if (have >= 4 + (size_t)len) {
-      evbuffer_drain(s->in, 4);
-      push_bytes(L, s->in, len);
+      if (first.iov_len >= 4 + (size_t)len) { /* the common case: one copy, no calls */
+        lua_pushlstring(L, (const char *)h + 4, len);
+        evbuffer_drain(s->in, 4 + (size_t)len);
+      } else {
+        evbuffer_drain(s->in, 4);
+        push_bytes(L, s->in, len);
+      }
       s->frames_in++;
       c->n.frames_in++;
       start_reading(s);
@@ -401,7 +454,7 @@ static int conn_recv (lua_State *L) {
 ** the high-water mark. Appending the whole frame in one step is what keeps
 ** frames from several tasks from interleaving. */
 static int do_send (lua_State *L, int framed, lua_KFunction k) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  conn_ud *u = argconn(L);
   lc_conn *s = u->s;
   size_t len, wire;
   const char *p = lua_tolstring(L, 2, &len);
@@ -455,7 +508,7 @@ static int conn_write (lua_State *L) {
 /* ---- raw reads ---- */
 
 static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  conn_ud *u = argconn(L);
   lc_conn *s = u->s;
   size_t n = (size_t)lua_tointeger(L, 2), have;
   (void)status, (void)kc;
@@ -485,7 +538,7 @@ static int conn_read (lua_State *L) {
 }
 
 static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  conn_ud *u = argconn(L);
   lc_conn *s = u->s;
   struct evbuffer_ptr eol;
   size_t eol_len = 0, have;
@@ -638,7 +691,8 @@ int lc_conn_open (lua_State *L) {
   luaL_newmetatable(L, LC_CONN_T);
   luaL_setfuncs(L, conn_metameth, 0);
   luaL_newlibtable(L, conn_methods);
-  luaL_setfuncs(L, conn_methods, 0);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, conn_methods, 1);  /* mt, methods */
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lua_pushvalue(L, -2);
