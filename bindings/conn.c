@@ -21,6 +21,7 @@
 #include "lc.h"
 
 #define READ_SCRATCH (256 * 1024)
+#define ZERO_COPY_MIN (8 * 1024)
 #define READ_MAX_CHUNK (1024 * 1024)
 
 struct lc_conn {
@@ -450,6 +451,34 @@ static int conn_recv (lua_State *L) {
   return first_try(L, s->ctx, deadline, conn_recv_k);
 }
 
+/* A Lua string handed to the output buffer by reference: anchored in the
+** registry until libevent has written it (or freed the buffer). */
+typedef struct pin {
+  lua_State *mainL;
+  int ref;
+} pin;
+
+static void unpin (const void *data, size_t len, void *arg) {
+  pin *p = arg;
+  (void)data, (void)len;
+  luaL_unref(p->mainL, LUA_REGISTRYINDEX, p->ref);
+  free(p);
+}
+
+/* Large payloads are not copied: one memcpy of a 16 KiB frame costs more
+** than the anchor. Falls back to a copy when out of memory. */
+static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, size_t len) {
+  pin *p = malloc(sizeof *p);
+  if (p != NULL) {
+    p->mainL = s->ctx->mainL;
+    lua_pushvalue(L, idx);
+    p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (evbuffer_add_reference(s->out, data, len, unpin, p) == 0) return;
+    unpin(data, len, p);
+  }
+  evbuffer_add(s->out, data, len);
+}
+
 /* Appends arg 2 (with a frame header when framed) once the output is under
 ** the high-water mark. Appending the whole frame in one step is what keeps
 ** frames from several tasks from interleaving. */
@@ -469,7 +498,8 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
     s->frames_out++;
     s->ctx->n.frames_out++;
   }
-  evbuffer_add(s->out, p, len);
+  if (len >= ZERO_COPY_MIN) add_pinned(L, s, 2, p, len);
+  else evbuffer_add(s->out, p, len);
   wire = len + (framed ? 4 : 0);
   s->bytes_out += wire;
   s->ctx->n.bytes_out += wire;

@@ -54,6 +54,9 @@ static lc_ctx *ctx_create (lua_State *L, struct event_base *base) {
   const char *max_io = getenv("LUACOMM_MAX_IO");
   memset(c, 0, sizeof *c);
   c->handles.next = c->handles.prev = &c->handles;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  c->mainL = lua_tothread(L, -1);
+  lua_pop(L, 1);
   c->run_task_ref = LUA_NOREF;
   c->error_handler_ref = LUA_NOREF;
   c->log = stderr_log;

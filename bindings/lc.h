@@ -76,6 +76,7 @@ struct lc_ctx {
   struct event_base *base;
   int own_base;           /* created by us (stock Lua): freed in __gc */
   lua_State *L;           /* thread running lc_run(); used by callbacks */
+  lua_State *mainL;       /* the state's main thread: for registry work anywhere */
   struct event *drain_ev; /* drains the ready queue */
   lc_waitq ready;
   lc_task *current;     /* task being resumed, or NULL */
