@@ -79,6 +79,10 @@ static lc_conn *checkopen (lua_State *L, int i) {
 static void destroy (lc_conn *s) {
   lc_ctx *c = s->ctx;
   if (s->owner) *s->owner = NULL;
+  /* Parked tasks point into our wait queues: they must leave before the
+  ** free, and find the userdata detached ("closed") when they resume. */
+  lc_wake_all(c, &s->readers);
+  lc_wake_all(c, &s->writers);
   lc_handle_remove(c, &s->h);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
@@ -308,6 +312,7 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
   conn_ud *u = lua_touserdata(L, 3);
   lc_conn *s = u->s;
   (void)status, (void)kc;
+  if (s == NULL) return lc_fail(L, "closed"); /* cut by core.shutdown("all") */
   if (s->connecting && !lc_timedout(c)) return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
   if (s->connecting || s->err) {
     int err = s->connecting ? ETIMEDOUT : s->err;
