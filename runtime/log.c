@@ -36,18 +36,49 @@ static void timestamp (char *buf, size_t size) {
   snprintf(buf + n, size - n, ".%03dZ", (int)(ts.tv_nsec / 1000000) % 1000);
 }
 
-/* Writes msg as the body of a JSON string: quotes, backslashes and control
-** characters escaped; bytes >= 0x80 passed through (UTF-8 stays UTF-8). */
+/* Length of the well-formed UTF-8 sequence at p (at most n bytes), or 0:
+** no overlong forms, no surrogates, nothing above U+10FFFF (RFC 3629). */
+static size_t utf8_len (const unsigned char *p, size_t n) {
+  size_t len, i;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (p[0] >= 0xC2 && p[0] <= 0xDF) len = 2;
+  else if (p[0] >= 0xE0 && p[0] <= 0xEF) len = 3;
+  else if (p[0] >= 0xF0 && p[0] <= 0xF4) len = 4;
+  else return 0;
+  if (len > n) return 0;
+  if (p[0] == 0xE0) lo = 0xA0;
+  else if (p[0] == 0xED) hi = 0x9F;
+  else if (p[0] == 0xF0) lo = 0x90;
+  else if (p[0] == 0xF4) hi = 0x8F;
+  if (p[1] < lo || p[1] > hi) return 0;
+  for (i = 2; i < len; i++)
+    if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+  return len;
+}
+
+/* Writes msg as a JSON string. Quotes, backslashes and control characters
+** are escaped; well-formed UTF-8 passes through; any other byte (a log line
+** may quote binary from a peer) becomes \u00XX, because JSON text must be
+** UTF-8 and one bad byte would make strict parsers reject the whole line. */
 static void put_json_string (FILE *f, const char *msg, size_t len) {
-  size_t i;
+  const unsigned char *p = (const unsigned char *)msg;
+  size_t i = 0, n;
   fputc('"', f);
-  for (i = 0; i < len; i++) {
-    unsigned char ch = (unsigned char)msg[i];
-    if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+  while (i < len) {
+    unsigned char ch = p[i];
+    if (ch >= 0x80) {
+      if ((n = utf8_len(p + i, len - i)) > 0) {
+        fwrite(p + i, 1, n, f);
+        i += n;
+        continue;
+      }
+      fprintf(f, "\\u%04x", ch);
+    } else if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
     else if (ch == '\n') fputs("\\n", f);
     else if (ch == '\t') fputs("\\t", f);
-    else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+    else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\u%04x", ch);
     else fputc(ch, f);
+    i++;
   }
   fputc('"', f);
 }
