@@ -227,7 +227,7 @@ describe("tcp" .. suffix, function()
 
   it("a connection dropped for a too-large frame wakes a task blocked in send with nil, \"closed\"", function()
     helpers.run(function()
-      local l, addr = helpers.listen({ max_frame = 10, hwm = 1 })
+      local l, addr = helpers.listen({ max_frame = 10, hwm = 4 }) -- input pauses at 4 bytes: one header
       local peer = assert(comm.connect(addr))
       local x = assert(l:accept(5))
       peer:write(string.pack(">I4", 11))
