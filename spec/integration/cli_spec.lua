@@ -296,6 +296,25 @@ describe("luacomm process lifetime", function()
     end)
   end
 
+  -- A dial-only node whose peer is down: nothing but this task is pending
+  -- between its tries, and it must not be mistaken for nothing at all.
+  it("stays alive while a task retries a refused connect with sleeps in between", function()
+    local port = helpers.free_port()
+    local st, out, err = helpers.run_host({ "-e", ([[
+      local comm = require "luacomm"
+      comm.spawn(function()
+        for i = 1, 3 do
+          local c, why = comm.connect("127.0.0.1:%d")
+          print("try " .. i .. ": " .. tostring(c and "connected" or why))
+          comm.sleep(0.05)
+        end
+        print("gave up")
+      end)
+    ]]):format(port) })
+    assert.are.equal("try 1: connection refused\ntry 2: connection refused\ntry 3: connection refused\ngave up\n", out)
+    assert.are.equal(0, st, err)
+  end)
+
   it("logs a task's error with its traceback and keeps serving", function()
     helpers.run(function()
       with_host({ FIX .. "task_error.lua" }, nil, function(p)
