@@ -1,0 +1,90 @@
+-- luacomm.node.envelope: what gets past the reader. Every kind of bad
+-- envelope must be named, never raised.
+local envelope = require "luacomm.node.envelope"
+local comm = require "luacomm"
+
+local function req(over)
+  local e = { kind = "req", src = "a", dst = "b", type = "get", id = 3, inc = 1700000000000,
+              hops = 0, ttl = 1.5, body = { k = "x" } }
+  for k, v in pairs(over or {}) do e[k] = v end
+  return comm.json.encode(e)
+end
+
+describe("node envelopes", function()
+  it("decodes a good request, unknown fields and all", function()
+    local env = assert(envelope.decode(req{ future_field = { 1, 2 } }))
+    assert.are.equal("req", env.kind)
+    assert.are.equal("x", env.body.k)
+    assert.are.equal(1.5, env.ttl)
+  end)
+
+  it("names what is wrong instead of raising", function()
+    local cases = {
+      { "{not json", "bad_json" },
+      { "", "bad_json" },
+      { "[1,2,3]", "bad_envelope" },
+      { "42", "bad_envelope" },
+      { '{"src":"a"}', "bad_envelope" },
+      { '{"kind":7}', "bad_envelope" },
+      { '{"kind":"gossip"}', "unknown_kind" },
+      { req{ type = false }, "bad_envelope" },
+      { req{ id = 0 }, "bad_envelope" },
+      { req{ id = 1.5 }, "bad_envelope" },
+      { req{ hops = -1 }, "bad_envelope" },
+      { req{ src = "" }, "bad_envelope" },
+      { req{ ttl = "soon" }, "bad_envelope" },
+      { '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":[1]}', "bad_envelope" },
+      { '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":{"x":"b"}}', "bad_envelope" },
+      { '{"kind":"hello","v":1,"inc":1}', "bad_envelope" },
+      { '{"kind":"ping"}', "bad_envelope" },
+      { string.rep("[", 5000), "bad_json" },
+    }
+    for _, c in ipairs(cases) do
+      local env, why, detail = envelope.decode(c[1])
+      assert.is_nil(env, c[1])
+      assert.are.equal(c[2], why, c[1])
+      assert.is_string(detail)
+    end
+    local _, _, detail = envelope.decode(comm.json.encode{ kind = "req", src = "a", dst = "b", type = "t",
+                                                           hops = 0, ttl = 1, inc = 1 })
+    assert.are.equal("req without id", detail)
+  end)
+
+  it("checks every field of every kind it knows", function()
+    for kind, spec in pairs(envelope.KINDS) do
+      for field, what in pairs(spec) do
+        if what:sub(1, 1) ~= "?" then
+          local good = {}
+          for f, w in pairs(spec) do
+            local t = w:gsub("^%?", "")
+            good[f] = ({ string = "s", name = "n", number = 1.5, integer = 1, count = 0, id = 1,
+                         names = { "x" } })[t]
+          end
+          good.kind = kind
+          assert.is_table(envelope.check(good), kind)
+          good[field] = nil
+          local env, why = envelope.check(good)
+          assert.is_nil(env)
+          assert.are.equal("bad_envelope", why, kind .. "." .. field)
+        end
+      end
+    end
+  end)
+
+  it("writes an empty link list as a JSON array", function()
+    local f = envelope.encode_links("a", 1, 2, {})
+    assert.truthy(f:find('"links":[]', 1, true))
+    assert.are.same({}, envelope.names(assert(envelope.decode(f)).links))
+    local g = assert(envelope.decode(envelope.encode_links("a", 1, 2, { "b", "c" })))
+    assert.are.same({ "b", "c" }, g.links)
+  end)
+
+  it("splices a body encoded once", function()
+    local f = envelope.encode_with_body({ kind = "msg", src = "a", dst = "b", type = "t", hops = 0 },
+                                        comm.json.encode{ n = 1 })
+    local env = assert(envelope.decode(f))
+    assert.are.equal(1, env.body.n)
+    assert.is_nil(assert(envelope.decode(envelope.encode_with_body(
+      { kind = "msg", src = "a", dst = "b", type = "t", hops = 0 }, nil))).body)
+  end)
+end)
