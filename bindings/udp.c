@@ -71,6 +71,7 @@ static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
   n = recvfrom(s->fd, buf, sizeof buf, 0, (struct sockaddr *)&from.ss, &from.len);
   if (n >= 0) {
     event_del(s->rev);
+    s->ctx->n.bytes_in += (uint64_t)n; /* as sendto counts bytes_out */
     lua_pushlstring(L, buf, (size_t)n);
     lc_push_addrstring(L, (struct sockaddr *)&from.ss, from.len);
     return 2;
