@@ -67,11 +67,14 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@lua5.4 tools/demo.lua
 
+# Every .lua under scripts/ keeps its path below share/lua/5.4.
+LUA_FILES := $(shell find scripts -name '*.lua')
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_SHARE)/luacomm $(DESTDIR)$(LUA_LIB)/luacomm
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_LIB)/luacomm
 	install -m 755 $(OUT)/luacomm $(DESTDIR)$(PREFIX)/bin/luacomm
-	install -m 644 scripts/luacomm.lua $(DESTDIR)$(LUA_SHARE)/luacomm.lua
-	install -m 644 scripts/luacomm/*.lua $(DESTDIR)$(LUA_SHARE)/luacomm/
+	for f in $(LUA_FILES:scripts/%=%); do \
+	  install -D -m 644 scripts/$$f $(DESTDIR)$(LUA_SHARE)/$$f || exit 1; \
+	done
 	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
 
 include bench/bench.mk

@@ -285,16 +285,45 @@ static void store_results (lc_ctx *c, lc_task *t, int nres) {
   lua_pop(L, 1);
 }
 
+static int tostring_call (lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* Pushes a readable text for the error value on top, as lua.c's msghandler
+** does: a string as is, __tostring in protected mode, else its type. */
+static const char *error_text (lua_State *L) {
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    lua_pushvalue(L, -1);
+  } else if (luaL_getmetafield(L, -1, "__tostring") != LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, tostring_call);
+    lua_pushvalue(L, -2);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
+    }
+  } else {
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, -1));
+  }
+  return lua_tostring(L, -1);
+}
+
 static void store_error (lc_ctx *c, lc_task *t) {
   lua_State *L = c->L;
-  const char *msg;
   push_task(c, t);
   lua_xmove(t->co, L, 1);             /* task, err */
-  msg = lua_tostring(L, -1);
-  if (msg == NULL) msg = luaL_typename(L, -1);
   if (!t->watched) {
+    const char *msg = error_text(L);  /* task, err, text */
     luaL_traceback(L, t->co, msg, 0); /* the task's own stack, still intact */
-    lc_logf(c, LC_ERROR, "task failed: %s", lua_tostring(L, -1));
+    lua_remove(L, -2);
+    if (LC_ERROR >= c->log_level) { /* not lc_logf: a traceback may be long */
+      size_t len;
+      const char *text = lua_pushfstring(L, "task failed: %s", lua_tostring(L, -1));
+      len = lua_rawlen(L, -1);
+      c->log(c->log_ud, LC_ERROR, text, len);
+      lua_pop(L, 1);
+    }
     lua_pop(L, 1);
     c->n.task_errors++;
   }
@@ -352,7 +381,9 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
 ** condition with no deadline is not progress by itself. */
 static int idle (const lc_ctx *c) {
   int h = 0, k;
-  if (c->ready.head || c->sleepers) return 0;
+  /* A running task may still sleep or open something: a destroy() inside
+  ** it must not end the loop under its feet. */
+  if (c->current || c->ready.head || c->sleepers) return 0;
   for (k = 0; k < LC_H_KINDS; k++) h += c->nhandles[k];
   return h == 0;
 }

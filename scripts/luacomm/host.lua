@@ -59,9 +59,23 @@ local function load_main(opts)
   return loadfile(opts.script)
 end
 
+-- As lua.c's msghandler: any error value becomes a message with a traceback.
+local function msghandler(e)
+  if type(e) ~= "string" then
+    local mt = getmetatable(e)
+    if mt and mt.__tostring then
+      local ok, s = pcall(tostring, e)
+      e = ok and s or "(error object is a " .. type(e) .. " value)"
+    else
+      e = "(error object is a " .. type(e) .. " value)"
+    end
+  end
+  return traceback(e, 2)
+end
+
 -- Runs fn(...) in a task until it ends; true, results | false, message.
 local function run_task(fn, ...)
-  local task = core.spawn(function(...) return xpcall(fn, traceback, ...) end, ...)
+  local task = core.spawn(function(...) return xpcall(fn, msghandler, ...) end, ...)
   local _, why = core.loop(task)
   if task:status() ~= "done" then
     if H.stopping then return true end
@@ -103,8 +117,10 @@ local function start_service(opts, service)
   return run_task(service.start, H.state, unpack(opts.args, 1, opts.args.n))
 end
 
-local function fail(msg)
-  io.stderr:write(tostring(msg), "\n")
+-- A startup failure: the message (file:line first) and traceback on
+-- stderr; as one log record when the log format is JSON.
+local function fail(opts, msg)
+  if opts.log_json then core.log("error", msg) else io.stderr:write(msg, "\n") end
   return 1
 end
 
@@ -116,15 +132,15 @@ function H.main(opts)
   H.loader = loader.new(dirs)
   H.loader:install()
   local chunk, err = load_main(opts)
-  if not chunk then return fail(err) end
+  if not chunk then return fail(opts, err) end
   comm._stop = function(status) H.stop(opts, status) end
   comm.reload = function() return reload(opts) end
   debug.getregistry()["luacomm.host.signal"] = function(name) return signal_actions[name](opts) end
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
-  if not r[1] then return fail(r[2]) end
+  if not r[1] then return fail(opts, r[2]) end
   if type(r[2]) == "table" and not H.stopping then
     local ok, why = start_service(opts, r[2])
-    if not ok then return fail(why) end
+    if not ok then return fail(opts, why) end
   end
   if not H.stopping then core.loop() end
   return H.status
