@@ -7,6 +7,11 @@ local helpers = require "helpers"
 
 local KiB, MiB = 1024, 1024 * 1024
 
+-- Under `make test-asan` freed memory sits in ASan's quarantine (256 MiB
+-- by default) before it is reused, so churn shows as resident: allow it.
+local ASAN = (os.getenv("LD_PRELOAD") or ""):match("libasan") ~= nil
+local RSS_SLACK = 64 * MiB + (ASAN and 256 * MiB or 0)
+
 local function rss()
   local s = assert(helpers.readfile("/proc/self/status"))
   return tonumber(s:match("VmRSS:%s*(%d+) kB")) * KiB
@@ -54,7 +59,7 @@ describe("backpressure", function()
         assert.are.equal(stalled_at, sent)
         comm.sleep(0.01)
       end
-      assert.is_true(rss() - rss0 < 64 * MiB, ("RSS grew %d MiB while blocked"):format((rss() - rss0) // MiB))
+      assert.is_true(rss() - rss0 < RSS_SLACK, ("RSS grew %d MiB while blocked"):format((rss() - rss0) // MiB))
       -- Phase 2: the peer reads everything, checking each frame.
       local peak_out, peak_rss = 0, 0
       for i = 1, N do
@@ -72,7 +77,7 @@ describe("backpressure", function()
       assert.are.same({ true, true }, { sender:join(5) })
       assert.are.equal(N, sent)
       assert.is_true(peak_out <= hwm + FRAME + 4, "pending_out peaked at " .. peak_out)
-      assert.is_true(peak_rss - rss0 < 64 * MiB, ("RSS grew %d MiB during the transfer"):format((peak_rss - rss0) // MiB))
+      assert.is_true(peak_rss - rss0 < RSS_SLACK, ("RSS grew %d MiB during the transfer"):format((peak_rss - rss0) // MiB))
       assert.are.same({ nil, "timeout" }, { s:recv(0.01) })
       local cs, ss = c:stats(), s:stats()
       assert.are.equal(N, cs.frames_out)
