@@ -10,6 +10,7 @@
 */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -28,6 +29,7 @@ struct lc_task {
   double deadline;     /* of the current wait while armed; < 0 for none */
   double last_deadline; /* of the latest wait, kept after it fires */
   double resumed_at;   /* for the runaway guard */
+  char *runaway;       /* the guard's message while it unwinds the task */
   struct event *timer; /* the wait's deadline; created on first use */
   lc_waitq *waitq;     /* the queue it is parked on, if any */
   lc_task *prev, *next;
@@ -200,17 +202,29 @@ static void runaway_hook (lua_State *L, lua_Debug *ar) {
   (void)ar;
   if (t == NULL || t->co != L || c->task_budget <= 0) return;
   if (lc_now() - t->resumed_at <= c->task_budget) {
-    /* Back within budget (it yielded since): back to the cheap hook. */
-    if (lua_gethookmask(L) & LUA_MASKLINE) lua_sethook(L, runaway_hook, LUA_MASKCOUNT, 10000);
-  } else {
-    /* Keep firing on every line until the task unwinds, so a pcall in the
-    ** runaway code cannot swallow the error for good. */
-    char msg[96];
-    lua_sethook(L, runaway_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
-    snprintf(msg, sizeof msg, "task ran %.3g s without yielding (budget %.3g s): interrupted",
-             lc_now() - t->resumed_at, c->task_budget);
-    luaL_error(L, "%s", msg);
+    /* It yielded since: back to the cheap hook. */
+    if (t->runaway) {
+      free(t->runaway);
+      t->runaway = NULL;
+      lua_sethook(L, runaway_hook, LUA_MASKCOUNT, 10000);
+    }
+    return;
   }
+  if (t->runaway == NULL) {
+    /* First time: say where it was spinning, then keep firing on every
+    ** line with the same message until the task unwinds, so a pcall in the
+    ** runaway code cannot swallow the error for good. */
+    char what[96];
+    snprintf(what, sizeof what, "task ran %.3g s without yielding (budget %.3g s): interrupted",
+             lc_now() - t->resumed_at, c->task_budget);
+    luaL_where(L, 0);
+    lua_pushfstring(L, "%s%s", lua_tostring(L, -1), what);
+    t->runaway = strdup(lua_tostring(L, -1));
+    lua_pop(L, 2);
+    lua_sethook(L, runaway_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  }
+  lua_pushstring(L, t->runaway ? t->runaway : "task interrupted: over its budget");
+  lua_error(L);
 }
 
 /*
@@ -258,6 +272,8 @@ static void push_task (lc_ctx *c, lc_task *t) {
 ** L is any thread that may run API calls now. */
 static void release (lc_ctx *c, lua_State *L, lc_task *t, int status) {
   t->status = status;
+  free(t->runaway);
+  t->runaway = NULL;
   if (t->timer) {
     disarm(t);
     event_free(t->timer);
@@ -556,6 +572,8 @@ static int task_status (lua_State *L) {
 
 static int task_gc (lua_State *L) {
   lc_task *t = totask(L, 1);
+  free(t->runaway);
+  t->runaway = NULL;
   if (t->timer) {
     event_free(t->timer);
     t->timer = NULL;

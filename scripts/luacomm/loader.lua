@@ -10,6 +10,8 @@
 -- around Lua's own package searcher: a module found under one of the
 -- service's folders (the script's folder, -I folders) is the service's;
 -- luacomm's library and system modules never are.
+local core = require "luacomm.core"
+
 local pairs, type, xpcall, tostring = pairs, type, xpcall, tostring
 local traceback = debug.traceback
 
@@ -56,9 +58,15 @@ local function handler(e)
   return traceback(tostring(e), 2)
 end
 
--- Runs fn(...) in protected mode; returns true, results | false, message.
+-- Runs fn(...) in protected mode, in a task of its own that the caller
+-- waits for: the runaway guard, which keeps raising until its task
+-- unwinds, then ends that task and not the reload. Returns true, results |
+-- false, message. Must be called from a task.
 local function protect(fn, ...)
-  return xpcall(fn, handler, ...)
+  local task = core.spawn(function(...) return xpcall(fn, handler, ...) end, ...)
+  local r = table.pack(task:join())
+  if not r[1] then return false, r[2] end -- the guard ended the task
+  return table.unpack(r, 2, r.n)
 end
 
 -- Runs the new versions of the script and its modules against a staging

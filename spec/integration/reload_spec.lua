@@ -144,6 +144,9 @@ describe("hot reload", function()
     ["an M.reload that raises"] = function(script)
       helpers.writefile(script, service("v2", "function M.reload(state) error('reload hook boom') end"))
     end,
+    ["a top level that never ends (bounded by --task-budget)"] = function(script)
+      helpers.writefile(script, service("v2", "while true do end"))
+    end,
     ["a module with a syntax error"] = function(script, dir)
       helpers.writefile(script, service("v2"))
       helpers.writefile(dir .. "/util.lua", "local U = {\n")
