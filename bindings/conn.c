@@ -632,6 +632,15 @@ static int conn_close (lua_State *L) {
   return 0;
 }
 
+/* Closed connections still flushing what was sent before close(). */
+int lc_conn_lingering (lc_ctx *c) {
+  lc_handle *h;
+  int n = 0;
+  for (h = c->handles.next; h != &c->handles; h = h->next)
+    if (h->kind == LC_H_CONN && ((lc_conn *)h)->closed) n++;
+  return n;
+}
+
 /* For a graceful stop: every connection closes as conn:close() would. */
 int lc_conn_close_all (lc_ctx *c) {
   lc_handle *h, *next;

@@ -172,6 +172,7 @@ static int core_stats (lua_State *L) {
   setcount(L, "tasks_spawned", c->n.tasks_spawned);
   setcount(L, "timers", (uint64_t)c->nhandles[LC_H_TIMER]);
   setcount(L, "conns", (uint64_t)c->nhandles[LC_H_CONN]);
+  setcount(L, "lingering", (uint64_t)lc_conn_lingering(c));
   setcount(L, "listeners", (uint64_t)c->nhandles[LC_H_LISTENER]);
   setcount(L, "udp", (uint64_t)c->nhandles[LC_H_UDP]);
   setcount(L, "frames_in", c->n.frames_in);

@@ -150,6 +150,7 @@ int lc_listener_open(lua_State *L);
 int lc_udp_open(lua_State *L);
 void lc_conn_flush_dirty(lc_ctx *c);
 int lc_conn_close_all(lc_ctx *c);
+int lc_conn_lingering(lc_ctx *c);
 void lc_conn_push(lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm);
 
 #endif

@@ -18,6 +18,18 @@ end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
+-- Output that closed connections still hold would be lost if the script
+-- ended right after comm.run: flush it first, within the time a host's
+-- graceful stop gives it by default.
+local LINGER = 5
+local function flush_closed()
+  if core.stats().lingering == 0 then return end
+  local deadline = core.now() + LINGER
+  core.loop(core.spawn(function()
+    while core.stats().lingering > 0 and core.now() < deadline do core.sleep(0.002) end
+  end))
+end
+
 -- comm.run(fn, ...): from plain Lua, runs fn as a task and drives the loop
 -- until it returns; returns its results or raises its error with traceback.
 function M.run(fn, ...)
@@ -28,6 +40,7 @@ function M.run(fn, ...)
     task:cancel()
     error("luacomm.run: " .. why .. ": the task waits for something nothing pending can bring", 2)
   end
+  flush_closed()
   if task:status() ~= "done" then return end -- ended early by comm.stop()
   local r = pack(task:join())
   if not r[2] then error(r[3], 0) end

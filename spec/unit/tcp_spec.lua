@@ -346,6 +346,32 @@ describe("tcp" .. suffix, function()
     end, 30)
   end)
 
+  it("close flushes even when comm.run returns and the script ends right after", function()
+    local size = BYTEWISE and 32 * 1024 or 8 * 1024 * 1024
+    helpers.run(function()
+      local l, _, port = helpers.listen()
+      local env = { "LUA_PATH=" .. helpers.shquote(package.path), "LUA_CPATH=" .. helpers.shquote(package.cpath) }
+      if BYTEWISE then env[#env + 1] = "LUACOMM_MAX_IO=1" end
+      local p = helpers.spawn_host({}, { env = env, argv = { "lua5.4", "-e", ([[
+        local comm = require "luacomm"
+        comm.run(function()
+          local c = assert(comm.connect("127.0.0.1:%d"))
+          assert(c:send(("%%08d"):format(%d) .. ("z"):rep(%d - 8)))
+          c:close()
+        end)
+        io.write("lingering after run: ", comm.stats().lingering)
+      ]]):format(port, size, size) } })
+      local s = assert(l:accept(10))
+      local f, err = s:recv(20)
+      assert.are.equal(size, f and #f, err)
+      assert.is_true(f == ("%08d"):format(size) .. ("z"):rep(size - 8))
+      assert.are.same({ nil, "closed" }, { s:recv(5) })
+      assert.are.equal(0, p:wait(10))
+      assert.are.equal("lingering after run: 0", p:stdout())
+      close_all(s, l)
+    end, 30)
+  end)
+
   it("raw write, read(n) and readline with \\n and \\r\\n", function()
     helpers.run(function()
       local c, s, l = pair()
