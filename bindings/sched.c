@@ -347,6 +347,17 @@ static void store_error (lc_ctx *c, lc_task *t) {
   lua_pop(L, 1);
 }
 
+/* Runs the pending to-be-closed variables of a cancelled task (as
+** coroutine.close does), so a cancelled serve handler closes its
+** connection now, not at some later collection. Errors are logged. */
+static void close_cancelled (lua_State *from, lc_task *t) {
+  if (lc_closethread(t->co, from) != LUA_OK) {
+    lc_logf(t->ctx, LC_WARN, "closing a cancelled task: %s",
+            lua_isstring(t->co, -1) ? lua_tostring(t->co, -1) : "(error object is not a string)");
+  }
+  lua_settop(t->co, 0);
+}
+
 static void resume (lc_ctx *c, lc_task *t) {
   int nres, st, nargs = t->nargs;
   t->nargs = 0;
@@ -359,6 +370,7 @@ static void resume (lc_ctx *c, lc_task *t) {
     lua_pop(t->co, nres);
     /* A plain coroutine.yield() in a task: treat it as comm.yield(). */
     if (t->status == T_RUNNING) ready_push(c, t);
+    else if (t->status == T_CANCELLED) close_cancelled(c->L, t); /* cancelled itself */
     return;
   }
   if (st == LUA_OK) {
@@ -559,7 +571,8 @@ static int task_cancel (lua_State *L) {
   if (!alive(t)) return 0;
   if (t->waitq) lc_waitq_remove(t->waitq, t);
   release(c, L, t, T_CANCELLED); /* arg 1 keeps the userdata alive */
-  if (c->current == t) return lua_yield(L, 0);
+  if (c->current == t) return lua_yield(L, 0); /* closed by resume() */
+  close_cancelled(L, t);
   return 0;
 }
 

@@ -173,7 +173,7 @@ static void write_pidfile (const char *path) {
 }
 
 int rt_host_run (const rt_opts *o) {
-  struct event_base *base = event_base_new();
+  struct event_base *base = lc_event_base_new();
   lua_State *L = luaL_newstate();
   int status;
   if (base == NULL || L == NULL) {
