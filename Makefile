@@ -51,8 +51,9 @@ deps:
 BUSTED := lua5.4 /usr/bin/busted
 ifeq ($(B),asan)
 # lua5.4 itself is not instrumented: preload the runtimes for the module.
+# Leak checking is on: the host processes the specs start are checked too.
 TEST_ENV := LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-            ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+            ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 endif
 
 test: deps
