@@ -64,6 +64,12 @@ test: deps
 test-asan:
 	@$(MAKE) --no-print-directory B=asan test
 
+# The examples under valgrind, with traffic and signals: nothing may be found.
+valgrind: deps
+	@$(MAKE) --no-print-directory all
+	@command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
+	lua5.4 tools/valgrind_examples.lua
+
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@lua5.4 tools/demo.lua
@@ -95,4 +101,4 @@ clean:
 	rm -rf build build-asan
 
 -include $(shell find build build-asan -name '*.d' 2>/dev/null)
-.PHONY: all deps test test-asan demo install clean bench bench-quick
+.PHONY: all deps test test-asan valgrind demo install clean bench bench-quick

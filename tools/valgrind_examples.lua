@@ -1,0 +1,83 @@
+-- Runs the examples under valgrind (memcheck, full leak check) with real
+-- traffic and signals, and fails unless valgrind finds nothing.
+--   lua5.4 tools/valgrind_examples.lua        (from the repo root; `make valgrind`)
+package.path = "scripts/?.lua;spec/?.lua;" .. package.path
+package.cpath = "build/lib/?.so;" .. package.cpath
+local comm = require "luacomm"
+local helpers = require "helpers"
+
+local VALGRIND = { "valgrind", "--error-exitcode=99", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+                   "--errors-for-leak-kinds=definite,indirect", "--track-fds=no" }
+
+local function under_valgrind(args)
+  local argv = {}
+  for _, a in ipairs(VALGRIND) do argv[#argv + 1] = a end
+  argv[#argv + 1] = "build/luacomm"
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return helpers.spawn_host(nil, { argv = argv })
+end
+
+local function connect(port)
+  return helpers.wait_until(function() return (comm.connect("127.0.0.1:" .. port)) end, 30, 0.1)
+end
+
+local function exchange(c, frames)
+  for _, f in ipairs(frames) do
+    assert(c:send(f))
+    local got = assert(c:recv(30))
+    assert(#got >= #f, "short answer")
+  end
+end
+
+local cases = {
+  ["examples/echo.lua"] = function()
+    local port = helpers.free_port()
+    local p = under_valgrind({ "examples/echo.lua", tostring(port) })
+    local c = assert(connect(port), "echo did not start")
+    exchange(c, { "", "x", ("y"):rep(65536), ("z"):rep(1 << 20) })
+    c:write("\0\0\1\0partial")           -- a truncated frame, then the peer goes away
+    c:close()
+    return p
+  end,
+  ["examples/reload/service.lua + SIGHUP"] = function()
+    local dir = helpers.tmpdir()
+    assert(os.execute("cp examples/reload/*.lua " .. dir))
+    local port = helpers.free_port()
+    local p = under_valgrind({ dir .. "/service.lua", tostring(port) })
+    local c = assert(connect(port), "service did not start")
+    exchange(c, { "a" })
+    helpers.writefile(dir .. "/greeting.lua", "return { word = function() return 'hi' end }\n")
+    p:signal("HUP")
+    assert(p:wait_output("reload ok", "err", 30))
+    helpers.writefile(dir .. "/greeting.lua", "return {\n")
+    p:signal("HUP")
+    assert(p:wait_output("reload failed", "err", 30))
+    exchange(c, { "b" })
+    return p
+  end,
+}
+
+local passed, failed = 0, 0
+comm.run(function()
+  for name, run in pairs(cases) do
+    local ok, p = pcall(run)
+    local status
+    if ok then
+      comm.sleep(0.2)
+      p:signal("TERM")
+      status = p:wait(60)
+    end
+    local report = ok and p:stderr() or ""
+    if ok and status == 0 and report:match("ERROR SUMMARY: 0 errors") then
+      passed = passed + 1
+      print("ok     " .. name)
+    else
+      failed = failed + 1
+      print("FAILED " .. name .. ": " .. (ok and ("exit " .. tostring(status)) or tostring(p)))
+      print(report:match("==%d+== HEAP SUMMARY.*") or report)
+    end
+    if ok then p:kill() end
+  end
+end)
+print(("%d passed, %d failed"):format(passed, failed))
+os.exit(failed == 0 and 0 or 1)
