@@ -22,6 +22,7 @@
 
 #define READ_SCRATCH (256 * 1024)
 #define ZERO_COPY_MIN (8 * 1024)
+#define SMALL_FRAME 256
 #define READ_MAX_CHUNK (1024 * 1024)
 
 struct lc_conn {
@@ -50,18 +51,21 @@ struct lc_conn {
 typedef struct lc_conn lc_conn;
 
 typedef struct {
-  lc_conn *s; /* NULL once closed */
+  const void *tag; /* &conn_tag: the cheap type check */
+  lc_conn *s;      /* NULL once closed */
 } conn_ud;
 
-/* The methods carry the metatable as upvalue 1: comparing with it skips
-** luaL_checkudata's registry lookup by name, a strcmp on every call. */
+static const char conn_tag = 'C';
+
+/* A full userdata of our size whose first field points at conn_tag is
+** ours: no memory outside this file can hold that address by chance. This
+** skips luaL_checkudata's registry lookup by name (a strcmp) and metatable
+** fetch on every send and recv; anything else still gets its error. */
 static conn_ud *toconn (lua_State *L, int i) {
-  void *p = lua_touserdata(L, i);
-  if (p != NULL && lua_getmetatable(L, i)) {
-    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-    lua_pop(L, 1);
-    if (same) return p;
-  }
+  conn_ud *u = lua_touserdata(L, i);
+  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u &&
+      u->tag == &conn_tag)
+    return u;
   return luaL_checkudata(L, i, LC_CONN_T);
 }
 
@@ -272,6 +276,7 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
 void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm) {
   conn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
   lc_conn *s;
+  u->tag = &conn_tag;
   u->s = NULL; /* "closed" until fully built (R5) */
   luaL_setmetatable(L, LC_CONN_T);
   s = calloc(1, sizeof *s);
@@ -496,16 +501,22 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
   if (evbuffer_get_length(s->out) > s->hwm) return lc_wait(s->ctx, L, &s->writers, -1, k);
   if (framed) {
-    unsigned char h[4];
+    unsigned char h[4 + SMALL_FRAME];
     h[0] = (unsigned char)(len >> 24), h[1] = (unsigned char)(len >> 16);
     h[2] = (unsigned char)(len >> 8), h[3] = (unsigned char)len;
-    evbuffer_add(s->out, h, 4);
     s->frames_out++;
     s->ctx->n.frames_out++;
+    if (len <= SMALL_FRAME) { /* header and payload in one append */
+      memcpy(h + 4, p, len);
+      evbuffer_add(s->out, h, 4 + len);
+      len = 0;
+    } else {
+      evbuffer_add(s->out, h, 4);
+    }
   }
   if (len >= ZERO_COPY_MIN) add_pinned(L, s, 2, p, len);
-  else evbuffer_add(s->out, p, len);
-  wire = len + (framed ? 4 : 0);
+  else if (len > 0) evbuffer_add(s->out, p, len);
+  wire = lua_rawlen(L, 2) + (framed ? 4 : 0);
   s->bytes_out += wire;
   s->ctx->n.bytes_out += wire;
   mark_dirty(s);
@@ -735,8 +746,7 @@ int lc_conn_open (lua_State *L) {
   luaL_newmetatable(L, LC_CONN_T);
   luaL_setfuncs(L, conn_metameth, 0);
   luaL_newlibtable(L, conn_methods);
-  lua_pushvalue(L, -2);
-  luaL_setfuncs(L, conn_methods, 1);  /* mt, methods */
+  luaL_setfuncs(L, conn_methods, 0);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   lua_pushvalue(L, -2);
