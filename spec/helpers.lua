@@ -154,6 +154,16 @@ function H.run_host(args, opts)
   return p:status(), p:stdout(), p:stderr()
 end
 
+-- Runs `code` in a fresh lua5.4 that finds this build's modules (the
+-- sanitizer run's LD_PRELOAD is inherited through the environment):
+-- status, stdout, stderr.
+function H.run_lua(code)
+  return H.run_host({}, {
+    argv = { "lua5.4", "-e", code },
+    env = { "LUA_PATH=" .. shquote(package.path), "LUA_CPATH=" .. shquote(package.cpath) },
+  })
+end
+
 -- Raises if the captured log has an [error] line (Test::Nginx's no_error_log).
 function H.assert_no_error_log(text)
   local line = text:match("[^\n]*%[error%][^\n]*")

@@ -3,12 +3,7 @@ local comm = require "luacomm"
 local core = require "luacomm.core"
 local helpers = require "helpers"
 
-local function run_lua(code)
-  return helpers.run_host({}, {
-    argv = { "lua5.4", "-e", code },
-    env = { "LUA_PATH=" .. helpers.shquote(package.path), "LUA_CPATH=" .. helpers.shquote(package.cpath) },
-  })
-end
+local run_lua = helpers.run_lua
 
 describe("json", function()
   it("round-trips tables, strings, numbers, booleans and null", function()

@@ -5,14 +5,7 @@ local comm = require "luacomm"
 local core = require "luacomm.core"
 local helpers = require "helpers"
 
--- Runs `code` in a fresh lua5.4 that finds this build's modules (the
--- sanitizer run's LD_PRELOAD is inherited through the environment).
-local function run_lua(code)
-  return helpers.run_host({}, {
-    argv = { "lua5.4", "-e", code },
-    env = { "LUA_PATH=" .. helpers.shquote(package.path), "LUA_CPATH=" .. helpers.shquote(package.cpath) },
-  })
-end
+local run_lua = helpers.run_lua
 
 describe("tasks", function()
   it("spawn passes arguments and join returns every result", function()

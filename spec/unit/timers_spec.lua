@@ -4,12 +4,7 @@
 local comm = require "luacomm"
 local helpers = require "helpers"
 
-local function run_lua(code)
-  return helpers.run_host({}, {
-    argv = { "lua5.4", "-e", code },
-    env = { "LUA_PATH=" .. helpers.shquote(package.path), "LUA_CPATH=" .. helpers.shquote(package.cpath) },
-  })
-end
+local run_lua = helpers.run_lua
 
 describe("timers", function()
   it("after fires once, with its arguments, in a task of its own", function()
