@@ -288,9 +288,10 @@ function Node:_adopt(link)
     if g ~= self._clock.running() then g:cancel() end
   end
   self._up[name] = link
-  p.inc, p.addr, p.rtt, p.last_seen, p.state = link.inc, link.addr, nil, self._clock.now(), "up"
+  -- rtt stays what the last link measured until this one's first pong
+  p.inc, p.addr, p.last_seen, p.state = link.inc, link.addr, self._clock.now(), "up"
   count(self, "links_up")
-  if self._routes:set_local(name, true) then self:_announce(link) end
+  if self._routes:set_local(name, link.inc) then self:_announce(link) end
   self:_sync(link)
   p.changed:broadcast()
   if not was_up then
@@ -342,7 +343,7 @@ end
 
 function Node:_peer_down(p, reason)
   p.state = "down"
-  if self._routes:set_local(p.name, false) then self:_announce() end
+  if self._routes:set_local(p.name, nil) then self:_announce() end
   p.changed:broadcast()
   if self._running then
     self._log.info("node %s: peer %s down (%s)", self.name, p.name, tostring(reason))
@@ -517,9 +518,12 @@ local function run_request(self, fn, env, deadline)
   self:_send_frame(env.src, frame)
 end
 
+-- Answers a request from here: its destination, or a relay answering for
+-- it (then `src` still names the destination, which is whom the requester
+-- waits for, and `by` names the relay).
 function Node:_reply(env, body, err)
-  local frame = encode{ kind = "rep", src = self.name, dst = env.src, id = env.id, type = env.type,
-                        hops = 0, body = body, err = err }
+  local frame = encode{ kind = "rep", src = env.dst, dst = env.src, id = env.id, type = env.type,
+                        hops = 0, body = body, err = err, by = env.dst ~= self.name and self.name or nil }
   return self:_send_frame(env.src, frame)
 end
 
@@ -537,7 +541,7 @@ function K.pong(self, link, env)
 end
 
 function K.links(self, link, env, frame)
-  if not self._routes:update(env.origin, env.epoch, env.seq, envelope.names(env.links)) then return end
+  if not self._routes:update(env.origin, env.epoch, env.seq, envelope.links(env.links)) then return end
   for _, out in ipairs(self:_links()) do
     if out ~= link then out:send(frame) end
   end

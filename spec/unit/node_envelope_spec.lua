@@ -34,6 +34,8 @@ describe("node envelopes", function()
       { req{ src = "" }, "bad_envelope" },
       { req{ ttl = "soon" }, "bad_envelope" },
       { '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":[1]}', "bad_envelope" },
+      { '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":["b"]}', "bad_envelope" },
+      { '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":[{"node":"b"}]}', "bad_envelope" },
       { '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":{"x":"b"}}', "bad_envelope" },
       { '{"kind":"hello","v":1,"inc":1}', "bad_envelope" },
       { '{"kind":"ping"}', "bad_envelope" },
@@ -58,7 +60,7 @@ describe("node envelopes", function()
           for f, w in pairs(spec) do
             local t = w:gsub("^%?", "")
             good[f] = ({ string = "s", name = "n", number = 1.5, integer = 1, count = 0, id = 1,
-                         names = { "x" } })[t]
+                         links = { { node = "x", inc = 1 } } })[t]
           end
           good.kind = kind
           assert.is_table(envelope.check(good), kind)
@@ -74,9 +76,10 @@ describe("node envelopes", function()
   it("writes an empty link list as a JSON array", function()
     local f = envelope.encode_links("a", 1, 2, {})
     assert.truthy(f:find('"links":[]', 1, true))
-    assert.are.same({}, envelope.names(assert(envelope.decode(f)).links))
-    local g = assert(envelope.decode(envelope.encode_links("a", 1, 2, { "b", "c" })))
-    assert.are.same({ "b", "c" }, g.links)
+    assert.are.same({}, envelope.links(assert(envelope.decode(f)).links))
+    local list = { { node = "b", inc = 5 }, { node = "c", inc = 6 } }
+    local g = assert(envelope.decode(envelope.encode_links("a", 1, 2, list)))
+    assert.are.same(list, envelope.links(g.links))
   end)
 
   it("splices a body encoded once", function()

@@ -20,16 +20,20 @@ local checks = {
   integer = 'type(v) == "number" and floor(v) == v',
   count = 'type(v) == "number" and v >= 0 and floor(v) == v',
   id = 'type(v) == "number" and v >= 1 and floor(v) == v',
-  names = 'names(v)',
+  links = 'links(v)',
 }
 
--- A list of non-empty strings (an empty JSON object or array included).
-local function names(v)
+-- A list of { node = name, inc = number } (an empty JSON object passes for
+-- an empty list).
+local function links(v)
   if type(v) ~= "table" then return false end
   local n = 0
   for _ in pairs(v) do n = n + 1 end
   for i = 1, n do
-    if type(v[i]) ~= "string" or v[i] == "" then return false end
+    local l = v[i]
+    if type(l) ~= "table" or type(l.node) ~= "string" or l.node == "" or type(l.inc) ~= "number" then
+      return false
+    end
   end
   return true
 end
@@ -43,18 +47,19 @@ M.KINDS = {
   bye = { reason = "?string" },
   ping = { t = "number" },
   pong = { t = "number" },
-  links = { origin = "name", epoch = "number", seq = "number", links = "names" },
+  links = { origin = "name", epoch = "number", seq = "number", links = "links" },
   msg = { src = "name", dst = "name", type = "string", hops = "count" },
   req = { src = "name", dst = "name", type = "string", hops = "count", id = "id",
           ttl = "number", inc = "number" },
-  rep = { src = "name", dst = "name", hops = "count", id = "id", err = "?string", type = "?string" },
+  rep = { src = "name", dst = "name", hops = "count", id = "id", err = "?string", type = "?string",
+          by = "?string" },
 }
 
 -- Each kind's spec is compiled once into a checking function, so that the
 -- per-message check is straight-line code: fn(env) -> nil when fine, else
 -- the detail of what is wrong.
 local function compile(kind, spec)
-  local lines = { "local type, floor, names = ...", "return function(env)", "local v" }
+  local lines = { "local type, floor, links = ...", "return function(env)", "local v" }
   local fields = {}
   for field in pairs(spec) do fields[#fields + 1] = field end
   table.sort(fields)
@@ -69,7 +74,7 @@ local function compile(kind, spec)
               kind .. " with a bad " .. field)
   end
   lines[#lines + 1] = "end"
-  return assert(load(table.concat(lines, "\n"), "=envelope:" .. kind))(type, floor, names)
+  return assert(load(table.concat(lines, "\n"), "=envelope:" .. kind))(type, floor, links)
 end
 
 local compiled = {}
@@ -118,11 +123,11 @@ function M.encode_with_body(env, body_json)
   return s:sub(1, -2) .. ',"body":' .. body_json .. '}'
 end
 
--- The names in a decoded `links` field, as a list (an empty JSON object
--- from another lua-cjson peer is an empty list too).
-function M.names(v)
+-- A checked `links` field as a list (an empty JSON object from another
+-- lua-cjson peer is an empty list too).
+function M.links(v)
   local list = {}
-  for i, name in ipairs(v) do list[i] = name end
+  for i, l in ipairs(v) do list[i] = { node = l.node, inc = l.inc } end
   return list
 end
 

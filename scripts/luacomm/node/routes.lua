@@ -1,12 +1,14 @@
 -- luacomm.node.routes: the routing table of a node, built link-state style.
 --
--- Every node announces the names it has a live link to, stamped with its
--- incarnation (epoch) and a sequence number; the table keeps the newest
--- announcement per origin. Routes are shortest paths (fewest hops) from
--- this node, found by a breadth-first search over links that BOTH ends
--- announce (the node's own links count as confirmed): an announcement left
--- over from a dead node cannot make it reachable, since its neighbours
--- have withdrawn their side.
+-- Every node announces the nodes it has a live link to, each with that
+-- node's incarnation, and stamps the announcement with its own incarnation
+-- (epoch) and a sequence number; the table keeps the newest announcement
+-- per origin. Routes are shortest paths (fewest hops) from this node,
+-- found by a breadth-first search over links that BOTH ends announce, each
+-- naming the other's current incarnation (this node's own links count as
+-- confirmed). So news left over from a dead node, or from a node's
+-- previous life, cannot make anything reachable: its neighbours have
+-- withdrawn their side, or name a newer incarnation than the stale news.
 --
 -- The search runs only when the topology changed, on the next lookup;
 -- per-message lookups are one table read.
@@ -14,7 +16,7 @@ local setmetatable, ipairs, pairs = setmetatable, ipairs, pairs
 local sort = table.sort
 
 local M = {}
-M._VERSION = "0.1.0"
+M._VERSION = "0.2.0"
 
 local Routes = {}
 Routes.__index = Routes
@@ -22,8 +24,8 @@ Routes.__index = Routes
 function M.new(self_name)
   return setmetatable({
     name = self_name,
-    own = {},       -- name -> true: this node's live links
-    db = {},        -- origin -> { epoch, seq, links = {names}, set = {name -> true} }
+    own = {},       -- neighbour -> its incarnation, for this node's live links
+    db = {},        -- origin -> { epoch, seq, links = { {node, inc} }, set = { node -> inc } }
     dirty = true,
     hop = {},       -- destination -> first hop (a neighbour's name)
     dist = {},      -- destination -> hops
@@ -31,20 +33,20 @@ function M.new(self_name)
   }, Routes)
 end
 
--- Marks a link of this node up or down; true when that changed anything.
-function Routes:set_local(name, up)
-  up = up or nil
-  if self.own[name] == up then return false end
-  self.own[name] = up
+-- Records this node's link to `name` (incarnation inc) as up, or as down
+-- when inc is nil; true when that changed anything.
+function Routes:set_local(name, inc)
+  if self.own[name] == inc then return false end
+  self.own[name] = inc
   self.dirty = true
   return true
 end
 
--- This node's links, sorted (announcements are then stable and diffable).
+-- This node's links as announced: { {node =, inc =} }, sorted by name.
 function Routes:local_links()
   local list = {}
-  for name in pairs(self.own) do list[#list + 1] = name end
-  sort(list)
+  for name, inc in pairs(self.own) do list[#list + 1] = { node = name, inc = inc } end
+  sort(list, function(x, y) return x.node < y.node end)
   return list
 end
 
@@ -54,12 +56,18 @@ local function newer(old, epoch, seq)
   return seq > old.seq
 end
 
--- Applies an announcement; true if it was newer than what the table had
--- (the caller then floods it on), false for a stale or own one.
+-- Applies an announcement (links: { {node =, inc =} }); true if it was
+-- newer than what the table had (the caller then floods it on), false for
+-- a stale one or one about this node. News of a newer incarnation of a
+-- neighbour makes that neighbour's own stored announcement worthless.
 function Routes:update(origin, epoch, seq, links)
   if origin == self.name or not newer(self.db[origin], epoch, seq) then return false end
   local set = {}
-  for _, v in ipairs(links) do set[v] = true end
+  for _, l in ipairs(links) do
+    set[l.node] = l.inc
+    local e = self.db[l.node]
+    if e and e.epoch < l.inc then self.db[l.node] = nil end
+  end
   self.db[origin] = { epoch = epoch, seq = seq, links = links, set = set }
   self.dirty = true
   return true
@@ -80,18 +88,18 @@ function Routes:entries()
   return list
 end
 
--- True if u announces v and v announces u (this node's own links stand
--- for its side).
-function Routes:_confirmed(u, v)
-  if v == self.name then return self.own[u] == true end
+-- The link u -> v, with eu = u's announcement, is usable when u names v's
+-- current incarnation and v names u's.
+function Routes:_confirmed(eu, u, v)
   local ev = self.db[v]
-  return ev ~= nil and ev.set[u] == true
+  return ev ~= nil and eu.set[v] == ev.epoch and ev.set[u] == eu.epoch
 end
 
 function Routes:_recompute()
   local hop, dist, order = {}, {}, {}
   local queue, head = {}, 1
-  for _, n in ipairs(self:local_links()) do
+  for _, l in ipairs(self:local_links()) do
+    local n = l.node
     hop[n], dist[n] = n, 1
     order[#order + 1] = n
     queue[#queue + 1] = n
@@ -100,9 +108,11 @@ function Routes:_recompute()
     local u = queue[head]
     head = head + 1
     local eu = self.db[u]
-    if eu then
-      for _, v in ipairs(eu.links) do
-        if v ~= self.name and dist[v] == nil and self:_confirmed(u, v) then
+    -- a neighbour's news counts only if it is from the life we link to
+    if eu and (dist[u] > 1 or eu.epoch == self.own[u]) then
+      for _, l in ipairs(eu.links) do
+        local v = l.node
+        if v ~= self.name and dist[v] == nil and self:_confirmed(eu, u, v) then
           hop[v], dist[v] = hop[u], dist[u] + 1
           order[#order + 1] = v
           queue[#queue + 1] = v
@@ -128,7 +138,8 @@ function Routes:reachable()
   return self.order
 end
 
--- Forgets an origin (a node known to be gone for good).
+-- Forgets an origin's announcement (a node that restarted: its old news
+-- is void).
 function Routes:forget(origin)
   if self.db[origin] then
     self.db[origin] = nil
