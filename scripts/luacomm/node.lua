@@ -695,6 +695,11 @@ function Node:_dial_once(addr)
     conn:close()
     return env.reason == "duplicate", env.reason
   end
+  if env.v < 1 or env.v > M.PROTOCOL then
+    self:_bad("bad_handshake", addr, "welcome for protocol version " .. tostring(env.v))
+    conn:close()
+    return false, "version"
+  end
   if env.node == self.name then conn:close(); return false, "same name" end
   local link = self:_new_link(conn, env.node, env.inc, addr, self.name)
   if self:_adopt(link) then
