@@ -769,13 +769,6 @@ function Node:start()
     clock.spawn(self._accept_loop, self, l)
   end
   self._seq = 1
-  -- A task that always sleeps: luacomm.core checks for an idle loop when a
-  -- socket is destroyed and does not count the task running at that moment
-  -- (bindings/sched.c idle()), so a dial-only node whose last connection
-  -- failed would see its loop end under it. A sleeper keeps it going.
-  self._keepalive = clock.spawn(function()
-    while self._running do clock.sleep(1) end
-  end)
   for _, addr in ipairs(self.peer_addrs) do
     if not self._dialers[addr] then self._dialers[addr] = clock.spawn(self._dial_loop, self, addr) end
   end
@@ -790,7 +783,6 @@ function Node:stop()
   self._running = false
   local me = self._clock.running()
   if self._listener then self._listener:close() end
-  if self._keepalive ~= me then self._keepalive:cancel() end
   for addr, t in pairs(self._dialers) do
     if t ~= me and not self._connecting[addr] then t:cancel() end
   end

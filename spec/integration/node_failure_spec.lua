@@ -79,3 +79,27 @@ describe("node failure detection", function()
     end)
   end)
 end)
+
+describe("a node that only dials", function()
+  it("keeps dialling a peer that is not there yet, and links when it comes", function()
+    local port = helpers.free_port()
+    local addr = "127.0.0.1:" .. port
+    local dialler = helpers.spawn_host({ "spec/fixtures/node/node.lua", comm.json.encode{
+      name = "early", peers = { addr }, heartbeat = 0.1, timeout = 0.5, reconnect = { min = 0.05, max = 0.1 } } })
+    local late
+    finally(function()
+      dialler:kill()
+      if late then late:kill() end
+    end)
+    helpers.run(function()
+      assert(dialler:wait_output("ready", "out", 5))
+      comm.sleep(0.5) -- several refused dials
+      assert.is_nil(dialler:status(), "the dialler gave up and exited: " .. dialler:stderr())
+      late = helpers.spawn_host({ "spec/fixtures/node/node.lua", comm.json.encode{
+        name = "late", listen = addr, heartbeat = 0.1, timeout = 0.5 } })
+      assert(dialler:wait_output("up late", "out", 5), dialler:stderr())
+      assert(late:wait_output("up early", "out", 5))
+    end)
+    helpers.assert_no_error_log(dialler:stderr())
+  end)
+end)
