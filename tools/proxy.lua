@@ -42,7 +42,7 @@ end
 
 local comm = require "luacomm"
 
-local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local type, pairs, ipairs = type, pairs, ipairs
 
 local M = {}
 M._VERSION = "0.1.0"
@@ -68,7 +68,9 @@ end
 
 -- Adds a rule (see the header); returns it, so a spec can read rule.hits.
 function Proxy:rule(r)
-  if type(r) ~= "table" or not ACTIONS[r.action] then error("proxy:rule: action must be drop|delay|corrupt|close", 2) end
+  if type(r) ~= "table" or not ACTIONS[r.action] then
+    error("proxy:rule: action must be drop|delay|corrupt|close", 2)
+  end
   r.dir = r.dir or "both"
   if not DIRS[r.dir] then error("proxy:rule: dir must be up|down|both", 2) end
   if r.action == "delay" and not (type(r.delay) == "number" and r.delay >= 0) then

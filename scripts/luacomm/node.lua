@@ -4,11 +4,12 @@
 -- docs/PROTOCOL.md describes the wire protocol this file speaks.
 --
 -- Shape: one task reads each link and dispatches its frames; every user
--- handler (n:on) and every on_peer callback runs in a task of its own, so
--- it may block without holding up the link. A configured peer address has
--- one dialler task that keeps it dialled. Per message the work is O(1):
--- table lookups for the link, the route (recomputed only when the topology
--- changes), the pending request and the dedup entry.
+-- handler (n:on) runs in a task of its own (a pooled worker: one handler
+-- at a time each) and every on_peer callback too, so they may block
+-- without holding up the link. A configured peer address has one dialler
+-- task that keeps it dialled. Per message the work is O(1): table lookups
+-- for the link, the route (recomputed only when the topology changes), the
+-- pending request and the dedup entry.
 --
 -- The seam. Everything the node does to the outside world goes through two
 -- small tables given to node.new (both default to luacomm's own), so that a
@@ -26,8 +27,8 @@
 --
 --   clock.now() -> monotonic seconds; clock.time() -> wall-clock seconds
 --     (only to stamp this incarnation); clock.sleep(s); clock.yield();
---     clock.spawn(fn, ...)
---     -> task (task:cancel()); clock.running() -> the current task;
+--     clock.spawn(fn, ...) -> task (task:cancel()); clock.running() -> the
+--     current task;
 --     clock.cond() -> cond (cond:wait([timeout]) -> true | nil, "timeout";
 --     cond:signal(); cond:broadcast()); clock.random() -> [0, 1) (jitter)
 local comm = require "luacomm"
@@ -37,7 +38,7 @@ local routes = require "luacomm.node.routes"
 local dedup = require "luacomm.node.dedup"
 local envelope = require "luacomm.node.envelope"
 
-local type, pairs, ipairs, tostring, error, select = type, pairs, ipairs, tostring, error, select
+local type, pairs, ipairs, tostring, error = type, pairs, ipairs, tostring, error
 local setmetatable, xpcall, pcall = setmetatable, xpcall, pcall
 local floor, format, traceback = math.floor, string.format, debug.traceback
 local encode, decode = envelope.encode, envelope.decode
@@ -75,7 +76,7 @@ Link.__index = Link
 local function positive(opts, k, def)
   local v = opts[k]
   if v == nil then return def end
-  if type(v) ~= "number" or not (v > 0) then error(format("node.new: %s must be a positive number", k), 3) end
+  if type(v) ~= "number" or v ~= v or v <= 0 then error(format("node.new: %s must be a positive number", k), 3) end
   return v
 end
 
@@ -107,7 +108,9 @@ end
 function M.new(opts)
   if type(opts) ~= "table" then error("node.new: options table expected", 2) end
   if type(opts.name) ~= "string" or opts.name == "" then error("node.new: name must be a non-empty string", 2) end
-  if opts.listen ~= nil and type(opts.listen) ~= "string" then error("node.new: listen must be an address string", 2) end
+  if opts.listen ~= nil and type(opts.listen) ~= "string" then
+    error("node.new: listen must be an address string", 2)
+  end
   local clock = opts.clock or M.clock
   local self = setmetatable({
     name = opts.name,
@@ -181,7 +184,9 @@ function Node:_bad(why, from, detail)
   count(self, "bad_input")
   local now = self._clock.now()
   if now - self._warn_t >= 1 then
-    if self._warn_n > 10 then self._log.warn("node %s: %d more bad input(s) not logged", self.name, self._warn_n - 10) end
+    if self._warn_n > 10 then
+      self._log.warn("node %s: %d more bad input(s) not logged", self.name, self._warn_n - 10)
+    end
     self._warn_t, self._warn_n = now, 0
   end
   self._warn_n = self._warn_n + 1
@@ -529,7 +534,7 @@ end
 
 local K = {}
 
-function K.ping(self, link, env)
+function K.ping(_, link, env)
   link:send(encode{ kind = "pong", t = env.t })
 end
 
@@ -847,7 +852,9 @@ local function check_request_opts(opts)
   if opts == nil then return end
   if type(opts) ~= "table" then error("bad argument #4 to 'request' (table expected)", 3) end
   local t, r = opts.timeout, opts.retries
-  if t ~= nil and (type(t) ~= "number" or not (t > 0)) then error("request: timeout must be a positive number", 3) end
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t <= 0) then
+    error("request: timeout must be a positive number", 3)
+  end
   if r ~= nil and (math.type(r) ~= "integer" or r < 0) then error("request: retries must be an integer >= 0", 3) end
 end
 

@@ -107,9 +107,9 @@ M.encode = encode
 
 -- A links announcement. lua-cjson writes an empty table as {}, so the
 -- empty list is spelled out: the protocol says `links` is an array.
-function M.encode_links(origin, epoch, seq, links)
-  if #links > 0 then
-    return encode{ kind = "links", origin = origin, epoch = epoch, seq = seq, links = links }
+function M.encode_links(origin, epoch, seq, list)
+  if #list > 0 then
+    return encode{ kind = "links", origin = origin, epoch = epoch, seq = seq, links = list }
   end
   local s = encode{ kind = "links", origin = origin, epoch = epoch, seq = seq }
   return s:sub(1, -2) .. ',"links":[]}'
