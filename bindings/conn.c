@@ -51,8 +51,9 @@ struct lc_conn {
 typedef struct lc_conn lc_conn;
 
 typedef struct {
-  const void *tag; /* &conn_tag: the cheap type check */
-  lc_conn *s;      /* NULL once closed */
+  const void *tag;  /* &conn_tag: the cheap type check */
+  lc_conn *s;       /* NULL once closed */
+  int user_closed;  /* closed by conn:close(), not by the core */
 } conn_ud;
 
 static const char conn_tag = 'C';
@@ -69,11 +70,18 @@ static conn_ud *toconn (lua_State *L, int i) {
   return luaL_checkudata(L, i, LC_CONN_T);
 }
 
+/* Using a connection one closed oneself is a programming error (it
+** raises, as for a closed file); one the core closed (the peer went away,
+** a frame too large) is a condition: NULL, and the caller returns
+** nil, "closed" — another task sharing it must not blow up. */
 static lc_conn *checkopen (lua_State *L, int i) {
   conn_ud *u = toconn(L, i);
-  if (u->s == NULL) luaL_error(L, "attempt to use a closed connection");
+  if (u->s == NULL && u->user_closed) luaL_error(L, "attempt to use a closed connection");
   return u->s;
 }
+
+#define CHECKOPEN(s, L) \
+  if (((s) = checkopen(L, 1)) == NULL) return lc_fail(L, "closed")
 
 /* In a continuation, argument 1 was checked by the first call. */
 #define argconn(L) ((conn_ud *)lua_touserdata(L, 1))
@@ -277,6 +285,7 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
   conn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
   lc_conn *s;
   u->tag = &conn_tag;
+  u->user_closed = 0;
   u->s = NULL; /* "closed" until fully built (R5) */
   luaL_setmetatable(L, LC_CONN_T);
   s = calloc(1, sizeof *s);
@@ -455,7 +464,8 @@ static int first_try (lua_State *L, lc_ctx *c, double deadline, lua_KFunction k)
 }
 
 static int conn_recv (lua_State *L) {
-  lc_conn *s = checkopen(L, 1);
+  lc_conn *s;
+  CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
   lua_settop(L, 1);
   return first_try(L, s->ctx, deadline, conn_recv_k);
@@ -536,8 +546,9 @@ static int conn_write_k (lua_State *L, int status, lua_KContext kc) {
 
 /* conn:send(frame) -> true | nil, err. Yields while over the hwm. */
 static int conn_send (lua_State *L) {
-  lc_conn *s = checkopen(L, 1);
+  lc_conn *s;
   size_t len;
+  CHECKOPEN(s, L);
   luaL_checklstring(L, 2, &len);
   if (len > s->max_frame) return lc_fail(L, "frame too large");
   lua_settop(L, 2);
@@ -545,7 +556,8 @@ static int conn_send (lua_State *L) {
 }
 
 static int conn_write (lua_State *L) {
-  checkopen(L, 1);
+  lc_conn *s;
+  CHECKOPEN(s, L);
   luaL_checkstring(L, 2);
   lua_settop(L, 2);
   return conn_write_k(L, LUA_OK, 0);
@@ -574,7 +586,8 @@ static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
 
 /* conn:read(n, [timeout]) -> exactly n bytes | nil, err */
 static int conn_read (lua_State *L) {
-  lc_conn *s = checkopen(L, 1);
+  lc_conn *s;
+  CHECKOPEN(s, L);
   lua_Integer n = luaL_checkinteger(L, 2);
   double deadline;
   luaL_argcheck(L, n >= 0, 2, "size must be >= 0");
@@ -616,7 +629,8 @@ static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
 
 /* conn:readline([timeout]) -> line without "\n" / "\r\n" | nil, err */
 static int conn_readline (lua_State *L) {
-  lc_conn *s = checkopen(L, 1);
+  lc_conn *s;
+  CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
   lua_settop(L, 1);
   return first_try(L, s->ctx, deadline, conn_readline_k);
@@ -638,7 +652,8 @@ static void close_graceful (lc_conn *s) {
 }
 
 static int conn_close (lua_State *L) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
+  conn_ud *u = toconn(L, 1);
+  u->user_closed = 1;
   if (u->s) close_graceful(u->s);
   return 0;
 }
@@ -667,7 +682,8 @@ int lc_conn_close_all (lc_ctx *c) {
 }
 
 static int push_name (lua_State *L, int peer) {
-  lc_conn *s = checkopen(L, 1);
+  lc_conn *s;
+  CHECKOPEN(s, L);
   lc_addr a;
   a.len = sizeof a.ss;
   if ((peer ? getpeername(s->fd, (struct sockaddr *)&a.ss, &a.len)
@@ -690,7 +706,8 @@ static void setnum (lua_State *L, const char *k, uint64_t v) {
 }
 
 static int conn_stats (lua_State *L) {
-  lc_conn *s = checkopen(L, 1);
+  lc_conn *s;
+  CHECKOPEN(s, L);
   lua_createtable(L, 0, 6);
   setnum(L, "frames_in", s->frames_in);
   setnum(L, "frames_out", s->frames_out);
