@@ -92,10 +92,12 @@ BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm exa
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
+	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
+	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 
 clean:
 	rm -rf build build-asan
