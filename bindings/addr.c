@@ -50,8 +50,7 @@ static int parse_unix (const char *path, lc_addr *a) {
 }
 
 /* Splits "host:port" / "[v6]:port" into host and port (both in buf). */
-static int split_host_port (const char *s, char *buf, size_t size, const char **host,
-                            const char **port) {
+int lc_split_addr (const char *s, char *buf, size_t size, const char **host, const char **port) {
   char *colon;
   if (strlen(s) >= size) return -1;
   strcpy(buf, s);
@@ -77,8 +76,9 @@ static int split_host_port (const char *s, char *buf, size_t size, const char **
 ** Parses s into a. Returns NULL on success, else the error text: a message
 ** about the string's form (the caller raises: it is a programming error) is
 ** prefixed with '!', a failed name lookup is not (the caller returns it).
+** With numeric set, a host name is not looked up: the result is LC_NEEDS_DNS.
 */
-const char *lc_parse_addr (const char *s, int socktype, lc_addr *a) {
+const char *lc_parse_addr_opt (const char *s, int socktype, lc_addr *a, int numeric) {
   char buf[512];
   const char *host, *port;
   struct evutil_addrinfo hints, *res = NULL;
@@ -86,22 +86,29 @@ const char *lc_parse_addr (const char *s, int socktype, lc_addr *a) {
   memset(a, 0, sizeof *a);
   if (strncmp(s, "unix:", 5) == 0)
     return parse_unix(s + 5, a) == 0 ? NULL : "!bad unix socket path";
-  if (split_host_port(s, buf, sizeof buf, &host, &port) != 0)
+  if (lc_split_addr(s, buf, sizeof buf, &host, &port) != 0)
     return "!address must be \"host:port\", \"[v6]:port\" or \"unix:/path\"";
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = socktype;
   hints.ai_flags = EVUTIL_AI_NUMERICSERV | EVUTIL_AI_ADDRCONFIG;
+  if (numeric) hints.ai_flags |= EVUTIL_AI_NUMERICHOST;
   if (*host == '\0' || strcmp(host, "*") == 0) {
     host = NULL;
     hints.ai_flags |= EVUTIL_AI_PASSIVE;
   }
   rc = evutil_getaddrinfo(host, port, &hints, &res);
+  if (rc != 0 && numeric && host != NULL) return LC_NEEDS_DNS;
   if (rc != 0) return rc == EVUTIL_EAI_NONAME ? "unknown host" : evutil_gai_strerror(rc);
   memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
   a->len = (socklen_t)res->ai_addrlen;
   evutil_freeaddrinfo(res);
   return NULL;
+}
+
+/* Blocking for host names: for listen and UDP, set up at start, not per call. */
+const char *lc_parse_addr (const char *s, int socktype, lc_addr *a) {
+  return lc_parse_addr_opt(s, socktype, a, 0);
 }
 
 /* Pushes host, port of sa (for AF_UNIX: the path and nil). */

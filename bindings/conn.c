@@ -337,40 +337,72 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
   return 1;
 }
 
-/* comm.connect(addr, [opts]) -> conn | nil, err. May block (in a task). */
-static int conn_connect (lua_State *L) {
-  lc_ctx *c = lc_getctx(L);
-  const char *where = luaL_checkstring(L, 1);
-  double timeout = 10;
+/* Creates the socket and starts connecting to a; pushes the connection
+** (at index 3) or returns nil, err. Waits until the deadline. */
+static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double deadline) {
   uint32_t max_frame = opt_max_frame(L, 2);
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
-  const char *bad;
-  lc_addr a;
-  evutil_socket_t fd;
+  evutil_socket_t fd = lc_socket(a, SOCK_STREAM);
   conn_ud *u;
-  if (lua_istable(L, 2) && lua_getfield(L, 2, "timeout") != LUA_TNIL) {
-    timeout = luaL_checknumber(L, -1);
-    luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0");
-  }
   lua_settop(L, 2);
-  bad = lc_parse_addr(where, SOCK_STREAM, &a);
-  if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
-  if (bad) return lc_fail(L, bad);
-  fd = lc_socket(&a, SOCK_STREAM);
   if (fd < 0) return io_error(L, errno);
   lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, conn */
   u = lua_touserdata(L, 3);
-  if (connect(fd, (struct sockaddr *)&a.ss, a.len) == 0) return 1;
+  if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0) return 1;
   if (errno != EINPROGRESS && errno != EAGAIN) {
     int err = errno;
     destroy(u->s);
-    u->s = NULL;
     return io_error(L, err);
   }
   u->s->connecting = 1;
   event_add(u->s->wev, NULL);
   u->s->writing = 1;
-  return lc_wait(c, L, &u->s->readers, lc_now() + timeout, conn_connect_k);
+  return lc_wait(c, L, &u->s->readers, deadline, conn_connect_k);
+}
+
+/* The name lookup (userdata at index 3) answered, or its deadline passed. */
+static int conn_resolve_k (lua_State *L, int status, lua_KContext kc) {
+  lc_ctx *c = lc_getctx(L);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 3);
+  const char *err = NULL;
+  lc_addr a;
+  (void)status, (void)kc;
+  switch (lc_lookup_result(lk, &a, &err)) {
+    case 0: return start_connect(L, c, &a, lc_wait_deadline(c));
+    case 1: return lc_fail(L, err);
+    default:
+      if (lc_timedout(c)) return lc_fail(L, "timeout");
+      return lc_wait(c, L, lc_lookup_waiters(lk), lc_wait_deadline(c), conn_resolve_k);
+  }
+}
+
+/* comm.connect(addr, [opts]) -> conn | nil, err. May block (in a task):
+** for the name lookup, then for the connection, within opts.timeout. */
+static int conn_connect (lua_State *L) {
+  lc_ctx *c = lc_getctx(L);
+  const char *where = luaL_checkstring(L, 1);
+  double timeout = 10;
+  const char *bad;
+  lc_addr a;
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "timeout") != LUA_TNIL) {
+    timeout = luaL_checknumber(L, -1);
+    luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0");
+  }
+  lua_settop(L, 2);
+  opt_max_frame(L, 2);                               /* bad options raise now */
+  lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
+  bad = lc_parse_addr_opt(where, SOCK_STREAM, &a, 1);
+  if (bad == NULL) return start_connect(L, c, &a, lc_now() + timeout);
+  if (bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
+  if (bad[0] == LC_NEEDS_DNS[0]) {
+    char buf[512];
+    const char *host, *port;
+    lc_split_addr(where, buf, sizeof buf, &host, &port);
+    if (lc_lookup_start(L, c, host, port, SOCK_STREAM) == NULL) return lc_fail(L, lua_tostring(L, -1));
+    lc_set_wait_deadline(c, lc_now() + timeout);
+    return conn_resolve_k(L, LUA_OK, 0);
+  }
+  return lc_fail(L, bad);
 }
 
 /* ---- frames ---- */

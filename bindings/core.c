@@ -19,8 +19,10 @@
 static int ctx_gc (lua_State *L) {
   lc_ctx *c = lua_touserdata(L, 1);
   while (c->handles.next != &c->handles) c->handles.next->destroy(c->handles.next);
-  if (c->drain_ev) event_free(c->drain_ev);
+  if (c->drain_ev) event_free(c->drain_ev); /* no task may run from here on */
   c->drain_ev = NULL;
+  c->L = NULL;
+  lc_resolver_free(c);
   free(c->scratch);
   c->scratch = NULL;
   if (c->own_base && c->base) event_base_free(c->base);

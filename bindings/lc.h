@@ -48,6 +48,7 @@
 enum lc_level { LC_DEBUG, LC_INFO, LC_WARN, LC_ERROR };
 
 typedef struct lc_ctx lc_ctx;
+struct evdns_base;
 typedef struct lc_task lc_task;
 
 /* A FIFO of parked tasks. Embedded in whatever they wait on. */
@@ -95,6 +96,7 @@ struct lc_ctx {
   lc_counters n;
   int max_io;           /* test knob: cap every read/write at this many bytes */
   char *scratch;        /* conn.c's read buffer, shared by every connection */
+  struct evdns_base *dns; /* resolve.c's resolver, created on first use */
   double task_budget;   /* seconds a task may run without yielding; 0 = off */
   volatile int interrupt; /* set by the host's signal handler */
   lc_log_fn log;
@@ -137,10 +139,20 @@ typedef struct lc_addr {
   socklen_t len;
 } lc_addr;
 const char *lc_strerror(int err, char *buf, size_t size);
+#define LC_NEEDS_DNS "?"
 const char *lc_parse_addr(const char *s, int socktype, lc_addr *a);
+const char *lc_parse_addr_opt(const char *s, int socktype, lc_addr *a, int numeric);
+int lc_split_addr(const char *s, char *buf, size_t size, const char **host, const char **port);
 int lc_push_sockaddr(lua_State *L, const struct sockaddr *sa, socklen_t len);
 void lc_push_addrstring(lua_State *L, const struct sockaddr *sa, socklen_t len);
 evutil_socket_t lc_socket(const lc_addr *a, int socktype);
+
+/* ---- resolve.c ---- */
+typedef struct lc_lookup lc_lookup;
+lc_lookup *lc_lookup_start(lua_State *L, lc_ctx *c, const char *host, const char *port, int socktype);
+lc_waitq *lc_lookup_waiters(lc_lookup *lk);
+int lc_lookup_result(lc_lookup *lk, lc_addr *a, const char **err);
+void lc_resolver_free(lc_ctx *c);
 
 /* ---- timer.c, cond.c, conn.c, listener.c, udp.c, addr.c ---- */
 int lc_timer_open(lua_State *L);

@@ -20,5 +20,6 @@ typedef struct rt_opts {
 
 int rt_host_run(const rt_opts *o);
 int rt_host_check(const char *script);
+void rt_host_exit_now(int status);
 
 #endif

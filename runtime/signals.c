@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "lc.h"
+#include "host.h"
 #include "log.h"
 #include "signals.h"
 
@@ -29,7 +30,7 @@ static void on_signal (evutil_socket_t sig, short what, void *arg) {
   (void)what;
   if (sig != SIGHUP && ++stop_signals > 1) {
     rt_logf(LC_ERROR, "second SIG%s during the stop: exiting now", a->name);
-    exit(1);
+    rt_host_exit_now(1);
   }
   if (L == NULL) return; /* the loop is not running: nothing to do it in */
   lua_getfield(L, LUA_REGISTRYINDEX, RT_SIGNAL_HANDLER);
