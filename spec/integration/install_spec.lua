@@ -136,7 +136,10 @@ describe("my node", function()
 end)
 ]])
     local st, out, err = helpers.run_host({}, {
-      argv = argv(UNSET, lua_env(), { "busted", "--lua=lua5.4", "-o", "TAP", "my_node_spec.lua" }),
+      -- /usr/bin/busted starts on lua5.1 and re-runs itself on lua5.4; under
+      -- the sanitizer run, that uninstrumented 5.1 launcher is no code of ours
+      argv = argv(UNSET, lua_env(), { "env", "ASAN_OPTIONS=detect_leaks=0",
+                                      "busted", "--lua=lua5.4", "-o", "TAP", "my_node_spec.lua" }),
       cwd = dir,
     })
     assert.are.equal(0, st, out .. err)
