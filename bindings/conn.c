@@ -21,6 +21,7 @@
 #include "lc.h"
 
 #define READ_SCRATCH (256 * 1024)
+#define READ_DIRECT_MIN (8 * 1024)
 #define ZERO_COPY_MIN (8 * 1024)
 #define SMALL_FRAME 256
 #define READ_MAX_CHUNK (1024 * 1024)
@@ -233,21 +234,35 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
 static ssize_t read_some (lc_conn *s) {
   lc_ctx *c = s->ctx;
   size_t have = evbuffer_get_length(s->in), cap = c->max_io > 0 ? (size_t)c->max_io : SIZE_MAX;
+  struct evbuffer_iovec vec[2];
+  int direct = 0;
   ssize_t n;
-  if (s->want > have + READ_SCRATCH) {
-    struct evbuffer_iovec vec[2];
-    size_t chunk = s->want - have < READ_MAX_CHUNK ? s->want - have : READ_MAX_CHUNK;
-    int nvec = evbuffer_reserve_space(s->in, (ev_ssize_t)chunk, vec, 1);
-    if (nvec < 1) return -1;
-    if (vec[0].iov_len > cap) vec[0].iov_len = cap;
-    n = read(s->fd, vec[0].iov_base, vec[0].iov_len);
-    vec[0].iov_len = n > 0 ? (size_t)n : 0;
-    evbuffer_commit_space(s->in, vec, n > 0 ? 1 : 0);
-    return n;
-  }
   if (c->scratch == NULL && (c->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
-  n = read(s->fd, c->scratch, READ_SCRATCH < cap ? READ_SCRATCH : cap);
-  if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) return -1;
+  if (s->want >= have + READ_DIRECT_MIN) {
+    /* The rest of a big frame goes straight into the buffer, whatever
+    ** follows it into the scratch buffer, in one readv. */
+    size_t rest = s->want - have < READ_MAX_CHUNK ? s->want - have : READ_MAX_CHUNK;
+    if (evbuffer_reserve_space(s->in, (ev_ssize_t)rest, vec, 1) < 1) return -1;
+    vec[0].iov_len = rest;
+    direct = 1;
+  }
+  vec[direct].iov_base = c->scratch;
+  vec[direct].iov_len = READ_SCRATCH;
+  if (cap < SIZE_MAX) { /* the test knob: one piece of at most cap bytes */
+    if (vec[0].iov_len > cap) vec[0].iov_len = cap;
+    n = readv(s->fd, (struct iovec *)vec, 1);
+  } else {
+    n = readv(s->fd, (struct iovec *)vec, direct + 1);
+  }
+  if (direct) {
+    size_t first = n > 0 ? ((size_t)n < vec[0].iov_len ? (size_t)n : vec[0].iov_len) : 0;
+    size_t more = n > 0 ? (size_t)n - first : 0;
+    vec[0].iov_len = first;
+    evbuffer_commit_space(s->in, vec, first > 0 ? 1 : 0);
+    if (more > 0 && evbuffer_add(s->in, c->scratch, more) != 0) return -1;
+  } else if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) {
+    return -1;
+  }
   return n;
 }
 
