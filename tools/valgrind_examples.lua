@@ -55,6 +55,24 @@ local cases = {
     exchange(c, { "b" })
     return p
   end,
+  ["examples/cluster/node.lua (two nodes, a routed request, SIGHUP)"] = function()
+    local pa, pb = helpers.free_port(), helpers.free_port()
+    local a = under_valgrind({ "examples/cluster/node.lua", "a", "127.0.0.1:" .. pa, "127.0.0.1:" .. pb })
+    local plain = helpers.spawn_host({ "examples/cluster/node.lua", "b", "127.0.0.1:" .. pb, "127.0.0.1:" .. pa })
+    assert(a:wait_output("peer b up", "out", 60), "a never saw b") -- the example prints its events
+    local function client(...)
+      local st, out, err = helpers.run_host({ "examples/cluster/client.lua", "127.0.0.1:" .. pa, ... })
+      assert(st == 0, "client failed: " .. out .. err)
+      return out
+    end
+    client("a", "put", "colour", '"blue"')
+    assert(client("b", "get", "colour"):match("blue"), "b did not get the key")
+    a:signal("HUP")
+    assert(a:wait_output("reload ok", "err", 30))
+    plain:signal("TERM")
+    plain:wait(10)
+    return a
+  end,
 }
 
 local passed, failed = 0, 0
