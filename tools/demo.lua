@@ -10,7 +10,10 @@
 -- answering with the links and data intact; SIGTERM for all. Lines marked
 -- "|" are what the nodes print themselves. Exits 1 if any check failed.
 package.path = "scripts/?.lua;scripts/?/init.lua;spec/?.lua;tools/?.lua;" .. package.path
-package.cpath = "build/lib/?.so;" .. package.cpath
+-- The module of the build whose host runs the nodes (LUACOMM_BIN: the
+-- sanitizer run's is build-asan/luacomm).
+local build_dir = (os.getenv("LUACOMM_BIN") or "build/luacomm"):match("^(.*)/[^/]*$") or "build"
+package.cpath = build_dir .. "/lib/?.so;" .. package.cpath
 
 local comm = require "luacomm"
 local node = require "luacomm.node"
