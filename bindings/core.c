@@ -59,8 +59,6 @@ static lc_ctx *ctx_create (lua_State *L, struct event_base *base) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   c->mainL = lua_tothread(L, -1);
   lua_pop(L, 1);
-  c->run_task_ref = LUA_NOREF;
-  c->error_handler_ref = LUA_NOREF;
   c->log = stderr_log;
   c->log_level = LC_INFO;
   c->max_io = max_io ? atoi(max_io) : 0;

@@ -76,17 +76,14 @@ typedef struct lc_counters {
 struct lc_ctx {
   struct event_base *base;
   int own_base;           /* created by us (stock Lua): freed in __gc */
-  lua_State *L;           /* thread running lc_run(); used by callbacks */
+  lua_State *L;           /* thread running core.loop; used by callbacks */
   lua_State *mainL;       /* the state's main thread: for registry work anywhere */
   struct event *drain_ev; /* drains the ready queue */
   lc_waitq ready;
   lc_task *current;     /* task being resumed, or NULL */
-  int running;          /* inside lc_run */
+  int running;          /* inside core.loop */
   int draining;         /* inside the ready queue's pass */
-  int stop_when_idle;   /* host: end the loop when nothing is pending */
   int stopping;         /* comm.stop() was called */
-  int stop_status;      /* status given to comm.stop() */
-  int run_task_ref;     /* LUA_NOREF, or the task comm.run waits for */
   lc_task *run_task;    /* that task, weakly */
   int live_tasks;       /* spawned, not finished */
   int sleepers;         /* tasks parked with a deadline */
@@ -98,11 +95,9 @@ struct lc_ctx {
   char *scratch;        /* conn.c's read buffer, shared by every connection */
   struct evdns_base *dns; /* resolve.c's resolver, created on first use */
   double task_budget;   /* seconds a task may run without yielding; 0 = off */
-  volatile int interrupt; /* set by the host's signal handler */
   lc_log_fn log;
   void *log_ud;
   int log_level;
-  int error_handler_ref; /* Lua function(msg) called for task errors */
 };
 
 /* ---- core.c ---- */
@@ -129,7 +124,6 @@ void lc_wake_all(lc_ctx *c, lc_waitq *q);
 double lc_deadline(lua_State *L, int idx);
 void lc_waitq_remove(lc_waitq *q, lc_task *t);
 int lc_spawn_top(lua_State *L, int nargs);
-int lc_run(lua_State *L);
 void lc_maybe_idle(lc_ctx *c);
 int lc_sched_open(lua_State *L);
 

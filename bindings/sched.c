@@ -405,7 +405,7 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
   else lc_maybe_idle(c);
 }
 
-/* Ends lc_run when nothing can make progress any more. A task parked on a
+/* Ends core.loop when nothing can make progress any more. A task parked on a
 ** condition with no deadline is not progress by itself. */
 static int idle (const lc_ctx *c) {
   int h = 0, k;
@@ -458,15 +458,10 @@ static int sched_loop (lua_State *L) {
   return 1;
 }
 
-int lc_run (lua_State *L) {
-  lua_pushcfunction(L, sched_loop);
-  lua_call(L, 0, 1);
-  return lua_toboolean(L, -1);
-}
-
+/* core.stop(): ends core.loop at once. The exit status of a host's stop is
+** the host's business (scripts/luacomm/host.lua), not the scheduler's. */
 static int sched_stop (lua_State *L) {
   lc_ctx *c = ctxup(L);
-  c->stop_status = (int)luaL_optinteger(L, 1, 0);
   c->stopping = 1;
   if (c->running) event_base_loopbreak(c->base);
   return 0;
