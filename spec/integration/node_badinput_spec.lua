@@ -8,7 +8,7 @@ local cluster = require "fixtures.node.cluster"
 local json = comm.json
 
 describe("node bad input", function()
-  local cl, serial = nil, 0
+  local cl
 
   setup(function()
     cl = cluster.start({ { name = "b" } }, { heartbeat = 0.2, timeout = 2, handshake_timeout = 0.3,
@@ -20,15 +20,7 @@ describe("node bad input", function()
     cl:assert_clean()
   end)
 
-  local function with_client(fn)
-    helpers.run(function()
-      serial = serial + 1
-      local t = cl:client("t" .. serial, { "b" })
-      local ok, err = pcall(fn, t)
-      t:stop()
-      if not ok then error(err, 0) end
-    end)
-  end
+  local function with_client(fn) cl:with_client({ "b" }, fn) end
 
   local function stats(t) return assert(t:request("b", "stats")).node end
 
@@ -108,7 +100,7 @@ describe("node bad input", function()
   end)
 
   it("counts garbage on an established link, keeps the link, and no handler sees it", function()
-    with_client(function(t)
+    with_client(function(t, serial)
       local name = "raw" .. serial
       local c = raw()
       local w = handshake(c, name)

@@ -6,7 +6,7 @@ local helpers = require "helpers"
 local cluster = require "fixtures.node.cluster"
 
 describe("node mesh", function()
-  local cl, serial = nil, 0
+  local cl
 
   setup(function()
     cl = cluster.start({
@@ -21,16 +21,7 @@ describe("node mesh", function()
     cl:assert_clean()
   end)
 
-  -- Runs fn(t) with a fresh client node "tN" linked to a.
-  local function with_client(fn)
-    helpers.run(function()
-      serial = serial + 1
-      local t = cl:client("t" .. serial, { "a" })
-      local ok, err = pcall(fn, t)
-      t:stop()
-      if not ok then error(err, 0) end
-    end)
-  end
+  local function with_client(fn) cl:with_client({ "a" }, fn) end
 
   it("comes up with exactly one link per pair, though every node dialled both others", function()
     for _, name in ipairs{ "a", "b", "c" } do

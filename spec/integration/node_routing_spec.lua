@@ -7,7 +7,7 @@ local cluster = require "fixtures.node.cluster"
 local node = require "luacomm.node"
 
 describe("node routing", function()
-  local cl, serial = nil, 0
+  local cl
 
   setup(function()
     cl = cluster.start({
@@ -25,15 +25,7 @@ describe("node routing", function()
     cl:assert_clean()
   end)
 
-  local function with_client(fn)
-    helpers.run(function()
-      serial = serial + 1
-      local t = cl:client("t" .. serial, { "a" }, { listen = "127.0.0.1:0" })
-      local ok, err = pcall(fn, t)
-      t:stop()
-      if not ok then error(err, 0) end
-    end)
-  end
+  local function with_client(fn) cl:with_client({ "a" }, fn, { listen = "127.0.0.1:0" }) end
 
   -- Waits until `from` (asked through t) has a route to dst, or none.
   local function wait_route(t, from, dst, present)
@@ -72,7 +64,7 @@ describe("node routing", function()
   end)
 
   it("stops a message at the hop limit and answers unreachable", function()
-    with_client(function(t)
+    with_client(function(t, serial)
       assert(helpers.wait_until(function() return t:routes().d end, 5))
       -- u -> t -> a -> b -> c -> d: c would be the 4th relay, over max_hops = 3
       local u = node.new{ name = "u" .. serial, peers = { t.listen_addr }, heartbeat = 0.1, timeout = 1,
