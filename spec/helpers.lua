@@ -51,6 +51,22 @@ function H.listen(opts)
   return l, host .. ":" .. port, port
 end
 
+-- A connected pair over loopback: client side, server side, listener.
+function H.pair(opts)
+  local l, addr = H.listen(opts)
+  local c = assert(comm.connect(addr, opts))
+  local s = assert(l:accept(5))
+  return c, s, l
+end
+
+-- Closes every non-nil argument.
+function H.close_all(...)
+  for i = 1, select("#", ...) do
+    local x = select(i, ...)
+    if x then x:close() end
+  end
+end
+
 local function readfile(path)
   local f = io.open(path, "rb")
   if not f then return nil end

@@ -15,16 +15,7 @@ local suffix = BYTEWISE and " [1-byte I/O]" or ""
 local MiB = 1024 * 1024
 local BIG = BYTEWISE and 5000 or 70000 -- over one 64 KiB read at full speed
 
-local function pair(opts)
-  local l, addr = helpers.listen(opts)
-  local c = assert(comm.connect(addr, opts))
-  local s = assert(l:accept(5))
-  return c, s, l
-end
-
-local function close_all(...)
-  for i = 1, select("#", ...) do select(i, ...):close() end
-end
+local pair, close_all = helpers.pair, helpers.close_all
 
 -- n bytes that differ along their length, so a shifted or dropped piece
 -- shows: 4 KiB blocks of varied bytes, each stamped with its number.

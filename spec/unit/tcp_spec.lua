@@ -11,20 +11,7 @@ local helpers = require "helpers"
 local BYTEWISE = select("#", ...) > 0 and (...) == "bytewise"
 local suffix = BYTEWISE and " [1-byte I/O]" or ""
 
--- A connected pair over loopback: client, server side, listener.
-local function pair(opts)
-  local l, addr = helpers.listen(opts)
-  local c = assert(comm.connect(addr, opts))
-  local s = assert(l:accept(5))
-  return c, s, l
-end
-
-local function close_all(...)
-  for i = 1, select("#", ...) do
-    local x = select(i, ...)
-    if x then x:close() end
-  end
-end
+local pair, close_all = helpers.pair, helpers.close_all
 
 -- The big-ish payload of a test: distinct bytes, so a shift or a lost
 -- chunk cannot go unnoticed.
