@@ -56,6 +56,13 @@ function M.stop(status)
   return M._stop(status)
 end
 
+-- comm.stopping(): true once a graceful stop has begun (the host installs
+-- the real one), so long-running loops can wind down instead of starting
+-- new work — a node stops redialling its peers.
+function M.stopping()
+  return false
+end
+
 -- comm.reload(): the host installs the real one.
 function M.reload()
   return false, "reload needs the luacomm host"

@@ -134,6 +134,7 @@ function H.main(opts)
   local chunk, err = load_main(opts)
   if not chunk then return fail(opts, err) end
   comm._stop = function(status) H.stop(opts, status) end
+  comm.stopping = function() return H.stopping end
   comm.reload = function() return reload(opts) end
   debug.getregistry()["luacomm.host.signal"] = function(name) return signal_actions[name](opts) end
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))

@@ -171,11 +171,10 @@ local function peer_of(conn)
   return ok and addr_string(host, port) or "?"
 end
 
--- Under the luacomm host, a graceful stop closes every connection: a node
--- must not dial them again meanwhile, or the stop waits for its deadline.
+-- A graceful stop closes every connection: a node must not dial them again
+-- meanwhile, or the stop waits for its deadline.
 local function host_stopping()
-  local h = package.loaded["luacomm.host"]
-  return type(h) == "table" and h.stopping == true
+  return comm.stopping()
 end
 
 -- Bad input is counted every time, logged at most 10 times a second.
