@@ -514,8 +514,7 @@ static int conn_recv (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
-  lua_settop(L, 1);
-  return first_try(L, s->ctx, deadline, conn_recv_k);
+  return first_try(L, s->ctx, deadline, conn_recv_k); /* results go above the arguments */
 }
 
 /* A Lua string handed to the output buffer by reference: anchored in the
@@ -552,8 +551,9 @@ static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, siz
 static int do_send (lua_State *L, int framed, lua_KFunction k) {
   conn_ud *u = argconn(L);
   lc_conn *s = u->s;
-  size_t len, wire;
+  size_t len;
   const char *p = lua_tolstring(L, 2, &len);
+  size_t wire = len + (framed ? 4 : 0);
   if (s == NULL) return lc_fail(L, "closed");
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
   if (evbuffer_get_length(s->out) > s->hwm) return lc_wait(s->ctx, L, &s->writers, -1, k);
@@ -573,7 +573,6 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   }
   if (len >= ZERO_COPY_MIN) add_pinned(L, s, 2, p, len);
   else if (len > 0) evbuffer_add(s->out, p, len);
-  wire = lua_rawlen(L, 2) + (framed ? 4 : 0);
   s->bytes_out += wire;
   s->ctx->n.bytes_out += wire;
   mark_dirty(s);
@@ -598,7 +597,6 @@ static int conn_send (lua_State *L) {
   CHECKOPEN(s, L);
   luaL_checklstring(L, 2, &len);
   if (len > s->max_frame) return lc_fail(L, "frame too large");
-  lua_settop(L, 2);
   return conn_send_k(L, LUA_OK, 0);
 }
 
