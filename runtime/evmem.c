@@ -7,7 +7,7 @@
 ** over glibc's per-thread cache limit (1032 bytes), so each of these went
 ** through malloc's slow path and made it consolidate the freed Lua strings
 ** (callgrind: a tenth of the echo server's instructions). Here blocks of a
-** few power-of-two sizes are kept on free lists instead, 256 KiB at most.
+** few power-of-two sizes are kept on free lists instead, 64 KiB at most.
 ** The host installs it before any libevent call; the module never does (a
 ** library must not change a process-wide allocator).
 */
@@ -21,7 +21,7 @@
 #define MIN_CLASS 10 /* 1 KiB */
 #define MAX_CLASS 14 /* 16 KiB */
 #define NCLASSES (MAX_CLASS - MIN_CLASS + 1)
-#define KEEP_BYTES (256 * 1024) /* at most this much kept in all */
+#define KEEP_BYTES (64 * 1024) /* at most this much kept in all: RSS matters too */
 
 /* Every block starts with its size, padded to keep the payload aligned. */
 typedef union header {
