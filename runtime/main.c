@@ -11,7 +11,6 @@
 
 #include <event2/event.h>
 
-#include "evmem.h"
 #include "host.h"
 #include "lc.h"
 #include "log.h"
@@ -134,13 +133,10 @@ int main (int argc, char **argv) {
   o.argc = argc;
   o.argv = argv;
   setvbuf(stdout, NULL, _IOLBF, 0);
-  rt_evmem_install();
   if ((st = collect_args(argc, argv, &o, incs)) >= 0) return st;
   if (o.check) {
     if (o.script == NULL) return usage_error("%s", "--check needs a SCRIPT");
     return rt_host_check(o.script);
   }
-  st = rt_host_run(&o);
-  rt_evmem_release();
-  return st;
+  return rt_host_run(&o);
 }
