@@ -25,6 +25,9 @@ ifeq ($(B),asan)
 CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
+ifeq ($(B),werror)
+CFLAGS := -O2 -g -Werror
+endif
 
 all: $(OUT)/lib/luacomm/core.so $(OUT)/luacomm
 
@@ -64,6 +67,12 @@ test: deps
 test-asan:
 	@$(MAKE) --no-print-directory B=asan test
 
+# Lint: every Lua file through luacheck (.luacheckrc), and the C built with
+# -Werror (warnings are errors in CI, not in release builds).
+check: deps
+	luacheck -q scripts spec tools examples bench
+	@$(MAKE) --no-print-directory B=werror all
+
 # The examples under valgrind, with traffic and signals: nothing may be found.
 valgrind: deps
 	@$(MAKE) --no-print-directory all
@@ -100,7 +109,7 @@ bench-quick: deps
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-werror
 
--include $(shell find build build-asan -name '*.d' 2>/dev/null)
-.PHONY: all deps test test-asan valgrind demo install clean bench bench-quick
+-include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
+.PHONY: all deps check test test-asan valgrind demo install clean bench bench-quick

@@ -145,7 +145,7 @@ end
 
 -- Applies staged values: tables patched in place, anything else replaced
 -- in package.loaded. Returns the undo list.
-function Loader:apply(service, new_service, staged)
+local function apply(service, new_service, staged)
   local undo, map = {}, { [new_service] = service }
   for name, v in pairs(staged) do
     local old = package.loaded[name]
@@ -186,7 +186,7 @@ function Loader:reload(script, args, service, state)
     self.busy = false
     return false, new_service
   end
-  local undo = self:apply(service, new_service, staged)
+  local undo = apply(service, new_service, staged)
   local ok, err = true, nil
   if type(service.reload) == "function" then ok, err = protect(service.reload, state) end
   if not ok then

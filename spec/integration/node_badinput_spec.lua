@@ -2,7 +2,6 @@
 -- every kind is counted and logged, none crashes the node or reaches a
 -- handler, and the node keeps serving.
 local comm = require "luacomm"
-local helpers = require "helpers"
 local cluster = require "fixtures.node.cluster"
 
 local json = comm.json

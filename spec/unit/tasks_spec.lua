@@ -283,7 +283,7 @@ describe("tasks", function()
           c:close()
         end, l)
       end
-      l = nil
+      l = nil -- luacheck: ignore (drop the last reference before collecting)
       local clients = {}
       for i = 1, 5 do clients[i] = assert(comm.connect(addr)) end
       comm.sleep(0.01)
@@ -307,7 +307,7 @@ describe("tasks", function()
     helpers.run(function()
       local slept = comm.spawn(function() comm.sleep(0.02); return "slept" end)
       local joined = comm.spawn(function(t) return t:join() end, slept)
-      slept = nil
+      slept = nil -- luacheck: ignore (drop the last reference before collecting)
       comm.yield()
       collectgarbage("collect")
       collectgarbage("collect")
