@@ -186,7 +186,7 @@ static void flush (lc_conn *s) {
 }
 
 /* Queues s to be flushed when the current scheduler pass ends, so that
-** everything the pass sent goes out in one writev. Outside a pass, now. */
+** everything the pass sent goes out in one sendmsg. Outside a pass, now. */
 static void mark_dirty (lc_conn *s) {
   lc_ctx *c = s->ctx;
   if (c->current == NULL) {
@@ -237,6 +237,7 @@ static ssize_t read_some (lc_conn *s) {
   struct evbuffer_iovec vec[2];
   int direct = 0;
   ssize_t n;
+  errno = ENOMEM; /* for the allocation failures below */
   if (c->scratch == NULL && (c->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
@@ -259,9 +260,9 @@ static ssize_t read_some (lc_conn *s) {
     size_t more = n > 0 ? (size_t)n - first : 0;
     vec[0].iov_len = first;
     evbuffer_commit_space(s->in, vec, first > 0 ? 1 : 0);
-    if (more > 0 && evbuffer_add(s->in, c->scratch, more) != 0) return -1;
+    if (more > 0 && evbuffer_add(s->in, c->scratch, more) != 0) return errno = ENOMEM, -1;
   } else if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) {
-    return -1;
+    return errno = ENOMEM, -1;
   }
   return n;
 }

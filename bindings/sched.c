@@ -140,12 +140,6 @@ static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
 
 /* ---- parking ---- */
 
-/*
-** Parks the calling task on q (may be NULL: woken only by its deadline or
-** an explicit lc_wake) until deadline (absolute, < 0 for none), then
-** continues in k. Raises, before any side effect, when L is not the task
-** being run. Never returns to its caller: it yields.
-*/
 /* Raises unless L is the task being run and may yield here. */
 static lc_task *check_parkable (lc_ctx *c, lua_State *L) {
   lc_task *t = c->current;
@@ -159,6 +153,12 @@ static lc_task *check_parkable (lc_ctx *c, lua_State *L) {
   return t;
 }
 
+/*
+** Parks the calling task on q (may be NULL: woken only by its deadline or
+** an explicit lc_wake) until deadline (absolute, < 0 for none), then
+** continues in k. Raises, before any side effect, when L is not the task
+** being run. Never returns to its caller: it yields.
+*/
 int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k) {
   lc_task *t = check_parkable(c, L);
   t->timedout = 0;

@@ -18,7 +18,6 @@ typedef struct lc_timer {
   int ref;      /* registry anchor while armed */
   int repeat;
   int nargs;
-  double interval;
   double due;      /* of a one-shot: comm.now() time it may fire */
   lua_Integer gen; /* bumped by cancel: firings not yet started are dropped */
 } lc_timer;
@@ -34,12 +33,11 @@ static void disarm (lua_State *L, lc_timer *t) {
   t->ref = LUA_NOREF;
 }
 
+/* core.shutdown("all") and the context's end: no caller's thread to hand,
+** so the anchor goes through the main thread. */
 static void handle_destroy (lc_handle *h) {
   lc_timer *t = (lc_timer *)h;
-  t->gen++;
-  event_del(t->ev);
-  lc_handle_remove(t->ctx, h);
-  /* the anchor is dropped with the registry when the state closes */
+  disarm(t->ctx->mainL, t);
 }
 
 static int callback_k (lua_State *L, int status, lua_KContext kc) {
@@ -101,7 +99,6 @@ static int arm (lua_State *L, int repeat) {
   if (t->ev == NULL) return luaL_error(L, "luacomm: cannot create a timer");
   t->repeat = repeat;
   t->nargs = n - 2;
-  t->interval = s;
   lua_createtable(L, n - 1, 0);
   for (i = 2; i <= n; i++) {
     lua_pushvalue(L, i);

@@ -19,10 +19,13 @@ local function graceful_stop(opts)
   local n = core.shutdown("listeners")
   comm.log.info("stopping: %d listener(s) closed", n)
   if H.on_stop then
-    local task = core.spawn(H.on_stop)
-    local ok, err = task:join(math.max(0, deadline - core.now()))
-    if not ok then
+    -- protected inside its task, so a failing hook is logged once, here
+    local task = core.spawn(function() return xpcall(H.on_stop, traceback) end)
+    local finished, ok, err = task:join(math.max(0, deadline - core.now()))
+    if not finished then
       task:cancel()
+      comm.log.error("stop hook: %s", tostring(ok))
+    elseif not ok then
       comm.log.error("stop hook: %s", tostring(err))
     end
   end
@@ -34,7 +37,7 @@ local function graceful_stop(opts)
                   opts.stop_timeout, left.conns)
   end
   core.shutdown("all")
-  core.stop(H.status)
+  core.stop() -- main() returns H.status
 end
 
 function H.stop(opts, status)
@@ -45,9 +48,9 @@ function H.stop(opts, status)
 end
 
 local signal_actions = {
-  HUP = function(opts)
+  HUP = function()
     comm.log.info("SIGHUP: reloading")
-    return comm.reload(opts)
+    return comm.reload()
   end,
   TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
   INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
@@ -95,12 +98,13 @@ local function reload(opts)
     return false, why
   end
   local t0 = core.now()
-  local ok, err = H.loader:reload(opts.script, opts.args, H.service, H.state)
+  local ok, result = H.loader:reload(opts.script, opts.args, H.service, H.state)
   if ok then
     core.count("reloads")
-    comm.log.info("reload ok: %s and %d module(s) in %.1f ms", opts.script, err, (core.now() - t0) * 1e3)
+    comm.log.info("reload ok: %s and %d module(s) in %.1f ms", opts.script, result, (core.now() - t0) * 1e3)
     return true
   end
+  local err = result
   core.count("reload_failures")
   comm.log.error("reload failed, old code still serving: %s", err)
   return false, err
