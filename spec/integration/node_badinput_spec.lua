@@ -3,6 +3,7 @@
 -- handler, and the node keeps serving.
 local comm = require "luacomm"
 local cluster = require "fixtures.node.cluster"
+local envelope = require "luacomm.node.envelope"
 
 local json = comm.json
 
@@ -41,13 +42,16 @@ describe("node bad input", function()
     while true do
       local f, err = c:recv(2)
       if not f then return nil, err end
-      local env = json.decode(f)
-      if env and env.kind == kind then return env end
+      local env = envelope.decode(f)
+      if env and env.kind == kind then
+        env.body = envelope.body(env)
+        return env
+      end
     end
   end
 
   local function handshake(c, name)
-    assert(c:send(json.encode{ kind = "hello", v = 1, node = name, inc = 1 }))
+    assert(c:send(json.encode{ kind = "hello", v = 2, node = name, inc = 1 }))
     return assert(expect(c, "welcome"))
   end
 
@@ -104,7 +108,7 @@ describe("node bad input", function()
       local c = raw()
       local w = handshake(c, name)
       assert.are.equal("b", w.node)
-      assert.are.equal(1, w.v)
+      assert.are.equal(2, w.v)
       assert.is_number(w.inc)
       assert(cl:wait_line("b", "up " .. name))
       local before = stats(t)
@@ -118,7 +122,7 @@ describe("node bad input", function()
         '{"kind":"rep","src":"x","dst":"b","id":"seven","hops":0}',
         '{"kind":"links","origin":"x","epoch":1,"seq":1,"links":"all"}',
         '{"kind":"telepathy","body":1}',
-        json.encode{ kind = "hello", v = 1, node = name, inc = 1 },
+        json.encode{ kind = "hello", v = 2, node = name, inc = 1 },
       }
       for _, g in ipairs(garbage) do assert(c:send(g)) end
       -- time is up: dropped on receipt, and when it should be relayed

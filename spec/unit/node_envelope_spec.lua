@@ -82,12 +82,29 @@ describe("node envelopes", function()
     assert.are.same(list, envelope.links(g.links))
   end)
 
-  it("splices a body encoded once", function()
-    local f = envelope.encode_with_body({ kind = "msg", src = "a", dst = "b", type = "t", hops = 0 },
-                                        comm.json.encode{ n = 1 })
+  it("sends a body after the header, and lets it pass undecoded", function()
+    local f = envelope.encode{ kind = "msg", src = "a", dst = "b", type = "t", hops = 0, body = { n = 1 } }
+    local head, body = f:match("^([^\n]*)\n(.*)$")
+    assert.are.same({ n = 1 }, comm.json.decode(body))
+    assert.is_nil(comm.json.decode(head).body)
     local env = assert(envelope.decode(f))
-    assert.are.equal(1, env.body.n)
-    assert.is_nil(assert(envelope.decode(envelope.encode_with_body(
-      { kind = "msg", src = "a", dst = "b", type = "t", hops = 0 }, nil))).body)
+    assert.is_nil(env.body)
+    -- a relay re-encodes the header and passes the body text on as it came
+    env.hops = 1
+    local g = envelope.encode(env)
+    assert.are.equal(body, g:match("\n(.*)$"))
+    assert.are.equal(1, comm.json.decode(g:match("^[^\n]*")).hops)
+    assert.are.same({ n = 1 }, envelope.body(assert(envelope.decode(g))))
+    -- no body: no line feed; a body inside the header is fine too
+    assert.is_nil(envelope.encode{ kind = "msg", src = "a", dst = "b", type = "t", hops = 0 }:find("\n"))
+    local inline = assert(envelope.decode('{"kind":"msg","src":"a","dst":"b","type":"t","hops":0,"body":[1]}'))
+    assert.are.same({ 1 }, envelope.body(inline))
+    -- a bad body is found only where it is decoded; two bodies are refused
+    local bad = assert(envelope.decode('{"kind":"msg","src":"a","dst":"b","type":"t","hops":0}\n{oops'))
+    local v, err = envelope.body(bad)
+    assert.is_nil(v)
+    assert.is_string(err)
+    assert.are.same({ nil, "bad_envelope", "msg with two bodies" }, { envelope.decode(
+      '{"kind":"msg","src":"a","dst":"b","type":"t","hops":0,"body":1}\n2') })
   end)
 end)

@@ -71,6 +71,13 @@ function Cache:finish(src, inc, id, reply)
   if s and s.inc == inc and s.map[id] == true then s.map[id] = reply end
 end
 
+-- Forgets a request begun as "new" that will not be finished (its input
+-- was bad), so that nothing waits on it.
+function Cache:forget(src, inc, id)
+  local s = self.senders[src]
+  if s and s.inc == inc and s.map[id] == true then s.map[id] = nil end
+end
+
 -- How many ids are remembered for src (all senders when src is nil).
 function Cache:size(src)
   local n = 0

@@ -3,13 +3,20 @@
 -- that nothing malformed gets past the reader.
 local json = require("luacomm").json
 
-local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
 local floor = math.floor
+local find, sub = string.find, string.sub
 local encode, decode = json.encode, json.decode
 
 local M = {}
-M._VERSION = "0.1.0"
-M.VERSION = 1 -- the protocol version this implementation speaks
+M._VERSION = "0.2.0"
+M.VERSION = 2 -- the protocol version this implementation speaks
+
+-- The key under which a decoded envelope keeps its body as JSON text, not
+-- yet decoded (no JSON key can be a table). Relays pass it on as it came;
+-- only the destination decodes it (M.body).
+local RAW = setmetatable({}, { __name = "envelope.RAW" })
+M.RAW = RAW
 
 -- Field checks by name, as Lua expressions on `v` (compiled below); a
 -- leading "?" in a spec makes the field optional.
@@ -94,16 +101,48 @@ function M.check(env)
 end
 
 -- A frame -> env, or nil, reason ("bad_json", "bad_envelope",
--- "unknown_kind"), detail. Never raises.
+-- "unknown_kind"), detail. Never raises. A frame is the header (compact
+-- JSON, no line feed in it), then, if there is a body, a line feed and the
+-- body's JSON text, kept undecoded in env[RAW]; a body inside the header
+-- is accepted too.
 function M.decode(frame)
-  local env, err = decode(frame)
+  local lf = type(frame) == "string" and find(frame, "\n", 1, true)
+  local head, raw = frame, nil
+  if lf then head, raw = sub(frame, 1, lf - 1), sub(frame, lf + 1) end
+  local env, err = decode(head)
   if env == nil then return nil, "bad_json", tostring(err) end
-  return M.check(env)
+  local why, detail
+  env, why, detail = M.check(env)
+  if env and raw then
+    if env.body ~= nil then return nil, "bad_envelope", env.kind .. " with two bodies" end
+    env[RAW] = raw
+  end
+  return env, why, detail
 end
 
--- An envelope -> frame. Raises on a value JSON cannot hold (the caller's
--- body, usually).
-M.encode = encode
+-- The body of a decoded envelope: value (nil when absent), or nil, err
+-- when its JSON text is bad. Decoded once.
+function M.body(env)
+  local raw = env[RAW]
+  if raw == nil then return env.body end
+  local v, err = decode(raw)
+  if v == nil then return nil, tostring(err) end
+  env.body, env[RAW] = v, nil
+  return v
+end
+
+-- An envelope -> frame: the header, then a line feed and the body when
+-- there is one (env.body, or env[RAW] as it arrived). Raises on a value
+-- JSON cannot hold (the caller's body, usually).
+function M.encode(env)
+  local body, raw = env.body, env[RAW]
+  if body == nil and raw == nil then return encode(env) end
+  env.body, env[RAW] = nil, nil
+  local ok, head = pcall(encode, env)
+  env.body, env[RAW] = body, raw
+  if not ok then error(head, 2) end
+  return head .. "\n" .. (raw or encode(body))
+end
 
 -- A links announcement. lua-cjson writes an empty table as {}, so the
 -- empty list is spelled out: the protocol says `links` is an array.
@@ -113,14 +152,6 @@ function M.encode_links(origin, epoch, seq, list)
   end
   local s = encode{ kind = "links", origin = origin, epoch = epoch, seq = seq }
   return s:sub(1, -2) .. ',"links":[]}'
-end
-
--- An envelope whose body is already JSON text (broadcast encodes the body
--- once for every destination): fields + "body": body_json.
-function M.encode_with_body(env, body_json)
-  local s = encode(env)
-  if body_json == nil then return s end
-  return s:sub(1, -2) .. ',"body":' .. body_json .. '}'
 end
 
 -- A checked `links` field as a list (an empty JSON object from another
