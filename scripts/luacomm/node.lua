@@ -146,9 +146,12 @@ function Node:_route(dst)
   return hop and self._up[hop]
 end
 
--- Sends an envelope towards dst (frame: env already encoded, if it was):
--- true | nil, err. To this node itself, the envelope is dispatched as it
--- is, in a task of its own, as if it had arrived: never encoded.
+-- Sends an envelope (encoded already as frame, if given) towards dst:
+-- true | nil, err. To this node itself,
+-- the envelope is dispatched as it is, in a task of its own, as if it had
+-- arrived: never encoded. Over a direct link the body goes inside the
+-- header; through relays, after it (docs/PROTOCOL.md §2). Raises when the
+-- body cannot be JSON.
 function Node:_deliver(dst, env, frame)
   if dst == self.name then
     self._clock.spawn(self._dispatch, self, nil, env)
@@ -156,7 +159,7 @@ function Node:_deliver(dst, env, frame)
   end
   local l = self:_route(dst)
   if l == nil then return nil, "unreachable" end
-  local ok, err = l:send(frame or encode(env))
+  local ok, err = l:send(frame or encode(env, l.peer == dst))
   if ok then return true end
   if err == "frame too large" then return nil, err end
   return nil, "unreachable"
@@ -233,7 +236,7 @@ function Node:_relay(from, env)
     return
   end
   env.hops = hops
-  if out:send(encode(env)) then self:_count("relayed") end
+  if out:send(encode(env, out.peer == env.dst and env[envelope.RAW] == nil)) then self:_count("relayed") end
 end
 
 ---------------------------------------------------------------- dispatch

@@ -95,6 +95,10 @@ describe("node envelopes", function()
     assert.are.equal(body, g:match("\n(.*)$"))
     assert.are.equal(1, comm.json.decode(g:match("^[^\n]*")).hops)
     assert.are.same({ n = 1 }, envelope.body(assert(envelope.decode(g))))
+    -- straight to its destination, the body goes inside: one JSON text
+    local whole = envelope.encode(env, true)
+    assert.are.same({ n = 1 }, comm.json.decode(whole).body)
+    assert.are.same({ n = 1 }, envelope.body(assert(envelope.decode(whole))))
     -- no body: no line feed; a body inside the header is fine too
     assert.is_nil(envelope.encode{ kind = "msg", src = "a", dst = "b", type = "t", hops = 0 }:find("\n"))
     local inline = assert(envelope.decode('{"kind":"msg","src":"a","dst":"b","type":"t","hops":0,"body":[1]}'))

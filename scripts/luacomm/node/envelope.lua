@@ -131,17 +131,21 @@ function M.body(env)
   return v
 end
 
--- An envelope -> frame: the header, then a line feed and the body when
--- there is one (env.body, or env[RAW] as it arrived). Raises on a value
--- JSON cannot hold (the caller's body, usually).
-function M.encode(env)
+-- An envelope -> frame. With `inline` (the frame goes straight to its
+-- destination: nobody relays it) the body is written inside the header,
+-- one JSON text; else after the header and a line feed, so that relays
+-- need not touch it. The body is env.body, or env[RAW] as it arrived.
+-- Raises on a value JSON cannot hold (the caller's body, usually).
+function M.encode(env, inline)
   local body, raw = env.body, env[RAW]
-  if body == nil and raw == nil then return encode(env) end
+  if raw == nil and (inline or body == nil) then return encode(env) end
   env.body, env[RAW] = nil, nil
   local ok, head = pcall(encode, env)
   env.body, env[RAW] = body, raw
   if not ok then error(head, 2) end
-  return head .. "\n" .. (raw or encode(body))
+  raw = raw or encode(body)
+  if inline then return sub(head, 1, -2) .. ',"body":' .. raw .. "}" end
+  return head .. "\n" .. raw
 end
 
 -- A links announcement. lua-cjson writes an empty table as {}, so the

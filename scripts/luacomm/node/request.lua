@@ -50,10 +50,11 @@ function M.request(node, to, mtype, body, opts)
   local timeout = opts and opts.timeout or node.request_timeout
   local retries = opts and opts.retries or 0
   local id = node._next_id + 1
-  -- the same id for every try: that is what dedup keys on; encoded once
+  -- the same frame (same id) for every try: that is what dedup keys on;
+  -- encoded here, so that a body JSON cannot hold raises at the caller
   local env = { kind = "req", src = node.name, dst = to, type = mtype, id = id, inc = node._inc,
                 hops = 0, ttl = timeout, body = body }
-  local frame = to ~= node.name and envelope.encode(env) or nil
+  local frame = to ~= node.name and envelope.encode(env, node._up[to] ~= nil) or nil
   node._next_id = id
   local p = { to = to, cond = node._clock.cond() }
   node._pending[id] = p
@@ -138,17 +139,19 @@ local function run(node, fn, env, deadline)
     node._log.warn("node %s: handler for %q failed: %s", node.name, env.type, r.tb)
     rep.err = "remote error: " .. r.msg
   end
-  local frame
+  -- Remembered as the frame, a string: a cache of tables would cost the
+  -- garbage collector a walk through every remembered reply at each cycle.
+  local frame = rep
   if rep.dst ~= node.name then
     local fine
-    fine, frame = pcall(envelope.encode, rep)
+    fine, frame = pcall(envelope.encode, rep, node._up[rep.dst] ~= nil)
     if not fine then
       rep.body, rep.err = nil, "remote error: the reply cannot be sent as JSON: " .. tostring(frame)
       frame = envelope.encode(rep)
     end
   end
-  node._dedup:finish(env.src, env.inc, env.id, rep)
-  node:_deliver(rep.dst, rep, frame)
+  node._dedup:finish(env.src, env.inc, env.id, frame)
+  node:_deliver(rep.dst, rep, frame ~= rep and frame or nil)
 end
 
 -- A req for this node (link: the one it came on, nil from this node).
@@ -164,7 +167,9 @@ function M.on_request(node, link, env)
   local state, rep = node._dedup:begin(env.src, env.inc, env.id)
   if state ~= "new" then
     node:_count("dup_requests")
-    if state == "done" then node:_deliver(rep.dst, rep) end
+    if state == "done" then
+      if type(rep) == "string" then node:_deliver(env.src, nil, rep) else node:_deliver(env.src, rep) end
+    end
     return
   end
   node:_count("served")
