@@ -140,6 +140,15 @@ end
 
 function Channel:__len() return self:_len() end
 
+---------------------------------------------------------------- crypto
+
+-- OpenSSL's, for authenticating peers: nothing here is hand-written.
+M.crypto = {
+  hmac_sha256 = core.hmac_sha256,          -- (key, data) -> 32 raw bytes
+  random_bytes = core.random_bytes,        -- (n <= 1024) -> n bytes (RAND_bytes)
+  equal_consttime = core.equal_consttime,  -- (a, b) -> boolean (CRYPTO_memcmp)
+}
+
 ---------------------------------------------------------------- JSON
 
 local json = cjson.new()

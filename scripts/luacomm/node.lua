@@ -38,6 +38,7 @@ local dedup = require "luacomm.node.dedup"
 local envelope = require "luacomm.node.envelope"
 local link = require "luacomm.node.link"
 local request = require "luacomm.node.request"
+local flood = require "luacomm.node.flood"
 local options = require "luacomm.node.options"
 local workers = require "luacomm.node.workers"
 
@@ -58,7 +59,7 @@ M.clock = { now = comm.now, time = comm.time, sleep = comm.sleep, yield = comm.y
 local COUNTERS = {
   "sent", "received", "broadcasts", "requests", "served", "replies", "retries", "timeouts",
   "late_replies", "dup_requests", "relayed", "expired", "hop_limit", "unroutable",
-  "no_handler", "handler_errors", "links_up", "links_down", "rejected",
+  "no_handler", "handler_errors", "links_up", "links_down", "rejected", "auth_failures",
   -- bad input from peers; bad_input is their sum
   "bad_input", "bad_json", "bad_envelope", "unknown_kind", "frame_too_large",
   "bad_handshake", "handshake_timeout",
@@ -111,21 +112,30 @@ function Node:_count(k, n)
   s[k] = s[k] + (n or 1)
 end
 
--- Bad input is counted every time, logged at most 10 times a second.
-function Node:_bad(why, from, detail)
-  self:_count(why)
-  self:_count("bad_input")
+-- What peers do wrong is counted every time, logged at most 10 times a
+-- second.
+function Node:_warn(fmt, ...)
   local now = self._clock.now()
   if now - self._warn_t >= 1 then
     if self._warn_n > 10 then
-      self._log.warn("node %s: %d more bad input(s) not logged", self.name, self._warn_n - 10)
+      self._log.warn("node %s: %d more warning(s) about peers not logged", self.name, self._warn_n - 10)
     end
     self._warn_t, self._warn_n = now, 0
   end
   self._warn_n = self._warn_n + 1
-  if self._warn_n <= 10 then
-    self._log.warn("node %s: bad input from %s: %s%s", self.name, from, why, detail and (" (" .. detail .. ")") or "")
-  end
+  if self._warn_n <= 10 then self._log.warn(fmt, ...) end
+end
+
+function Node:_bad(why, from, detail)
+  self:_count(why)
+  self:_count("bad_input")
+  self:_warn("node %s: bad input from %s: %s%s", self.name, from, why, detail and (" (" .. detail .. ")") or "")
+end
+
+-- A peer that failed authentication (the peer itself is told nothing).
+function Node:_auth_failed(from, detail)
+  self:_count("auth_failures")
+  self:_warn("node %s: rejected %s: authentication failed (%s)", self.name, from, detail)
 end
 
 function Node:_peer(name)
@@ -179,64 +189,12 @@ end
 
 function Node:_peer_down(p, reason)
   p.state = "down"
-  if self._routes:set_local(p.name, nil) then self:_announce() end
+  if self._routes:set_local(p.name, nil) then flood.announce(self) end
   p.changed:broadcast()
   if self._running then
     self._log.info("node %s: peer %s down (%s)", self.name, p.name, tostring(reason))
     self:_emit(p.name, "down")
   end
-end
-
----------------------------------------------------------------- routing
-
-function Node:_own_links_frame()
-  return envelope.encode_links(self.name, self._inc, self._seq, self._routes:local_links())
-end
-
--- Tells every neighbour (but `except`) about this node's links; they
--- flood it on.
-function Node:_announce(except)
-  self._seq = self._seq + 1
-  if not self._running then return end
-  local frame = self:_own_links_frame()
-  for _, l in ipairs(self:_links()) do
-    if l ~= except then l:send(frame) end
-  end
-end
-
--- A new neighbour learns everything this node knows.
-function Node:_sync(l)
-  l:send(self:_own_links_frame())
-  for _, e in ipairs(self._routes:entries()) do
-    if l.ended then return end
-    l:send(envelope.encode_links(e.origin, e.epoch, e.seq, e.links))
-  end
-end
-
--- Passes a message for another node on, one hop closer; a request that
--- cannot go on is answered "unreachable" so that its sender need not wait.
--- The body goes on as the JSON text it came as: only the header is
--- encoded again.
-function Node:_relay(from, env)
-  local hops = env.hops + 1
-  if hops > self.max_hops then
-    self:_count("hop_limit")
-    if env.kind == "req" then request.reply(self, env, nil, "unreachable") end
-    return
-  end
-  if env.kind == "req" then
-    local left = env.ttl - (from and from.rtt or 0) / 2
-    if left <= 0 then return self:_count("expired") end
-    env.ttl = left
-  end
-  local out = self:_route(env.dst)
-  if out == nil then
-    self:_count("unroutable")
-    if env.kind == "req" then request.reply(self, env, nil, "unreachable") end
-    return
-  end
-  env.hops = hops
-  if out:send(encode(env, out.peer == env.dst and env[envelope.RAW] == nil)) then self:_count("relayed") end
 end
 
 ---------------------------------------------------------------- dispatch
@@ -267,12 +225,7 @@ function K.pong(self, l, env)
   if self._up[l.peer] == l then self._peers[l.peer].rtt = rtt end
 end
 
-function K.links(self, l, env, frame)
-  if not self._routes:update(env.origin, env.epoch, env.seq, envelope.links(env.links)) then return end
-  for _, out in ipairs(self:_links()) do
-    if out ~= l then out:send(frame) end
-  end
-end
+K.links = flood.on_links
 
 function K.bye(_, l, env)
   l.bye = env.reason or "bye"
@@ -283,9 +236,10 @@ local function handshake_again(self, l, env)
   self:_bad("bad_envelope", l and l.peer or self.name, env.kind .. " on an established link")
 end
 K.hello, K.welcome, K.reject = handshake_again, handshake_again, handshake_again
+K.challenge, K.auth = handshake_again, handshake_again
 
 function K.msg(self, l, env)
-  if env.dst ~= self.name then return self:_relay(l, env) end
+  if env.dst ~= self.name then return flood.relay(self, l, env) end
   local fn = self._handlers[env.type]
   if fn == nil then
     self:_count("no_handler")
@@ -296,12 +250,12 @@ function K.msg(self, l, env)
 end
 
 function K.req(self, l, env)
-  if env.dst ~= self.name then return self:_relay(l, env) end
+  if env.dst ~= self.name then return flood.relay(self, l, env) end
   request.on_request(self, l, env)
 end
 
 function K.rep(self, l, env)
-  if env.dst ~= self.name then return self:_relay(l, env) end
+  if env.dst ~= self.name then return flood.relay(self, l, env) end
   request.on_reply(self, env)
 end
 
@@ -341,6 +295,10 @@ function Node:start()
     end
     self._listener = l
     self.listen_addr = link.addr_string(l:addr()) or self.listen
+    if not self._secret and not self._tls and not link.loopback(self.listen_addr) then
+      self._log.warn("node %s: listening on %s with neither secret nor tls: anyone who can reach it can join"
+                     .. " the cluster (links are unauthenticated)", self.name, self.listen_addr)
+    end
     clock.spawn(link.accept_loop, self, l)
   end
   self._seq = 1

@@ -123,6 +123,11 @@ describe("node bad input", function()
         '{"kind":"links","origin":"x","epoch":1,"seq":1,"links":"all"}',
         '{"kind":"telepathy","body":1}',
         json.encode{ kind = "hello", v = 2, node = name, inc = 1 },
+        '{"kind":"challenge","node":"x","nonce":"00"}',
+        '{"kind":"auth","mac":"00"}',
+        -- numbers out of range: each once killed the task reading the link
+        '{"kind":"ping","t":1e999}',
+        '{"kind":"req","src":"x","dst":"b","type":"work","hops":0,"id":1e999,"ttl":1,"inc":1}',
       }
       for _, g in ipairs(garbage) do assert(c:send(g)) end
       -- time is up: dropped on receipt, and when it should be relayed
@@ -139,7 +144,7 @@ describe("node bad input", function()
                                  hops = 0, ttl = 2, body = "still here" }))
       local rep = assert(expect(c, "rep"))
       assert.are.same({ 3, "still here", "b" }, { rep.id, rep.body, rep.src })
-      assert.are.same({ bad_json = 1, bad_envelope = 6, unknown_kind = 1, bad_input = 8, expired = 2,
+      assert.are.same({ bad_json = 1, bad_envelope = 10, unknown_kind = 1, bad_input = 12, expired = 2,
                         received = 1 },
                       grown(before, stats(t)))
       assert.are.equal(runs, t:request("b", "count"))

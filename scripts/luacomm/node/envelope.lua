@@ -18,27 +18,45 @@ M.VERSION = 2 -- the protocol version this implementation speaks
 local RAW = setmetatable({}, { __name = "envelope.RAW" })
 M.RAW = RAW
 
+-- Limits on what a peer may send, whatever its authentication. Every
+-- number from the wire is finite and in range here, in one place, so that
+-- nothing downstream (JSON encoding, comparisons, sums) meets an infinity
+-- or a NaN: integers (ids, incarnations, epochs, seqs, hops, versions)
+-- are whole and 0 <= n < 1e14 (JSON as lua-cjson writes it keeps them
+-- exact below that); times (ttl, ping t) finite, within +-1e9 s.
+M.MAX_INT = 1e14
+M.MAX_TIME = 1e9
+M.MAX_NAME = 255   -- bytes in a node name
+M.MAX_LINKS = 1024 -- entries in one links announcement
+M.MAX_ADDR = 1024  -- bytes in a listen address
+
 -- Field checks by name, as Lua expressions on `v` (compiled below); a
 -- leading "?" in a spec makes the field optional.
 local checks = {
   string = 'type(v) == "string"',
-  name = 'type(v) == "string" and v ~= ""',
-  number = 'type(v) == "number" and v == v',
-  integer = 'type(v) == "number" and floor(v) == v',
-  count = 'type(v) == "number" and v >= 0 and floor(v) == v',
-  id = 'type(v) == "number" and v >= 1 and floor(v) == v',
+  name = 'type(v) == "string" and v ~= "" and #v <= MAX_NAME',
+  addr = 'type(v) == "string" and #v <= MAX_ADDR',
+  time = 'type(v) == "number" and v >= -MAX_TIME and v <= MAX_TIME',
+  uint = 'type(v) == "number" and v >= 0 and v < MAX_INT and floor(v) == v',
+  id = 'type(v) == "number" and v >= 1 and v < MAX_INT and floor(v) == v',
   links = 'links(v)',
 }
 
--- A list of { node = name, inc = number } (an empty JSON object passes for
--- an empty list).
+-- A list of at most MAX_LINKS { node = name, inc = uint } (an empty JSON
+-- object passes for an empty list).
 local function links(v)
   if type(v) ~= "table" then return false end
   local n = 0
-  for _ in pairs(v) do n = n + 1 end
+  for _ in pairs(v) do
+    n = n + 1
+    if n > M.MAX_LINKS then return false end
+  end
   for i = 1, n do
     local l = v[i]
-    if type(l) ~= "table" or type(l.node) ~= "string" or l.node == "" or type(l.inc) ~= "number" then
+    if type(l) ~= "table" then return false end
+    local node, inc = l.node, l.inc
+    if type(node) ~= "string" or node == "" or #node > M.MAX_NAME or type(inc) ~= "number"
+      or not (inc >= 0 and inc < M.MAX_INT and floor(inc) == inc) then
       return false
     end
   end
@@ -48,25 +66,28 @@ end
 -- The kinds and the fields each must carry. Unknown fields are ignored
 -- (a later version may add some); `body` is any JSON value, or absent.
 M.KINDS = {
-  hello = { v = "integer", node = "name", inc = "number", listen = "?string" },
-  welcome = { v = "integer", node = "name", inc = "number", listen = "?string" },
+  hello = { v = "uint", node = "name", inc = "uint", listen = "?addr", nonce = "?string" },
+  challenge = { node = "name", nonce = "string" },
+  auth = { mac = "string" },
+  welcome = { v = "uint", node = "name", inc = "uint", listen = "?addr", mac = "?string" },
   reject = { reason = "string", node = "?string" },
   bye = { reason = "?string" },
-  ping = { t = "number" },
-  pong = { t = "number" },
-  links = { origin = "name", epoch = "number", seq = "number", links = "links" },
-  msg = { src = "name", dst = "name", type = "string", hops = "count" },
-  req = { src = "name", dst = "name", type = "string", hops = "count", id = "id",
-          ttl = "number", inc = "number" },
-  rep = { src = "name", dst = "name", hops = "count", id = "id", err = "?string", type = "?string",
-          by = "?string" },
+  ping = { t = "time" },
+  pong = { t = "time" },
+  links = { origin = "name", epoch = "uint", seq = "uint", links = "links" },
+  msg = { src = "name", dst = "name", type = "string", hops = "uint" },
+  req = { src = "name", dst = "name", type = "string", hops = "uint", id = "id",
+          ttl = "time", inc = "uint" },
+  rep = { src = "name", dst = "name", hops = "uint", id = "id", err = "?string", type = "?string",
+          by = "?name" },
 }
 
 -- Each kind's spec is compiled once into a checking function, so that the
 -- per-message check is straight-line code: fn(env) -> nil when fine, else
 -- the detail of what is wrong.
 local function compile(kind, spec)
-  local lines = { "local type, floor, links = ...", "return function(env)", "local v" }
+  local lines = { "local type, floor, links, MAX_NAME, MAX_ADDR, MAX_TIME, MAX_INT = ...",
+                  "return function(env)", "local v" }
   local fields = {}
   for field in pairs(spec) do fields[#fields + 1] = field end
   table.sort(fields)
@@ -81,7 +102,8 @@ local function compile(kind, spec)
               kind .. " with a bad " .. field)
   end
   lines[#lines + 1] = "end"
-  return assert(load(table.concat(lines, "\n"), "=envelope:" .. kind))(type, floor, links)
+  return assert(load(table.concat(lines, "\n"), "=envelope:" .. kind))(type, floor, links, M.MAX_NAME,
+                                                                     M.MAX_ADDR, M.MAX_TIME, M.MAX_INT)
 end
 
 local compiled = {}

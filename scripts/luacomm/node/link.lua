@@ -6,6 +6,8 @@
 -- docs/PROTOCOL.md §3-§6 is the reference.
 local backoff = require "luacomm.node.backoff"
 local envelope = require "luacomm.node.envelope"
+local auth = require "luacomm.node.auth"
+local flood = require "luacomm.node.flood"
 
 local setmetatable, tostring, pcall = setmetatable, tostring, pcall
 local format = string.format
@@ -22,6 +24,13 @@ function M.addr_string(host, port)
   if not host then return nil end
   if host:find(":", 1, true) then return format("[%s]:%d", host, port) end
   return format("%s:%d", host, port)
+end
+
+-- Is this "host:port" (or "unix:path") reachable from this machine only?
+function M.loopback(addr)
+  if addr:sub(1, 5) == "unix:" then return true end
+  local host = addr:match("^%[(.*)%]:%d+$") or addr:match("^(.*):%d+$") or addr
+  return host == "::1" or host == "localhost" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
 end
 
 local function peer_of(conn)
@@ -86,8 +95,8 @@ function Link:adopt()
   -- rtt stays what the last link measured until this one's first pong
   p.inc, p.addr, p.last_seen, p.state = self.inc, self.addr, node._clock.now(), "up"
   node:_count("links_up")
-  if node._routes:set_local(name, self.inc) then node:_announce(self) end
-  node:_sync(self)
+  if node._routes:set_local(name, self.inc) then flood.announce(node, self) end
+  flood.sync(node, self)
   p.changed:broadcast()
   if not was_up then
     node._log.info("node %s: peer %s up (%s)", node.name, name, self.addr or "?")
@@ -186,30 +195,68 @@ end
 
 ---------------------------------------------------------------- handshakes
 
--- Accepting side: a hello within handshake_timeout, then welcome (or
--- reject), then the link runs in this task.
-local function serve_inbound(node, conn)
-  local from = peer_of(conn)
-  node._handshaking[conn] = true
-  local frame, err = conn:recv(node.handshake_timeout)
-  node._handshaking[conn] = nil
-  if not node._running then return conn:close() end
+-- Before a peer has completed its handshake, no frame over this is read.
+M.HANDSHAKE_MAX_FRAME = 65536
+local DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+
+local function set_max_frame(conn, n)
+  if conn.set_max_frame then conn:set_max_frame(n) end -- a simulated transport may have none
+end
+
+-- The next handshake frame before `deadline`: env, or nil, why, bad (a
+-- frame came but was not a valid envelope), having counted what was
+-- wrong. `from` names the peer in logs.
+local function recv_handshake(node, conn, deadline, from, waiting_for)
+  local left = deadline - node._clock.now()
+  local frame, err
+  if left > 0 then frame, err = conn:recv(left) else err = "timeout" end
   if frame == nil then
     if err == "timeout" then
-      node:_bad("handshake_timeout", from, format("no hello within %g s", node.handshake_timeout))
+      node:_bad("handshake_timeout", from, format("no %s within %g s", waiting_for, node.handshake_timeout))
     elseif err == "frame too large" then
-      node:_bad("frame_too_large", from, "before the handshake")
+      node:_bad("frame_too_large", from, "before the handshake completed")
     end
-    return conn:close()
+    return nil, err or "closed"
   end
   local env, why, detail = decode(frame)
-  local function refuse(reason)
-    conn:send(encode{ kind = "reject", reason = reason, node = node.name })
-    conn:close()
-  end
   if env == nil then
     node:_bad(why, from, detail)
-    return refuse("expected hello")
+    return nil, why, true
+  end
+  return env
+end
+
+-- Acceptor, with a secret: challenge the hello's sender, check its proof.
+-- The acceptor's own proof (for the welcome), or nil: the peer failed,
+-- was counted, logged and is to be dropped without a word.
+local function challenge(node, conn, hello, deadline, from)
+  local nonce_d = auth.unhex(hello.nonce, auth.NONCE_BYTES)
+  if nonce_d == nil then
+    return node:_auth_failed(from, hello.nonce and "a bad nonce" or "a hello without authentication")
+  end
+  local nonce_a, nonce_hex = auth.nonce()
+  if not conn:send(encode{ kind = "challenge", node = node.name, nonce = nonce_hex }) then return nil end
+  local env = recv_handshake(node, conn, deadline, from, "auth")
+  if env == nil then return node:_auth_failed(from, "no proof") end
+  if env.kind ~= "auth" or not auth.check(node._secret, env.mac, "dialler", nonce_d, nonce_a, hello.node, node.name) then
+    return node:_auth_failed(from, "a wrong proof for " .. hello.node)
+  end
+  return auth.proof(node._secret, "acceptor", nonce_d, nonce_a, hello.node, node.name)
+end
+
+-- Accepting side: hello (and, with a secret, challenge and proof) within
+-- handshake_timeout, then welcome (or reject); returns the adopted link,
+-- or nil once the connection is dealt with.
+local function accept_handshake(node, conn, from)
+  local deadline = node._clock.now() + node.handshake_timeout
+  local env, _, bad = recv_handshake(node, conn, deadline, from, "hello")
+  if not node._running then return end
+  local function refuse(reason)
+    conn:send(encode{ kind = "reject", reason = reason, node = node.name })
+  end
+  if env == nil then
+    if bad then refuse("expected hello") end
+    return
   end
   if env.kind ~= "hello" then
     node:_bad("bad_handshake", from, "expected hello, got " .. env.kind)
@@ -218,6 +265,11 @@ local function serve_inbound(node, conn)
   if env.v < envelope.VERSION then
     node:_bad("bad_handshake", from, "protocol version " .. tostring(env.v))
     return refuse("version")
+  end
+  local proof
+  if node._secret then
+    proof = challenge(node, conn, env, deadline, from)
+    if proof == nil or not node._running then return end
   end
   if env.node == node.name then
     node:_count("rejected")
@@ -228,9 +280,19 @@ local function serve_inbound(node, conn)
     node:_count("rejected")
     return refuse("duplicate")
   end
+  set_max_frame(conn, node.max_frame or DEFAULT_MAX_FRAME)
   conn:send(encode{ kind = "welcome", v = envelope.VERSION, node = node.name, inc = node._inc,
-                    listen = node.listen_addr })
-  if not link:adopt() then return conn:close() end
+                    listen = node.listen_addr, mac = proof })
+  if link:adopt() then return link end
+end
+
+local function serve_inbound(node, conn)
+  local from = peer_of(conn)
+  set_max_frame(conn, M.HANDSHAKE_MAX_FRAME)
+  node._handshaking[conn] = true
+  local link = accept_handshake(node, conn, from)
+  node._handshaking[conn] = nil
+  if link == nil then return conn:close() end
   link:run()
 end
 
@@ -242,38 +304,76 @@ function M.accept_loop(node, listener)
   end
 end
 
--- Dialling side: hello, then welcome (or reject) within
--- handshake_timeout. Runs the link in this task until it ends. Returns
+-- Dialler, with a secret: answers the acceptor's challenge with its
+-- proof, and checks the acceptor's in the welcome that follows. The
+-- welcome (or a reject), or nil, why.
+local function answer_challenge(node, conn, env, nonce_d, deadline, addr)
+  local nonce_a = auth.unhex(env.nonce, auth.NONCE_BYTES)
+  if nonce_a == nil then return nil, node:_auth_failed(addr, "a bad challenge") or "auth" end
+  local acceptor = env.node
+  if not conn:send(encode{ kind = "auth", mac = auth.proof(node._secret, "dialler", nonce_d, nonce_a,
+                                                           node.name, acceptor) }) then
+    return nil, "closed"
+  end
+  local w, why = recv_handshake(node, conn, deadline, addr, "welcome")
+  if w == nil then return nil, why or "closed" end
+  if w.kind == "reject" then return w end
+  if w.kind ~= "welcome" or w.node ~= acceptor
+    or not auth.check(node._secret, w.mac, "acceptor", nonce_d, nonce_a, node.name, acceptor) then
+    return nil, node:_auth_failed(addr, "a wrong proof from " .. acceptor) or "auth"
+  end
+  return w
+end
+
+-- Dialling side, after connect: hello, then welcome (or reject; with
+-- secrets, challenge, proof, welcome) within handshake_timeout. The
+-- welcome, or a reject, or nil, why.
+local function dial_handshake(node, conn, addr)
+  local deadline = node._clock.now() + node.handshake_timeout
+  local nonce_d, nonce_hex
+  if node._secret then nonce_d, nonce_hex = auth.nonce() end
+  if not conn:send(encode{ kind = "hello", v = envelope.VERSION, node = node.name, inc = node._inc,
+                           listen = node.listen_addr, nonce = nonce_hex }) then
+    return nil, "closed"
+  end
+  local env, why = recv_handshake(node, conn, deadline, addr, "welcome")
+  if env == nil then return nil, why or "bad handshake" end
+  if env.kind == "challenge" then
+    if not node._secret then
+      node._log.warn("node %s: the node at %s asks for a secret; this node has none", node.name, addr)
+      return nil, "auth"
+    end
+    return answer_challenge(node, conn, env, nonce_d, deadline, addr)
+  end
+  if env.kind == "reject" then
+    if node._secret then return nil, "rejected (" .. env.reason .. ") before authentication" end
+    return env
+  end
+  if env.kind ~= "welcome" then
+    node:_bad("bad_handshake", addr, "expected welcome, got " .. env.kind)
+    return nil, "bad handshake"
+  end
+  if node._secret then return nil, node:_auth_failed(addr, "a welcome without authentication") or "auth" end
+  return env
+end
+
+-- Dials addr once, and runs the link in this task until it ends. Returns
 -- true when a handshake completed, else false and why.
 local function dial_once(node, addr)
   -- stop() leaves a connecting dialler be (cancelling it would strand the
   -- half-open socket); it sees the node stopped when connect returns.
   node._connecting[addr] = true
-  local conn, err = node._transport.connect(addr, { timeout = node.handshake_timeout, max_frame = node.max_frame })
+  local conn, err = node._transport.connect(addr, { timeout = node.handshake_timeout,
+                                                    max_frame = M.HANDSHAKE_MAX_FRAME })
   node._connecting[addr] = nil
   if conn == nil then return false, err end
   if not node._running then conn:close(); return false, "stopped" end
   node._handshaking[conn] = true
-  local frame
-  if conn:send(encode{ kind = "hello", v = envelope.VERSION, node = node.name, inc = node._inc,
-                       listen = node.listen_addr }) then
-    frame, err = conn:recv(node.handshake_timeout)
-  end
+  local env, why = dial_handshake(node, conn, addr)
   node._handshaking[conn] = nil
   if not node._running then conn:close(); return false, "stopped" end
-  if frame == nil then
-    if err == "timeout" then node:_bad("handshake_timeout", addr, "no welcome") end
-    conn:close()
-    return false, err or "closed"
-  end
-  local env, why, detail = decode(frame)
-  if env == nil or (env.kind ~= "welcome" and env.kind ~= "reject") then
-    if env == nil then node:_bad(why, addr, detail)
-    else node:_bad("bad_handshake", addr, "expected welcome, got " .. env.kind) end
-    conn:close()
-    return false, "bad handshake"
-  end
-  if env.node then node._addr_peer[addr] = env.node end
+  if env == nil then conn:close(); return false, why end
+  node._addr_peer[addr] = env.node
   if env.kind == "reject" then
     conn:close()
     return env.reason == "duplicate", env.reason
@@ -284,6 +384,7 @@ local function dial_once(node, addr)
     return false, "version"
   end
   if env.node == node.name then conn:close(); return false, "same name" end
+  set_max_frame(conn, node.max_frame or DEFAULT_MAX_FRAME)
   local link = M.new(node, conn, env.node, env.inc, addr, node.name)
   if link:adopt() then
     link:run()

@@ -1,5 +1,8 @@
 -- luacomm.node.options: node.new's options, checked once (a bad one raises
 -- at the caller's line) and given their defaults.
+local auth = require "luacomm.node.auth"
+local envelope = require "luacomm.node.envelope"
+
 local type, ipairs, error = type, ipairs, error
 local format = string.format
 
@@ -37,7 +40,9 @@ end
 -- The node's settings from opts (see node.new), or raises.
 function M.check(opts)
   if type(opts) ~= "table" then error("node.new: options table expected", 3) end
-  if type(opts.name) ~= "string" or opts.name == "" then error("node.new: name must be a non-empty string", 3) end
+  if type(opts.name) ~= "string" or opts.name == "" or #opts.name > envelope.MAX_NAME then
+    error("node.new: name must be a non-empty string of at most " .. envelope.MAX_NAME .. " bytes", 3)
+  end
   if opts.listen ~= nil and type(opts.listen) ~= "string" then
     error("node.new: listen must be an address string", 3)
   end
@@ -56,6 +61,7 @@ function M.check(opts)
     max_hops = positive(opts, "max_hops", 16),
     max_frame = opts.max_frame,
     dedup = { ttl = d.ttl, max = d.max },
+    _secret = auth.secret(opts),
   }
 end
 
