@@ -60,6 +60,7 @@ local COUNTERS = {
   "sent", "received", "broadcasts", "requests", "served", "replies", "retries", "timeouts",
   "late_replies", "dup_requests", "relayed", "expired", "hop_limit", "unroutable",
   "no_handler", "handler_errors", "links_up", "links_down", "rejected", "auth_failures",
+  "throttled", "over_limit",
   -- bad input from peers; bad_input is their sum
   "bad_input", "bad_json", "bad_envelope", "unknown_kind", "frame_too_large",
   "bad_handshake", "handshake_timeout",
@@ -87,6 +88,7 @@ function M.new(opts)
     _addr_peer = {},       -- dialled address -> the name it answered with
     _pending = {},         -- request id -> { to, cond, done, body, err }
     _npending = 0,
+    _npeers = 0,
     _handshaking = {},     -- conns between accept/connect and the end of the handshake
     _idle = {},            -- parked worker tasks (node/workers.lua)
     _live = {},            -- every link being read: current and retired
@@ -99,8 +101,8 @@ function M.new(opts)
     _warn_t = -1, _warn_n = 0,
   }
   for k, v in pairs(fields) do self[k] = v end
-  self._dedup = dedup.new{ ttl = self.dedup.ttl, max = self.dedup.max, now = clock.now }
-  self._routes = routes.new(self.name)
+  self._dedup = dedup.new{ ttl = self.dedup.ttl, max = self.dedup.max, senders = self.max_nodes, now = clock.now }
+  self._routes = routes.new(self.name, self.max_nodes)
   for _, k in ipairs(COUNTERS) do self._stats[k] = 0 end
   return self
 end
@@ -138,11 +140,22 @@ function Node:_auth_failed(from, detail)
   self:_warn("node %s: rejected %s: authentication failed (%s)", self.name, from, detail)
 end
 
+-- The record of a peer, made on its first link. Past max_nodes records,
+-- those of peers that are down are forgotten.
 function Node:_peer(name)
   local p = self._peers[name]
   if p == nil then
+    if self._npeers >= self.max_nodes then
+      for n, q in pairs(self._peers) do
+        if q.state == "down" and not q.grace and not self._up[n] then
+          self._peers[n] = nil
+          self._npeers = self._npeers - 1
+        end
+      end
+    end
     p = { name = name, state = "down", changed = self._clock.cond() }
     self._peers[name] = p
+    self._npeers = self._npeers + 1
   end
   return p
 end
@@ -259,7 +272,28 @@ function K.rep(self, l, env)
   request.on_reply(self, env)
 end
 
+-- Who may say a message is from whom. One no relay has touched (hops 0)
+-- comes from the peer of its link (a relay answering for a request's
+-- destination names itself in `by`, and can only say "unreachable"); a
+-- relayed one never claims to be from a node this one has a link to,
+-- which would have sent it direct.
+local ORIGINATED = { msg = true, req = true, rep = true }
+
+local function forged(self, l, env)
+  local src = env.src
+  if env.kind == "rep" and env.by ~= nil then
+    if env.err ~= "unreachable" then return true end
+    src = env.by
+  end
+  if env.hops == 0 then return src ~= l.peer end
+  local direct = self._up[src]
+  return direct ~= nil and direct ~= l
+end
+
 function Node:_dispatch(l, env, frame)
+  if l and ORIGINATED[env.kind] and forged(self, l, env) then
+    return self:_bad("bad_envelope", l.peer, env.kind .. " from " .. (env.by or env.src) .. " on this link")
+  end
   K[env.kind](self, l, env, frame)
 end
 
@@ -401,6 +435,7 @@ function Node:stats()
   local links = 0
   for _ in pairs(self._up) do links = links + 1 end
   out.links, out.pending, out.dedup = links, self._npending, self._dedup:size()
+  out.dedup_senders, out.known_nodes = self._dedup:senders_count(), self._routes:size()
   return out
 end
 

@@ -64,7 +64,13 @@ function M.on_links(node, l, env, frame)
   local why = distrust(node, l, env)
   if why == "stale" then return end
   if why then return node:_bad("bad_envelope", l.peer, "links of " .. env.origin .. ": " .. why) end
-  if not node._routes:update(env.origin, env.epoch, env.seq, envelope.links(env.links)) then return end
+  local fresh, full = node._routes:update(env.origin, env.epoch, env.seq, envelope.links(env.links))
+  if full then
+    node:_count("over_limit")
+    return node:_warn("node %s: news of %s dropped: %d nodes known already (max_nodes)", node.name, env.origin,
+                      node.max_nodes)
+  end
+  if not fresh then return end
   for _, out in ipairs(node:_links()) do
     if out ~= l then out:send(frame) end
   end

@@ -44,7 +44,7 @@ end
 function M.new(node, conn, peer, inc, addr, dialler)
   node._serial = node._serial + 1
   return setmetatable({ node = node, conn = conn, peer = peer, inc = inc, addr = addr,
-                        dialler = dialler, serial = node._serial }, Link)
+                        dialler = dialler, serial = node._serial, inflight = 0 }, Link)
 end
 
 -- true | nil, err. A failed send ends the link, except for an oversized

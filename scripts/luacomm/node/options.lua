@@ -60,6 +60,8 @@ function M.check(opts)
     request_timeout = positive(opts, "request_timeout", 5),
     max_hops = positive(opts, "max_hops", 16),
     max_frame = opts.max_frame,
+    max_inflight = positive(opts, "max_inflight", 1024),
+    max_nodes = positive(opts, "max_nodes", 1024),
     dedup = { ttl = d.ttl, max = d.max },
     _secret = auth.secret(opts),
   }

@@ -121,8 +121,15 @@ local function handler_error(e)
   return { msg = tostring(e), tb = traceback(tostring(e), 2) }
 end
 
+-- A request from link l is done: its slot frees up.
+local function release(l)
+  if l == nil then return end
+  l.inflight = l.inflight - 1
+  if l.slots then l.slots:signal() end
+end
+
 -- A worker's job: runs the handler, remembers its reply, sends it.
-local function run(node, fn, env, deadline)
+local function serve(node, fn, env, deadline)
   local body, err = envelope.body(env)
   if err then
     node:_bad("bad_json", env.src, "request body: " .. err)
@@ -154,6 +161,23 @@ local function run(node, fn, env, deadline)
   node:_deliver(rep.dst, rep, frame ~= rep and frame or nil)
 end
 
+local function run(node, fn, env, deadline, l)
+  serve(node, fn, env, deadline)
+  release(l)
+end
+
+-- At most max_inflight requests from one link run at a time: past that,
+-- the link's reader (this task) waits, so the peer meets TCP backpressure
+-- instead of this node growing a task per request it sends.
+local function wait_slot(node, l)
+  while l.inflight >= node.max_inflight and not l.ended do
+    l.slots = l.slots or node._clock.cond()
+    node:_count("throttled")
+    l.slots:wait(node.timeout)
+  end
+  l.inflight = l.inflight + 1
+end
+
 -- A req for this node (link: the one it came on, nil from this node).
 -- The deadline travels as time left; half the link's RTT went in transit.
 function M.on_request(node, link, env)
@@ -173,7 +197,8 @@ function M.on_request(node, link, env)
     return
   end
   node:_count("served")
-  workers.run(node, run, fn, env, node._clock.now() + left)
+  if link then wait_slot(node, link) end
+  workers.run(node, run, fn, env, node._clock.now() + left, link)
 end
 
 return M

@@ -14,7 +14,7 @@ local function worker(node, w)
     local job = w.job
     if job then
       w.job = nil
-      job(node, w.fn, w.env, w.deadline)
+      job(node, w.fn, w.env, w.deadline, w.link)
     end
     if not node._running or #idle >= MAX_IDLE then return end
     idle[#idle + 1] = w
@@ -22,8 +22,8 @@ local function worker(node, w)
   end
 end
 
--- Runs job(node, fn, env, deadline) in a worker task.
-function M.run(node, job, fn, env, deadline)
+-- Runs job(node, fn, env, deadline, link) in a worker task.
+function M.run(node, job, fn, env, deadline, link)
   local idle = node._idle
   local n = #idle
   local w
@@ -33,7 +33,7 @@ function M.run(node, job, fn, env, deadline)
   else
     w = { cond = node._clock.cond() }
   end
-  w.job, w.fn, w.env, w.deadline = job, fn, env, deadline
+  w.job, w.fn, w.env, w.deadline, w.link = job, fn, env, deadline, link
   if n > 0 then w.cond:signal()
   else w.task = node._clock.spawn(worker, node, w) end
 end
