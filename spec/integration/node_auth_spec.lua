@@ -109,6 +109,32 @@ describe("authenticated nodes", function()
     end)
   end)
 
+  it("never lets an impostor take an existing node's place", function()
+    with_client(function(t)
+      local downs = cl:count("a", "down b")
+      local before = stats(t, "a")
+      -- a newer incarnation of "b" once replaced the real b's link at once
+      for _, hello in ipairs{
+        { kind = "hello", v = 2, node = "b", inc = math.floor(comm.time() * 1000) + 1 },
+        { kind = "hello", v = 2, node = "b", inc = math.floor(comm.time() * 1000) + 2, nonce = string.rep("0", 64) },
+      } do
+        local c = raw()
+        c:send(json.encode(hello))
+        local ch = expect(c, "challenge")
+        if ch then c:send(json.encode{ kind = "auth", mac = string.rep("f", 64) }) end
+        assert.are.same({ nil, "closed" }, { expect(c, "welcome") })
+        c:close()
+      end
+      assert.are.equal(before.auth_failures + 2, stats(t, "a").auth_failures)
+      local ok = 0
+      for i = 1, 30 do
+        if t:request("b", "echo", i, { timeout = 1 }) == i then ok = ok + 1 end
+      end
+      assert.are.equal(30, ok)
+      assert.are.equal(downs, cl:count("a", "down b"))
+    end)
+  end)
+
   it("refuses a recorded handshake replayed later", function()
     with_client(function(t)
       -- a genuine handshake, by hand, recording what the dialler sent

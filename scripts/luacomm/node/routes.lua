@@ -67,7 +67,7 @@ end
 function Routes:update(origin, epoch, seq, links)
   local old = self.db[origin]
   if origin == self.name or not newer(old, epoch, seq) then return false end
-  if old == nil and self.n >= self.max then return false, "full" end
+  if old == nil and self.n >= self.max and not self:_evict() then return false, "full" end
   local set = {}
   for _, l in ipairs(links) do
     set[l.node] = l.inc
@@ -143,6 +143,20 @@ end
 function Routes:reachable()
   if self.dirty then self:_recompute() end
   return self.order
+end
+
+-- Makes room for one origin: forgets one that no route reaches (news
+-- nobody confirms: from a node gone, or made up). false when every
+-- stored origin is reachable.
+function Routes:_evict()
+  if self.dirty then self:_recompute() end
+  for origin in pairs(self.db) do
+    if self.dist[origin] == nil then
+      self:forget(origin)
+      return true
+    end
+  end
+  return false
 end
 
 -- Forgets an origin's announcement (a node that restarted: its old news
