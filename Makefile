@@ -16,7 +16,7 @@ LUA_LIB   = $(PREFIX)/lib/lua/5.4
 
 BIND := bindings/core.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/tls.c
+        bindings/tls.c bindings/tls_conn.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).

@@ -69,6 +69,11 @@ static int load_identity (SSL_CTX *ctx, const char *cert, const char *key, char 
     return -1;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+      ERR_clear_error();
+      snprintf(err, errlen, "tls: key file '%s' does not match cert file '%s'", key, cert);
+      return -1;
+    }
     snprintf(err, errlen, "tls: bad key file '%s': %s", key, ssl_error_text(why, sizeof why));
     return -1;
   }

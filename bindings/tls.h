@@ -65,22 +65,25 @@ typedef void (*lc_tls_done_fn)(lc_tls *t, const char *err, void *arg);
 lc_tls *lc_tls_new(lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name,
                    char *err, size_t errlen);
 
-/* Starts the handshake on the session's own events; done runs from the
-** loop when it ends or when timeout seconds (if > 0) pass. */
+/* Starts the handshake on the session's own events (once: later calls do
+** nothing); done runs from the loop when it ends or when timeout seconds
+** (if > 0) pass. */
 void lc_tls_start(lc_tls *t, double timeout, lc_tls_done_fn done, void *arg);
 
 /* The handshake finished well: I/O may begin. */
 int lc_tls_ready(const lc_tls *t);
 
+/* Why the handshake failed ("tls: ..."), or NULL when it did not. */
+const char *lc_tls_failure(const lc_tls *t);
+
 /* Frees the session and its events, never the fd. With notify, and a
 ** finished handshake, a close_notify alert is sent first (best effort). */
 void lc_tls_free(lc_tls *t, int notify);
 
-/* Decrypted input into the evbuffer, at most cap bytes per SSL_read (the
-** 1-byte test knob) and until the socket has no more. Returns bytes
-** added; 0 at the peer's end of stream; -1 with errno (EAGAIN when
-** nothing is available yet). */
-ssize_t lc_tls_read(lc_tls *t, struct evbuffer *in, size_t cap);
+/* Decrypted input into buf, until len bytes or the socket has no more
+** (the 1-byte test knob passes len 1). Returns bytes read; 0 at the
+** peer's end of stream; -1 with errno (EAGAIN when nothing is there yet). */
+ssize_t lc_tls_read(lc_tls *t, char *buf, size_t len);
 
 /* Encrypts and sends the head of out, draining what was sent; at most cap
 ** bytes. Returns bytes sent, or -1 with errno (EAGAIN: try again when
@@ -106,9 +109,9 @@ typedef struct lc_tls_server lc_tls_server;
 lc_tls_server *lc_tls_server_new(lua_State *L, int opts_idx, char *err, size_t errlen);
 
 /* Takes fd (just accepted) through a server handshake. On success done
-** gets the session (fd still open, owned by the callee); on failure the
-** connection is logged, counted in tls_failures and closed here, and done
-** is not called. */
+** gets fd and the session (both owned by the callee from then on); on
+** failure the connection is logged, counted in tls_failures and closed
+** here, and done gets -1, NULL (the listener may accept again). */
 typedef void (*lc_tls_accepted_fn)(evutil_socket_t fd, lc_tls *t, void *arg);
 void lc_tls_accept(lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_accepted_fn done, void *arg);
 
@@ -117,5 +120,11 @@ int lc_tls_server_inflight(const lc_tls_server *srv);
 
 /* Cancels the handshakes under way (closing their sockets) and frees. */
 void lc_tls_server_free(lc_tls_server *srv);
+
+/* ---- conn.c ---- */
+
+/* Hands the session t (handshake done) to the connection at idx, which
+** then reads and writes through it and frees it. */
+void lc_conn_set_tls(lua_State *L, int idx, lc_tls *t);
 
 #endif
