@@ -25,8 +25,8 @@ local function request(name, cn)
 end
 
 local function ca(name)
-  sh(("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3 -keyout %s.key -out %s.pem -subj /CN=%s-luacomm-test"):format(
-    helpers.shquote(dir), name, name, name))
+  sh(("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3"
+    .. " -keyout %s.key -out %s.pem -subj /CN=%s-luacomm-test"):format(helpers.shquote(dir), name, name, name))
 end
 
 local function sign(name, cn, san, issuer)
@@ -46,7 +46,8 @@ local function expired(name)
     "[p]", "commonName = supplied", "[x]", "subjectAltName = DNS:localhost,IP:127.0.0.1", "" }, "\n"))
   helpers.writefile(dir .. "/index.txt", "")
   helpers.writefile(dir .. "/serial", "1000\n")
-  sh(("cd %s && openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in %s.csr -out %s.pem -extensions x -startdate 20000101000000Z -enddate 20010101000000Z -notext")
+  sh(("cd %s && openssl ca -batch -config ca.cnf -cert ca.pem -keyfile ca.key -in %s.csr -out %s.pem"
+    .. " -extensions x -startdate 20000101000000Z -enddate 20010101000000Z -notext")
     :format(helpers.shquote(dir), name, name))
 end
 
