@@ -2,14 +2,13 @@
 PREFIX   ?= /usr/local
 CC       ?= cc
 CFLAGS   ?= -O2 -g
-PKGS     := lua5.4 libevent_core libevent_extra libcrypto
+PKGS     := lua5.4 libevent_core libevent_extra libssl libcrypto
 WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wundef -Wwrite-strings \
             -Wmissing-prototypes -Wstrict-prototypes -Wold-style-definition
 CPPFLAGS += -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ibindings -Iruntime \
             $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) -MMD -MP
-LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra)
-LIBCRYPTO := $(shell pkg-config --libs libcrypto)
+LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libssl libcrypto)
 LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4
@@ -17,7 +16,7 @@ LUA_LIB   = $(PREFIX)/lib/lua/5.4
 
 BIND := bindings/core.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/crypto.c
+        bindings/crypto.c bindings/tls.c bindings/tls_conn.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).
@@ -43,11 +42,11 @@ $(OUT)/obj/%.o: %.c
 # The module links libevent but never liblua: it uses the interpreter's Lua.
 $(OUT)/lib/luacomm/core.so: $(BIND:%.c=$(OUT)/pic/%.o)
 	@mkdir -p $(@D)
-	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBEVENT) $(LIBCRYPTO)
+	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBEVENT)
 
 $(OUT)/luacomm: $(HOST:%.c=$(OUT)/obj/%.o) $(BIND:%.c=$(OUT)/obj/%.o)
 	@mkdir -p $(@D)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LUALIBS) $(LIBEVENT) $(LIBCRYPTO) -lm
+	$(CC) $(LDFLAGS) -o $@ $^ $(LUALIBS) $(LIBEVENT) -lm
 
 deps:
 	@sh tools/install-deps.sh
