@@ -322,7 +322,7 @@ function Node:start()
   self._inc = floor(clock.time() * 1000)
   self._running = true
   if self.listen then
-    local l, err = self._transport.listen(self.listen, { max_frame = self.max_frame })
+    local l, err = self._transport.listen(self.listen, { max_frame = self.max_frame, tls = link.tls_listen(self) })
     if l == nil then
       self._running = false
       return nil, err

@@ -9,7 +9,7 @@ local envelope = require "luacomm.node.envelope"
 local auth = require "luacomm.node.auth"
 local flood = require "luacomm.node.flood"
 
-local setmetatable, tostring, pcall = setmetatable, tostring, pcall
+local setmetatable, tostring, pcall, type, ipairs = setmetatable, tostring, pcall, type, ipairs
 local format = string.format
 local encode, decode = envelope.encode, envelope.decode
 
@@ -203,6 +203,32 @@ local function set_max_frame(conn, n)
   if conn.set_max_frame then conn:set_max_frame(n) end -- a simulated transport may have none
 end
 
+-- tls options for the node's connections: listening (client certificates
+-- required and verified) and dialling (the chain verified; the name in the
+-- certificate is checked by names_peer, against the node the peer claims
+-- to be, which no address tells).
+function M.tls_listen(node)
+  local t = node._tls
+  if t then return { cert = t.cert, key = t.key, ca = t.ca, verify = true } end
+end
+
+local function tls_dial(node)
+  local t = node._tls
+  if t then return { cert = t.cert, key = t.key, ca = t.ca, verify = true, verify_name = false } end
+end
+
+-- With tls: does the peer's verified certificate name `name` (its CN or
+-- a DNS subjectAltName)?
+local function names_peer(conn, name)
+  local info = conn.tls and conn:tls()
+  if type(info) ~= "table" or not info.verified then return false end
+  if info.peer == name then return true end
+  for _, n in ipairs(info.peer_names or {}) do
+    if n == name then return true end
+  end
+  return false
+end
+
 -- The next handshake frame before `deadline`: env, or nil, why, bad (a
 -- frame came but was not a valid envelope), having counted what was
 -- wrong. `from` names the peer in logs.
@@ -270,6 +296,9 @@ local function accept_handshake(node, conn, from)
   if node._secret then
     proof = challenge(node, conn, env, deadline, from)
     if proof == nil or not node._running then return end
+  end
+  if node._tls and not names_peer(conn, env.node) then
+    return node:_auth_failed(from, "its certificate does not name " .. env.node)
   end
   if env.node == node.name then
     node:_count("rejected")
@@ -364,7 +393,7 @@ local function dial_once(node, addr)
   -- half-open socket); it sees the node stopped when connect returns.
   node._connecting[addr] = true
   local conn, err = node._transport.connect(addr, { timeout = node.handshake_timeout,
-                                                    max_frame = M.HANDSHAKE_MAX_FRAME })
+                                                    max_frame = M.HANDSHAKE_MAX_FRAME, tls = tls_dial(node) })
   node._connecting[addr] = nil
   if conn == nil then return false, err end
   if not node._running then conn:close(); return false, "stopped" end
@@ -384,6 +413,11 @@ local function dial_once(node, addr)
     return false, "version"
   end
   if env.node == node.name then conn:close(); return false, "same name" end
+  if node._tls and not names_peer(conn, env.node) then
+    node:_auth_failed(addr, "its certificate does not name " .. env.node)
+    conn:close()
+    return false, "auth"
+  end
   set_max_frame(conn, node.max_frame or DEFAULT_MAX_FRAME)
   local link = M.new(node, conn, env.node, env.inc, addr, node.name)
   if link:adopt() then

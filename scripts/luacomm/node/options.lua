@@ -37,6 +37,18 @@ local function check_peers(peers)
   return list
 end
 
+-- node.new's tls: { cert =, key =, ca = } (cert and key required: a node
+-- both accepts and dials, and proves its name either way).
+local function check_tls(t)
+  if t == nil then return nil end
+  if type(t) ~= "table" then error("node.new: tls must be a table { cert =, key =, ca = }", 4) end
+  for _, k in ipairs{ "cert", "key" } do
+    if type(t[k]) ~= "string" then error("node.new: tls." .. k .. " must be a file name", 4) end
+  end
+  if t.ca ~= nil and type(t.ca) ~= "string" then error("node.new: tls.ca must be a file name", 4) end
+  return { cert = t.cert, key = t.key, ca = t.ca }
+end
+
 -- The node's settings from opts (see node.new), or raises.
 function M.check(opts)
   if type(opts) ~= "table" then error("node.new: options table expected", 3) end
@@ -64,6 +76,7 @@ function M.check(opts)
     max_nodes = positive(opts, "max_nodes", 1024),
     dedup = { ttl = d.ttl, max = d.max },
     _secret = auth.secret(opts),
+    _tls = check_tls(opts.tls),
   }
 end
 
