@@ -194,6 +194,7 @@ describe("node red team", function()
 
   it("forgets requesters: 20,000 distinct src names leave at most max_nodes behind", function()
     with_client(function(t)
+      local heap0 = t:request("b", "heap")
       local c = raw_peer("b", "manyheads")
       local reader = comm.spawn(function() while c:recv(5) do end end) -- takes the replies
       for i = 1, 20000 do
@@ -202,6 +203,9 @@ describe("node red team", function()
       end
       assert(helpers.wait_until(function() return stats(t, "b").node.served >= 20000 end, 20))
       assert.is_true(stats(t, "b").node.dedup_senders <= MAX_NODES)
+      -- 20,000 names once left 13.8 MB of live heap behind
+      local grown = t:request("b", "heap") - heap0
+      assert.is_true(grown < 2048, grown .. " KiB")
       reader:cancel()
       c:close()
       -- and as many distinct peers, linked one after another, leave no more records than that
