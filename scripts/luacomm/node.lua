@@ -291,7 +291,9 @@ local function forged(self, l, env)
 end
 
 function Node:_dispatch(l, env, frame)
-  if l and ORIGINATED[env.kind] and forged(self, l, env) then
+  -- the common case inline: straight from its sender, on the sender's link
+  if l and ORIGINATED[env.kind] and not (env.hops == 0 and env.by == nil and env.src == l.peer)
+    and forged(self, l, env) then
     return self:_bad("bad_envelope", l.peer, env.kind .. " from " .. (env.by or env.src) .. " on this link")
   end
   K[env.kind](self, l, env, frame)

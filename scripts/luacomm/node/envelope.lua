@@ -128,7 +128,8 @@ end
 -- body's JSON text, kept undecoded in env[RAW]; a body inside the header
 -- is accepted too.
 function M.decode(frame)
-  local lf = type(frame) == "string" and find(frame, "\n", 1, true)
+  if type(frame) ~= "string" then return nil, "bad_json", "not a string" end
+  local lf = find(frame, "\n", 1, true)
   local head, raw = frame, nil
   if lf then head, raw = sub(frame, 1, lf - 1), sub(frame, lf + 1) end
   local env, err = decode(head)

@@ -7,6 +7,7 @@ local comm = require "luacomm"
 local backoff = require "luacomm.node.backoff"
 local envelope = require "luacomm.node.envelope"
 local workers = require "luacomm.node.workers"
+local RAW = envelope.RAW
 
 local type, pairs, tostring, error, xpcall, pcall = type, pairs, tostring, error, xpcall, pcall
 local traceback = debug.traceback
@@ -59,7 +60,8 @@ function M.request(node, to, mtype, body, opts)
   local p = { to = to, cond = node._clock.cond() }
   node._pending[id] = p
   node._npending = node._npending + 1
-  node:_count("requests")
+  local stats = node._stats
+  stats.requests = stats.requests + 1
   local err, bo
   for n = 0, retries do
     if n > 0 then
@@ -81,7 +83,7 @@ function M.request(node, to, mtype, body, opts)
     if err == "timeout" then node:_count("timeouts") end
     return nil, err
   end
-  node:_count("replies")
+  stats.replies = stats.replies + 1
   local r = p.body
   if r == nil then return null end
   return r
@@ -102,7 +104,8 @@ end
 function M.on_reply(node, env)
   local p = node._pending[env.id]
   if p == nil or p.done or p.to ~= env.src then return node:_count("late_replies") end
-  local body, err = envelope.body(env)
+  local body, err = env.body, nil
+  if env[RAW] ~= nil then body, err = envelope.body(env) end
   if err then return node:_bad("bad_json", env.src, "reply body: " .. err) end
   p.done, p.body, p.err = true, body, env.err
   p.cond:signal()
@@ -123,14 +126,14 @@ end
 
 -- A request from link l is done: its slot frees up.
 local function release(l)
-  if l == nil then return end
   l.inflight = l.inflight - 1
   if l.slots then l.slots:signal() end
 end
 
 -- A worker's job: runs the handler, remembers its reply, sends it.
 local function serve(node, fn, env, deadline)
-  local body, err = envelope.body(env)
+  local body, err = env.body, nil
+  if env[RAW] ~= nil then body, err = envelope.body(env) end
   if err then
     node:_bad("bad_json", env.src, "request body: " .. err)
     return node._dedup:forget(env.src, env.inc, env.id)
@@ -163,7 +166,7 @@ end
 
 local function run(node, fn, env, deadline, l)
   serve(node, fn, env, deadline)
-  release(l)
+  if l then release(l) end
 end
 
 -- At most max_inflight requests from one link run at a time: past that,
@@ -175,7 +178,6 @@ local function wait_slot(node, l)
     node:_count("throttled")
     l.slots:wait(node.timeout)
   end
-  l.inflight = l.inflight + 1
 end
 
 -- A req for this node (link: the one it came on, nil from this node).
@@ -196,8 +198,12 @@ function M.on_request(node, link, env)
     end
     return
   end
-  node:_count("served")
-  if link then wait_slot(node, link) end
+  local stats = node._stats
+  stats.served = stats.served + 1
+  if link then
+    if link.inflight >= node.max_inflight then wait_slot(node, link) end
+    link.inflight = link.inflight + 1
+  end
   workers.run(node, run, fn, env, node._clock.now() + left, link)
 end
 
