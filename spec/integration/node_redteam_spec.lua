@@ -94,6 +94,21 @@ describe("node red team", function()
     end)
   end)
 
+  it("does not let a hello claiming a live node's name drop that node's link", function()
+    with_client(function(t)
+      local downs = cl:count("b", "down c")
+      for i = 1, 5 do
+        local c = assert(comm.connect(cl.addr.b))
+        -- "a newer life of c": the real c's link once was dropped for it
+        c:send(json.encode{ kind = "hello", v = 2, node = "c", inc = math.floor(comm.time() * 1000) + i })
+        assert.are.equal("duplicate", assert(expect(c, "reject")).reason)
+        c:close()
+      end
+      assert.are.equal(downs, cl:count("b", "down c"))
+      assert.are.equal(30, served(t, 30))
+    end)
+  end)
+
   it("drops messages whose src is not the link they came on, and forged relay answers", function()
     with_client(function(t)
       local runs, notes = t:request("b", "count"), #t:request("b", "notes")

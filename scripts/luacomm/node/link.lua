@@ -64,10 +64,20 @@ local function wins(new, cur)
   return new.serial > cur.serial
 end
 
--- Would this freshly handshaken link be kept?
+-- Would this freshly handshaken link be kept? A new life of the peer
+-- replaces the current link only once that has gone quiet (two heartbeats
+-- without a frame): a restarted node's old link is closed or silent, while
+-- one that still carries frames says the peer lives, and the newcomer
+-- claiming its name is not it.
 function Link:admissible()
-  local cur = self.node._up[self.peer]
-  return cur == nil or cur.inc ~= self.inc or wins(self, cur)
+  local node = self.node
+  local cur = node._up[self.peer]
+  if cur == nil then return true end
+  if cur.inc ~= self.inc then
+    local seen = node._peers[self.peer].last_seen or 0
+    return node._clock.now() - seen > 2 * node.heartbeat
+  end
+  return wins(self, cur)
 end
 
 -- Makes this the current link to its peer; false if it loses to the
