@@ -272,28 +272,26 @@ function K.rep(self, l, env)
   request.on_reply(self, env)
 end
 
--- Who may say a message is from whom. One no relay has touched (hops 0)
+-- Who may say a message is from whom: one no relay has touched (hops 0)
 -- comes from the peer of its link (a relay answering for a request's
--- destination names itself in `by`, and can only say "unreachable"); a
--- relayed one never claims to be from a node this one has a link to,
--- which would have sent it direct.
+-- destination names itself in `by`, and can only say "unreachable"). A
+-- relayed one is taken on its relays' word (even a node linked to this
+-- one may send through others while a duplicate link is being replaced).
 local ORIGINATED = { msg = true, req = true, rep = true }
 
-local function forged(self, l, env)
+local function forged(l, env)
   local src = env.src
   if env.kind == "rep" and env.by ~= nil then
     if env.err ~= "unreachable" then return true end
     src = env.by
   end
-  if env.hops == 0 then return src ~= l.peer end
-  local direct = self._up[src]
-  return direct ~= nil and direct ~= l
+  return env.hops == 0 and src ~= l.peer
 end
 
 function Node:_dispatch(l, env, frame)
   -- the common case inline: straight from its sender, on the sender's link
   if l and ORIGINATED[env.kind] and not (env.hops == 0 and env.by == nil and env.src == l.peer)
-    and forged(self, l, env) then
+    and forged(l, env) then
     return self:_bad("bad_envelope", l.peer, env.kind .. " from " .. (env.by or env.src) .. " on this link")
   end
   K[env.kind](self, l, env, frame)
