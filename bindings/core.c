@@ -30,10 +30,21 @@ static int ctx_gc (lua_State *L) {
   return 0;
 }
 
+const char *const lc_level_names[] = {"debug", "info", "warn", "error", NULL};
+
+/* The level named name, or -1 when there is none. */
+int lc_level_from (const char *name) {
+  int i;
+  for (i = 0; lc_level_names[i]; i++)
+    if (strcmp(name, lc_level_names[i]) == 0) return i;
+  return -1;
+}
+
+/* The sink under stock Lua. Filtering is not its business: the core has
+** already dropped what is below its level. */
 static void stderr_log (void *ud, int level, const char *msg, size_t len) {
-  static const char *const names[] = {"debug", "info", "warn", "error"};
   (void)ud;
-  fprintf(stderr, "[%s] %.*s\n", names[level], (int)len, msg);
+  fprintf(stderr, "[%s] %.*s\n", lc_level_names[level], (int)len, msg);
 }
 
 /* libevent's timers otherwise run on CLOCK_MONOTONIC_COARSE, which lags
@@ -96,6 +107,14 @@ int lc_fail (lua_State *L, const char *err) {
   return 2;
 }
 
+/* For a host: where records go, and the level to start with (Lua may
+** change it with core.log_level; the sink never filters on its own). */
+void lc_set_log (lc_ctx *c, lc_log_fn fn, void *ud, int level) {
+  c->log = fn;
+  c->log_ud = ud;
+  c->log_level = level;
+}
+
 void lc_logf (lc_ctx *c, int level, const char *fmt, ...) {
   char buf[1024];
   va_list ap;
@@ -142,21 +161,35 @@ int lc_opt_int (lua_State *L, int idx, const char *k, lua_Integer def, lua_Integ
 
 #define ctxup(L) ((lc_ctx *)lua_touserdata(L, lua_upvalueindex(1)))
 
+/* core.log(level, msg): hands msg to the sink when level is not filtered. */
 static int core_log (lua_State *L) {
-  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
   lc_ctx *c = ctxup(L);
-  int level = luaL_checkoption(L, 1, NULL, levels);
+  int level = luaL_checkoption(L, 1, NULL, lc_level_names);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
   if (level >= c->log_level) c->log(c->log_ud, level, msg, len);
   return 0;
 }
 
+/* core.log_level([level]) -> name, rank: sets the one minimum level there
+** is and returns it; rank (1 = debug) lets Lua skip formatting a record
+** the core would drop anyway. */
 static int core_log_level (lua_State *L) {
-  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
   lc_ctx *c = ctxup(L);
-  if (!lua_isnoneornil(L, 1)) c->log_level = luaL_checkoption(L, 1, NULL, levels);
-  lua_pushstring(L, levels[c->log_level]);
+  if (!lua_isnoneornil(L, 1)) c->log_level = luaL_checkoption(L, 1, NULL, lc_level_names);
+  lua_pushstring(L, lc_level_names[c->log_level]);
+  lua_pushinteger(L, c->log_level + 1);
+  return 2;
+}
+
+/* core.log_levels() -> {"debug", ...}: the names, in rank order. */
+static int core_log_levels (lua_State *L) {
+  int i;
+  lua_createtable(L, 4, 0);
+  for (i = 0; lc_level_names[i]; i++) {
+    lua_pushstring(L, lc_level_names[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
   return 1;
 }
 
@@ -255,6 +288,7 @@ static int core_versions (lua_State *L) {
 static const luaL_Reg core_funcs[] = {
   {"log", core_log},
   {"log_level", core_log_level},
+  {"log_levels", core_log_levels},
   {"stats", core_stats},
   {"count", core_count},
   {"task_budget", core_task_budget},

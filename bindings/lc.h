@@ -45,7 +45,11 @@
 #define lc_closethread(co, from) ((void)(from), lua_resetthread(co))
 #endif
 
+/* Log levels. The core owns the minimum level (ctx->log_level); a sink only
+** formats and writes what it is handed. lc_level_names (core.c) is the one
+** spelling of the names, NULL-terminated for luaL_checkoption. */
 enum lc_level { LC_DEBUG, LC_INFO, LC_WARN, LC_ERROR };
+extern const char *const lc_level_names[];
 
 typedef struct lc_ctx lc_ctx;
 struct evdns_base;
@@ -106,6 +110,8 @@ void lc_set_base(lua_State *L, struct event_base *base);
 struct event_base *lc_event_base_new(void);
 int lc_fail(lua_State *L, const char *err);
 void lc_logf(lc_ctx *c, int level, const char *fmt, ...);
+int lc_level_from(const char *name);
+void lc_set_log(lc_ctx *c, lc_log_fn fn, void *ud, int level);
 double lc_now(void);
 struct timeval lc_timeval(double seconds);
 void lc_handle_add(lc_ctx *c, lc_handle *h, int kind);

@@ -10,7 +10,6 @@
 
 #include "lc.h"
 #include "host.h"
-#include "log.h"
 #include "signals.h"
 
 static struct event *events[3];
@@ -29,7 +28,7 @@ static void on_signal (evutil_socket_t sig, short what, void *arg) {
   lua_State *L = c->L;
   (void)what;
   if (sig != SIGHUP && ++stop_signals > 1) {
-    rt_logf(LC_ERROR, "second SIG%s during the stop: exiting now", a->name);
+    lc_logf(lc_getctx(a->L), LC_ERROR, "second SIG%s during the stop: exiting now", a->name);
     rt_host_exit_now(1);
   }
   if (L == NULL) return; /* the loop is not running: nothing to do it in */

@@ -164,14 +164,16 @@ M.json = {
 
 ---------------------------------------------------------------- logging
 
-local levels = { debug = 0, info = 1, warn = 2, error = 3 }
+-- The level is the core's (the host's sink does not filter): a record the
+-- core would drop is not even formatted.
 M.log = {}
-for name, rank in pairs(levels) do
+for rank, name in ipairs(core.log_levels()) do
   M.log[name] = function(fmt, ...)
-    if rank < levels[core.log_level()] then return end
+    local _, min = core.log_level()
+    if rank < min then return end
     core.log(name, select("#", ...) > 0 and format(fmt, ...) or tostring(fmt))
   end
 end
-function M.log.level(l) return core.log_level(l) end
+function M.log.level(l) return (core.log_level(l)) end
 
 return M

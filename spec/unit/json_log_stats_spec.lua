@@ -105,6 +105,24 @@ describe("log", function()
       "[debug] shown debug",
     }, lines)
   end)
+  -- Under the host the level set from Lua is the one the sink applies:
+  -- there is one level, the core's, whatever --log-level said at start.
+  it("comm.log.level() decides what the host writes", function()
+    local st, out, err = helpers.run_host({ "--log-level", "warn", "-e", [[
+      local comm = require "luacomm"
+      comm.log.info("hidden info")
+      print(comm.log.level("debug"))
+      comm.log.debug("shown debug %d", 1)
+      comm.log.info("shown info")
+      comm.log.level("error")
+      comm.log.warn("hidden warn")
+    ]] })
+    assert.are.equal(0, st)
+    assert.are.equal("debug\n", out)
+    local lines = {}
+    for l in err:gmatch("[^\n]+") do lines[#lines + 1] = l:gsub("^.-%[", "[") end
+    assert.are.same({ "[debug] shown debug 1", "[info] shown info" }, lines)
+  end)
 end)
 
 describe("stats", function()
