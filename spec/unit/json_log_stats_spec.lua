@@ -60,15 +60,39 @@ describe("log", function()
   before_each(function() saved = core.log_level() end)
   after_each(function() core.log_level(saved) end)
 
-  it("formats with string.format and never raises on good arguments", function()
-    core.log_level("error") -- keep the spec output quiet: filtered, but still formatted
-    assert.has_no_error(function()
+  it("formats with string.format; without arguments the text is used as is", function()
+    local st, _, err = run_lua([[
+      local comm = require "luacomm"
+      comm.log.level("debug")
       comm.log.debug("d %s %d", "x", 1)
       comm.log.info("i %s %d %q", "x", 1, "q")
       comm.log.warn("w %5.2f", 1.5)
       comm.log.info("no args, so 100% is not a format")
       comm.log.info(42)
-    end)
+      comm.log.error("%s", setmetatable({}, { __tostring = function() return "obj" end }))
+    ]])
+    assert.are.equal(0, st)
+    local lines = {}
+    for l in err:gmatch("[^\n]+") do lines[#lines + 1] = l:gsub("^.-%[", "[") end
+    assert.are.same({
+      "[debug] d x 1",
+      '[info] i x 1 "q"',
+      "[warn] w  1.50",
+      "[info] no args, so 100% is not a format",
+      "[info] 42",
+      "[error] obj",
+    }, lines)
+  end)
+
+  it("does not format a record below the level, and a bad format raises above it", function()
+    local formatted = 0
+    local probe = setmetatable({}, { __tostring = function() formatted = formatted + 1; return "p" end })
+    core.log_level("error")
+    comm.log.debug("%s", probe)
+    comm.log.info("%s", probe)
+    comm.log.warn("%s", probe)
+    assert.are.equal(0, formatted)
+    assert.has_error(function() comm.log.error("%d", "not a number") end)
   end)
 
   it("core.log_level reads and sets the level; comm.log.level is the same", function()
