@@ -51,6 +51,16 @@ struct lc_conn {
 
 typedef struct lc_conn lc_conn;
 
+/* What this file keeps per context (lc_module_state, slot LC_MOD_CONN). */
+typedef struct conn_state {
+  lc_conn *dirty;    /* connections with output to flush after the pass */
+  char *scratch;     /* the read buffer every connection shares */
+  int lingering;     /* closed by the user, still flushing */
+  lc_waitq drained;  /* tasks in core.drained(): woken as connections go */
+} conn_state;
+
+#define cstate(c) ((conn_state *)(c)->mods[LC_MOD_CONN].state)
+
 typedef struct {
   const void *tag;  /* &conn_tag: the cheap type check */
   lc_conn *s;       /* NULL once closed */
@@ -91,6 +101,7 @@ static lc_conn *checkopen (lua_State *L, int i) {
 
 static void destroy (lc_conn *s) {
   lc_ctx *c = s->ctx;
+  conn_state *cs = cstate(c);
   if (s->owner) *s->owner = NULL;
   /* Parked tasks point into our wait queues: they must leave before the
   ** free, and find the userdata detached ("closed") when they resume. */
@@ -103,11 +114,13 @@ static void destroy (lc_conn *s) {
   if (s->out) evbuffer_free(s->out);
   if (s->fd >= 0) evutil_closesocket(s->fd);
   if (s->dirty) { /* unlink from the flush list */
-    lc_conn **p = &c->dirty;
+    lc_conn **p = &cs->dirty;
     while (*p != s) p = &(*p)->next_dirty;
     *p = s->next_dirty;
   }
+  if (s->closed) cs->lingering--;
   free(s);
+  lc_wake_all(c, &cs->drained); /* they re-check their condition */
   lc_maybe_idle(c);
 }
 
@@ -189,20 +202,30 @@ static void flush (lc_conn *s) {
 ** everything the pass sent goes out in one sendmsg. Outside a pass, now. */
 static void mark_dirty (lc_conn *s) {
   lc_ctx *c = s->ctx;
+  conn_state *cs = cstate(c);
   if (c->current == NULL) {
     flush(s);
     return;
   }
   if (s->dirty) return;
   s->dirty = 1;
-  s->next_dirty = c->dirty;
-  c->dirty = s;
+  s->next_dirty = cs->dirty;
+  cs->dirty = s;
 }
 
-void lc_conn_flush_dirty (lc_ctx *c) {
+/* The end-of-pass hook (lc_on_pass_end): one write per connection for all
+** the pass sent; a closed connection with nothing left goes now. */
+static void free_state (lc_ctx *c, void *state) {
+  conn_state *cs = state;
+  (void)c;
+  free(cs->scratch);
+}
+
+static void flush_dirty (lc_ctx *c) {
+  conn_state *cs = cstate(c);
   lc_conn *s;
-  while ((s = c->dirty) != NULL) {
-    c->dirty = s->next_dirty;
+  while ((s = cs->dirty) != NULL) {
+    cs->dirty = s->next_dirty;
     s->dirty = 0;
     flush(s);
     if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
@@ -233,12 +256,13 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
 ** grow and trim the heap on every readiness event. */
 static ssize_t read_some (lc_conn *s) {
   lc_ctx *c = s->ctx;
+  conn_state *cs = cstate(c);
   size_t have = evbuffer_get_length(s->in), cap = c->max_io > 0 ? (size_t)c->max_io : SIZE_MAX;
   struct evbuffer_iovec vec[2];
   int direct = 0;
   ssize_t n;
   errno = ENOMEM; /* for the allocation failures below */
-  if (c->scratch == NULL && (c->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
+  if (cs->scratch == NULL && (cs->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
     ** follows it into the scratch buffer, in one readv. */
@@ -247,7 +271,7 @@ static ssize_t read_some (lc_conn *s) {
     vec[0].iov_len = rest;
     direct = 1;
   }
-  vec[direct].iov_base = c->scratch;
+  vec[direct].iov_base = cs->scratch;
   vec[direct].iov_len = READ_SCRATCH;
   if (cap < SIZE_MAX) { /* the test knob: one piece of at most cap bytes */
     if (vec[0].iov_len > cap) vec[0].iov_len = cap;
@@ -260,8 +284,8 @@ static ssize_t read_some (lc_conn *s) {
     size_t more = n > 0 ? (size_t)n - first : 0;
     vec[0].iov_len = first;
     evbuffer_commit_space(s->in, vec, first > 0 ? 1 : 0);
-    if (more > 0 && evbuffer_add(s->in, c->scratch, more) != 0) return errno = ENOMEM, -1;
-  } else if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) {
+    if (more > 0 && evbuffer_add(s->in, cs->scratch, more) != 0) return errno = ENOMEM, -1;
+  } else if (n > 0 && evbuffer_add(s->in, cs->scratch, (size_t)n) != 0) {
     return errno = ENOMEM, -1;
   }
   return n;
@@ -689,6 +713,7 @@ static int conn_readline (lua_State *L) {
 static void close_graceful (lc_conn *s) {
   if (s->owner) *s->owner = NULL;
   s->owner = NULL;
+  if (!s->closed) cstate(s->ctx)->lingering++;
   s->closed = 1;
   stop_reading(s);
   lc_wake_all(s->ctx, &s->readers);
@@ -706,11 +731,33 @@ static int conn_close (lua_State *L) {
 
 /* Closed connections still flushing what was sent before close(). */
 int lc_conn_lingering (lc_ctx *c) {
-  lc_handle *h;
-  int n = 0;
-  for (h = c->handles.next; h != &c->handles; h = h->next)
-    if (h->kind == LC_H_CONN && ((lc_conn *)h)->closed) n++;
-  return n;
+  return cstate(c)->lingering;
+}
+
+static int drained_k (lua_State *L, int status, lua_KContext kc) {
+  lc_ctx *c = lc_getctx(L);
+  int what = (int)lua_tointeger(L, 1);
+  (void)status, (void)kc;
+  if ((what == 0 ? c->nhandles[LC_H_CONN] : cstate(c)->lingering) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lc_timedout(c)) return lc_fail(L, "timeout");
+  return lc_wait(c, L, &cstate(c)->drained, lc_wait_deadline(c), drained_k);
+}
+
+/* core.drained(what, [timeout]) -> true | nil, "timeout". Blocks the task
+** until no connection is left ("conns") or none is still flushing after its
+** close ("lingering"): the core wakes it as connections go, instead of a
+** graceful stop polling the counts. */
+static int conn_drained (lua_State *L) {
+  static const char *const whats[] = {"conns", "lingering", NULL};
+  int what = luaL_checkoption(L, 1, NULL, whats);
+  double deadline = lc_deadline(L, 2);
+  lua_settop(L, 0);
+  lua_pushinteger(L, what);
+  lc_set_wait_deadline(lc_getctx(L), deadline);
+  return drained_k(L, LUA_OK, 0);
 }
 
 /* For a graceful stop: every connection closes as conn:close() would. */
@@ -801,11 +848,16 @@ static const luaL_Reg conn_metameth[] = {
 
 static const luaL_Reg conn_funcs[] = {
   {"connect", conn_connect},
+  {"drained", conn_drained},
   {NULL, NULL}
 };
 
 /* Module table at -2, ctx at -1; both stay. */
 int lc_conn_open (lua_State *L) {
+  lc_ctx *c = lua_touserdata(L, -1);
+  if (lc_module_state(c, LC_MOD_CONN, sizeof(conn_state), free_state) == NULL)
+    return luaL_error(L, "luacomm: out of memory");
+  lc_on_pass_end(c, flush_dirty);
   luaL_newmetatable(L, LC_CONN_T);
   luaL_setfuncs(L, conn_metameth, 0);
   luaL_newlibtable(L, conn_methods);

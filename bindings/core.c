@@ -18,13 +18,18 @@
 ** flush, a timer whose userdata is gone) is cut before the base goes. */
 static int ctx_gc (lua_State *L) {
   lc_ctx *c = lua_touserdata(L, 1);
+  int k;
   while (c->handles.next != &c->handles) c->handles.next->destroy(c->handles.next);
   if (c->drain_ev) event_free(c->drain_ev); /* no task may run from here on */
   c->drain_ev = NULL;
   c->L = NULL;
-  lc_resolver_free(c);
-  free(c->scratch);
-  c->scratch = NULL;
+  for (k = LC_MODS - 1; k >= 0; k--) { /* with the base still there: evdns needs it */
+    lc_module *m = &c->mods[k];
+    if (m->state == NULL) continue;
+    if (m->fini) m->fini(c, m->state);
+    free(m->state);
+    m->state = NULL;
+  }
   if (c->own_base && c->base) event_base_free(c->base);
   c->base = NULL;
   return 0;
@@ -144,6 +149,26 @@ void lc_handle_remove (lc_ctx *c, lc_handle *h) {
   c->nhandles[h->kind]--;
 }
 
+/*
+** The state a file keeps in this context under slot, created zeroed on
+** first use; NULL when out of memory. The context owns it: fini (may be
+** NULL) releases what it holds, then it is freed, when the context ends.
+*/
+void *lc_module_state (lc_ctx *c, int slot, size_t size, lc_fini_fn fini) {
+  lc_module *m = &c->mods[slot];
+  if (m->state == NULL && (m->state = calloc(1, size)) != NULL) m->fini = fini;
+  return m->state;
+}
+
+/* Adds fn to the hooks run at the end of every scheduler pass, once (a
+** module opened twice registers once). */
+void lc_on_pass_end (lc_ctx *c, lc_pass_fn fn) {
+  int i;
+  for (i = 0; i < c->npass_end; i++)
+    if (c->pass_end[i] == fn) return;
+  if (c->npass_end < LC_MAX_PASS_HOOKS) c->pass_end[c->npass_end++] = fn;
+}
+
 /* opts[k] as an integer >= min, or def when opts (at idx) or the field is nil. */
 int lc_opt_int (lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min) {
   lua_Integer v = def;
@@ -218,22 +243,66 @@ static int core_stats (lua_State *L) {
   return 1;
 }
 
-/* core.count(name): bumps a process counter the Lua layer owns. */
+/* core.count(name): bumps one of the counters only the Lua layer can
+** tell (a reload's outcome is known in host.lua). Everything else the core
+** counts itself, where it happens. */
 static int core_count (lua_State *L) {
-  static const char *const names[] = {"reloads", "reload_failures", "task_errors", NULL};
+  static const char *const names[] = {"reloads", "reload_failures", NULL};
   lc_ctx *c = ctxup(L);
-  switch (luaL_checkoption(L, 1, NULL, names)) {
-    case 0: c->n.reloads++; break;
-    case 1: c->n.reload_failures++; break;
-    default: c->n.task_errors++; break;
-  }
+  if (luaL_checkoption(L, 1, NULL, names) == 0) c->n.reloads++;
+  else c->n.reload_failures++;
   return 0;
 }
 
-static int core_task_budget (lua_State *L) {
-  lc_ctx *c = ctxup(L);
-  if (!lua_isnoneornil(L, 1)) c->task_budget = luaL_checknumber(L, 1);
-  lua_pushnumber(L, c->task_budget);
+/* ---- the host's hooks ---- */
+
+static const char *const host_hooks[] = {"signal", "stop", "stopping", "reload", NULL};
+
+/*
+** core.set_host{ signal = fn, stop = fn, stopping = fn, reload = fn }: the
+** one place a host plugs into the library (scripts/luacomm/host.lua).
+** signal(name) runs in a task of its own for SIGHUP/SIGTERM/SIGINT;
+** comm.stop, comm.stopping and comm.reload call the others. Replaces any
+** earlier set; an unknown key or a non-function raises.
+*/
+static int core_set_host (lua_State *L) {
+  int i;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_createtable(L, 0, 4);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {            /* t, hooks, key, value */
+    luaL_argcheck(L, lua_type(L, -2) == LUA_TSTRING, 1, "hook names are strings");
+    for (i = 0; host_hooks[i] && strcmp(host_hooks[i], lua_tostring(L, -2)) != 0; i++) {}
+    if (host_hooks[i] == NULL)
+      return luaL_error(L, "bad argument #1 to 'set_host' (unknown hook '%s')", lua_tostring(L, -2));
+    luaL_argexpected(L, lua_isfunction(L, -1), 1, "functions");
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);                /* t, hooks, key, key, value */
+    lua_rawset(L, -4);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, LC_HOST_KEY);
+  return 0;
+}
+
+/* Pushes the host's hook name and returns 1, or pushes nothing and returns
+** 0 when no host set one. */
+int lc_push_host_hook (lua_State *L, const char *name) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LC_HOST_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (lua_getfield(L, -1, name) != LUA_TFUNCTION) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* core.host(name) -> the host's hook, or nil (stock Lua). */
+static int core_host (lua_State *L) {
+  const char *name = host_hooks[luaL_checkoption(L, 1, NULL, host_hooks)];
+  if (!lc_push_host_hook(L, name)) lua_pushnil(L);
   return 1;
 }
 
@@ -291,7 +360,8 @@ static const luaL_Reg core_funcs[] = {
   {"log_levels", core_log_levels},
   {"stats", core_stats},
   {"count", core_count},
-  {"task_budget", core_task_budget},
+  {"set_host", core_set_host},
+  {"host", core_host},
   {"versions", core_versions},
   {"shutdown", core_shutdown},
   {"max_io", core_max_io},

@@ -26,6 +26,8 @@
 /* Registry keys. Strings, not addresses of statics, so that two copies of
 ** the code (host and a stray core.so) would still share one context. */
 #define LC_CTX_KEY "luacomm.ctx"
+/* The host's hooks (core.set_host): a table of functions. */
+#define LC_HOST_KEY "luacomm.host"
 
 /* Userdata type names (R4). */
 #define LC_TASK_T "luacomm.task"
@@ -52,7 +54,6 @@ enum lc_level { LC_DEBUG, LC_INFO, LC_WARN, LC_ERROR };
 extern const char *const lc_level_names[];
 
 typedef struct lc_ctx lc_ctx;
-struct evdns_base;
 typedef struct lc_task lc_task;
 
 /* A FIFO of parked tasks. Embedded in whatever they wait on. */
@@ -71,6 +72,21 @@ typedef struct lc_handle {
 enum { LC_H_LISTENER, LC_H_CONN, LC_H_UDP, LC_H_TIMER, LC_H_KINDS };
 
 typedef void (*lc_log_fn)(void *ud, int level, const char *msg, size_t len);
+
+/* State a file keeps per context, behind its own slot: lc_ctx knows the
+** slot, not the type (conn.c's read buffer and flush list, resolve.c's
+** resolver). Freed by fini, then free(), when the context ends. */
+enum { LC_MOD_CONN, LC_MOD_RESOLVE, LC_MODS };
+typedef void (*lc_fini_fn)(lc_ctx *c, void *state);
+typedef struct lc_module {
+  void *state;
+  lc_fini_fn fini;
+} lc_module;
+
+/* Runs after every scheduler pass, once the pass's tasks have run (conn.c
+** flushes the output the pass queued, in one write per connection). */
+typedef void (*lc_pass_fn)(lc_ctx *c);
+#define LC_MAX_PASS_HOOKS 4
 
 typedef struct lc_counters {
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
@@ -93,11 +109,11 @@ struct lc_ctx {
   int sleepers;         /* tasks parked with a deadline */
   lc_handle handles;    /* sentinel of a circular list */
   int nhandles[LC_H_KINDS];
-  struct lc_conn *dirty;   /* connections with output to flush after the pass */
   lc_counters n;
   int max_io;           /* test knob: cap every read/write at this many bytes */
-  char *scratch;        /* conn.c's read buffer, shared by every connection */
-  struct evdns_base *dns; /* resolve.c's resolver, created on first use */
+  lc_module mods[LC_MODS];                /* per-file state, see lc_module_state */
+  lc_pass_fn pass_end[LC_MAX_PASS_HOOKS]; /* see lc_on_pass_end */
+  int npass_end;
   double task_budget;   /* seconds a task may run without yielding; 0 = off */
   lc_log_fn log;
   void *log_ud;
@@ -116,6 +132,9 @@ double lc_now(void);
 struct timeval lc_timeval(double seconds);
 void lc_handle_add(lc_ctx *c, lc_handle *h, int kind);
 void lc_handle_remove(lc_ctx *c, lc_handle *h);
+void *lc_module_state(lc_ctx *c, int slot, size_t size, lc_fini_fn fini);
+void lc_on_pass_end(lc_ctx *c, lc_pass_fn fn);
+int lc_push_host_hook(lua_State *L, const char *name);
 int lc_opt_int(lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min);
 int luaopen_luacomm_core(lua_State *L);
 
@@ -152,7 +171,6 @@ typedef struct lc_lookup lc_lookup;
 lc_lookup *lc_lookup_start(lua_State *L, lc_ctx *c, const char *host, const char *port, int socktype);
 lc_waitq *lc_lookup_waiters(lc_lookup *lk);
 int lc_lookup_result(lc_lookup *lk, lc_addr *a, const char **err);
-void lc_resolver_free(lc_ctx *c);
 
 /* ---- timer.c, cond.c, conn.c, listener.c, udp.c, addr.c ---- */
 int lc_timer_open(lua_State *L);
@@ -160,7 +178,6 @@ int lc_cond_open(lua_State *L);
 int lc_conn_open(lua_State *L);
 int lc_listener_open(lua_State *L);
 int lc_udp_open(lua_State *L);
-void lc_conn_flush_dirty(lc_ctx *c);
 int lc_conn_close_all(lc_ctx *c);
 int lc_conn_lingering(lc_ctx *c);
 void lc_conn_push(lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm);

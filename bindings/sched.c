@@ -389,6 +389,7 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
   static const struct timeval zero = {0, 0};
   lc_ctx *c = arg;
   lc_task *last = c->ready.tail, *t;
+  int i;
   (void)fd, (void)what;
   c->draining = 1;
   while ((t = c->ready.head) != NULL) {
@@ -396,7 +397,7 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
     resume(c, t);
     if (t == last) break;
   }
-  lc_conn_flush_dirty(c);
+  for (i = 0; i < c->npass_end; i++) c->pass_end[i](c); /* lc_on_pass_end */
   c->draining = 0;
   /* Not event_active: libevent would run us again in this same iteration,
   ** and tasks that keep yielding would starve I/O and timers. A zero

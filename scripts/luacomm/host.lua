@@ -30,7 +30,7 @@ local function graceful_stop(opts)
     end
   end
   core.shutdown("conns")
-  while core.stats().conns > 0 and core.now() < deadline do core.sleep(0.01) end
+  core.drained("conns", math.max(0, deadline - core.now())) -- signalled by the core
   local left = core.stats()
   if left.conns > 0 then
     comm.log.warn("stop timeout (%gs): cutting %d connection(s) with unsent output",
@@ -46,15 +46,6 @@ function H.stop(opts, status)
   H.status = status or 0
   core.spawn(graceful_stop, opts)
 end
-
-local signal_actions = {
-  HUP = function()
-    comm.log.info("SIGHUP: reloading")
-    return comm.reload()
-  end,
-  TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
-  INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
-}
 
 local function load_main(opts)
   if opts.code then return load(opts.code, "=(command line)") end
@@ -110,6 +101,16 @@ local function reload(opts)
   return false, err
 end
 
+-- What each signal does (host.c turns them into loop events).
+local signal_actions = {
+  HUP = function(opts)
+    comm.log.info("SIGHUP: reloading")
+    return reload(opts)
+  end,
+  TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
+  INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
+}
+
 -- A script that returned a table is a service: start(state, ...) runs once.
 local function start_service(opts, service)
   H.service, H.state = service, {}
@@ -137,10 +138,13 @@ function H.main(opts)
   H.loader:install()
   local chunk, err = load_main(opts)
   if not chunk then return fail(opts, err) end
-  comm._stop = function(status) H.stop(opts, status) end
-  comm.stopping = function() return H.stopping end
-  comm.reload = function() return reload(opts) end
-  debug.getregistry()["luacomm.host.signal"] = function(name) return signal_actions[name](opts) end
+  -- The one place the host plugs into the library.
+  core.set_host{
+    signal = function(name) return signal_actions[name](opts) end,
+    stop = function(status) H.stop(opts, status) end,
+    stopping = function() return H.stopping end,
+    reload = function() return reload(opts) end,
+  }
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
   if not r[1] then return fail(opts, r[2]) end
   if type(r[2]) == "table" and not H.stopping then
