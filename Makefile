@@ -14,7 +14,7 @@ LUALIBS  := $(shell pkg-config --libs lua5.4)
 LUA_SHARE = $(PREFIX)/share/lua/5.4
 LUA_LIB   = $(PREFIX)/lib/lua/5.4
 
-BIND := bindings/core.c bindings/sched.c bindings/timer.c bindings/cond.c \
+BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c
 HOST := $(wildcard runtime/*.c)
 

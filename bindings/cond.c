@@ -57,13 +57,21 @@ static const luaL_Reg cond_methods[] = {
   {NULL, NULL}
 };
 
+/* Nothing to free: a cond is plain memory in its userdata, and a task
+** waiting on it keeps it alive (argument 1 of the wait). A to-be-closed
+** cond wakes whoever still waits at the end of its block (a wake-up is
+** never a promise: waiters re-check their condition). */
+static const luaL_Reg cond_funcs[] = {
+  {"cond", cond_new},
+  {NULL, NULL}
+};
+
+static const lc_class cond_class = {
+  .name = LC_COND_T, .what = "cond", .methods = cond_methods, .funcs = cond_funcs,
+  .close = cond_broadcast
+};
+
 int lc_cond_open (lua_State *L) {
-  luaL_newmetatable(L, LC_COND_T);
-  luaL_newlibtable(L, cond_methods);
-  luaL_setfuncs(L, cond_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, cond_new);
-  lua_setfield(L, -3, "cond");
+  lc_newclass(L, &cond_class);
   return 0;
 }

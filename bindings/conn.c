@@ -45,7 +45,6 @@ struct lc_conn {
   unsigned closed : 1;  /* closed by the user: lingering until flushed */
   unsigned connecting : 1;
   struct lc_conn *next_dirty;
-  struct lc_conn **owner; /* the userdata's pointer to us, cleared on detach */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
 };
 
@@ -61,53 +60,27 @@ typedef struct conn_state {
 
 #define cstate(c) ((conn_state *)(c)->mods[LC_MOD_CONN].state)
 
-typedef struct {
-  const void *tag;  /* &conn_tag: the cheap type check */
-  lc_conn *s;       /* NULL once closed */
-  int user_closed;  /* closed by conn:close(), not by the core */
-} conn_ud;
+static const lc_class conn_class;
 
-static const char conn_tag = 'C';
-
-/* A full userdata of our size whose first field points at conn_tag is
-** ours: no memory outside this file can hold that address by chance. This
-** skips luaL_checkudata's registry lookup by name (a strcmp) and metatable
-** fetch on every send and recv; anything else still gets its error. */
-static conn_ud *toconn (lua_State *L, int i) {
-  conn_ud *u = lua_touserdata(L, i);
-  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u &&
-      u->tag == &conn_tag)
-    return u;
-  return luaL_checkudata(L, i, LC_CONN_T);
-}
-
-/* Using a connection one closed oneself is a programming error (it
-** raises, as for a closed file); one the core closed (the peer went away,
-** a frame too large) is a condition: NULL, and the caller returns
-** nil, "closed" — another task sharing it must not blow up. */
-static lc_conn *checkopen (lua_State *L, int i) {
-  conn_ud *u = toconn(L, i);
-  if (u->s == NULL && u->user_closed) luaL_error(L, "attempt to use a closed connection");
-  return u->s;
-}
+/* The connection behind a userdata, NULL once closed (object.c). */
+#define udconn(u) ((lc_conn *)(u)->h)
 
 #define CHECKOPEN(s, L) \
-  if (((s) = checkopen(L, 1)) == NULL) return lc_fail(L, "closed")
+  if (((s) = (lc_conn *)lc_checkopen(L, 1, &conn_class)) == NULL) return lc_fail(L, "closed")
 
 /* In a continuation, argument 1 was checked by the first call. */
-#define argconn(L) ((conn_ud *)lua_touserdata(L, 1))
+#define argconn(L) ((lc_hud *)lua_touserdata(L, 1))
 
 /* ---- lifetime ---- */
 
 static void destroy (lc_conn *s) {
   lc_ctx *c = s->ctx;
   conn_state *cs = cstate(c);
-  if (s->owner) *s->owner = NULL;
+  lc_handle_unlink(c, &s->h);
   /* Parked tasks point into our wait queues: they must leave before the
   ** free, and find the userdata detached ("closed") when they resume. */
   lc_wake_all(c, &s->readers);
   lc_wake_all(c, &s->writers);
-  lc_handle_remove(c, &s->h);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->in) evbuffer_free(s->in);
@@ -126,6 +99,12 @@ static void destroy (lc_conn *s) {
 
 static void handle_destroy (lc_handle *h) {
   destroy((lc_conn *)h);
+}
+
+static void close_graceful (lc_conn *s);
+
+static void handle_close (lc_handle *h) {
+  close_graceful((lc_conn *)h);
 }
 
 static void stop_reading (lc_conn *s) {
@@ -322,12 +301,8 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
 
 /* Pushes a connection userdata owning fd (closed on failure). */
 void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm) {
-  conn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  lc_hud *u = lc_newhud(L, &conn_class); /* "closed" until fully built (R5) */
   lc_conn *s;
-  u->tag = &conn_tag;
-  u->user_closed = 0;
-  u->s = NULL; /* "closed" until fully built (R5) */
-  luaL_setmetatable(L, LC_CONN_T);
   s = calloc(1, sizeof *s);
   if (s == NULL) {
     evutil_closesocket(fd);
@@ -342,13 +317,13 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
   s->in = evbuffer_new();
   s->out = evbuffer_new();
   s->h.destroy = handle_destroy;
+  s->h.close = handle_close;
   lc_handle_add(c, &s->h, LC_H_CONN);
   if (!s->rev || !s->wev || !s->in || !s->out) {
     destroy(s);
     luaL_error(L, "luacomm: out of memory");
   }
-  u->s = s;
-  s->owner = &u->s;
+  lc_hud_attach(u, &s->h);
   start_reading(s);
 }
 
@@ -363,14 +338,14 @@ static int io_error (lua_State *L, int err) {
 
 static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  conn_ud *u = lua_touserdata(L, 3);
-  lc_conn *s = u->s;
+  lc_hud *u = lua_touserdata(L, 3);
+  lc_conn *s = udconn(u);
   (void)status, (void)kc;
   if (s == NULL) return lc_fail(L, "closed"); /* cut by core.shutdown("all") */
   if (s->connecting && !lc_timedout(c)) return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
   if (s->connecting || s->err) {
     int err = s->connecting ? ETIMEDOUT : s->err;
-    u->s = NULL;
+    u->h = NULL;
     destroy(s);
     return io_error(L, err);
   }
@@ -383,7 +358,7 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double dead
   uint32_t max_frame = opt_max_frame(L, 2);
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   evutil_socket_t fd = lc_socket(a, SOCK_STREAM);
-  conn_ud *u;
+  lc_hud *u;
   lua_settop(L, 2);
   if (fd < 0) return io_error(L, errno);
   lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, conn */
@@ -391,13 +366,13 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double dead
   if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0) return 1;
   if (errno != EINPROGRESS && errno != EAGAIN) {
     int err = errno;
-    destroy(u->s);
+    destroy(udconn(u));
     return io_error(L, err);
   }
-  u->s->connecting = 1;
-  event_add(u->s->wev, NULL);
-  u->s->writing = 1;
-  return lc_wait(c, L, &u->s->readers, deadline, conn_connect_k);
+  udconn(u)->connecting = 1;
+  event_add(udconn(u)->wev, NULL);
+  udconn(u)->writing = 1;
+  return lc_wait(c, L, &udconn(u)->readers, deadline, conn_connect_k);
 }
 
 /* The name lookup (userdata at index 3) answered, or its deadline passed. */
@@ -468,17 +443,17 @@ static void push_bytes (lua_State *L, struct evbuffer *in, size_t len) {
 }
 
 /* Oversized announcement: the connection is unusable; drop it now. */
-static int frame_too_large (lua_State *L, conn_ud *u) {
-  lc_conn *s = u->s;
-  u->s = NULL;
+static int frame_too_large (lua_State *L, lc_hud *u) {
+  lc_conn *s = udconn(u);
+  u->h = NULL;
   lc_logf(s->ctx, LC_WARN, "connection closed: frame announced over max_frame (%u)", s->max_frame);
   destroy(s);
   return lc_fail(L, "frame too large");
 }
 
 static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   lc_ctx *c;
   size_t have;
   (void)status, (void)kc;
@@ -574,8 +549,8 @@ static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, siz
 ** the high-water mark. Appending the whole frame in one step is what keeps
 ** frames from several tasks from interleaving. */
 static int do_send (lua_State *L, int framed, lua_KFunction k) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
   size_t wire = len + (framed ? 4 : 0);
@@ -636,8 +611,8 @@ static int conn_write (lua_State *L) {
 /* ---- raw reads ---- */
 
 static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   size_t n = (size_t)lua_tointeger(L, 2), have;
   (void)status, (void)kc;
   if (s == NULL) return lc_fail(L, "closed");
@@ -667,8 +642,8 @@ static int conn_read (lua_State *L) {
 }
 
 static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   struct evbuffer_ptr eol;
   size_t eol_len = 0, have;
   (void)status, (void)kc;
@@ -682,7 +657,7 @@ static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
     return 1;
   }
   if (have > s->max_frame) {
-    u->s = NULL;
+    u->h = NULL;
     destroy(s);
     return lc_fail(L, "line too long");
   }
@@ -711,8 +686,7 @@ static int conn_readline (lua_State *L) {
 /* Idempotent (R6). Unsent output is still flushed: the lc_conn lingers,
 ** detached from the userdata, until it is written or the peer is gone. */
 static void close_graceful (lc_conn *s) {
-  if (s->owner) *s->owner = NULL;
-  s->owner = NULL;
+  lc_handle_detach(&s->h);
   if (!s->closed) cstate(s->ctx)->lingering++;
   s->closed = 1;
   stop_reading(s);
@@ -723,10 +697,7 @@ static void close_graceful (lc_conn *s) {
 }
 
 static int conn_close (lua_State *L) {
-  conn_ud *u = toconn(L, 1);
-  u->user_closed = 1;
-  if (u->s) close_graceful(u->s);
-  return 0;
+  return lc_hud_close(L, &conn_class);
 }
 
 /* Closed connections still flushing what was sent before close(). */
@@ -812,16 +783,12 @@ static int conn_stats (lua_State *L) {
 }
 
 static int conn_is_closed (lua_State *L) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
-  lua_pushboolean(L, u->s == NULL);
+  lua_pushboolean(L, lc_tohud(L, 1, &conn_class)->h == NULL);
   return 1;
 }
 
-static int conn_tostring (lua_State *L) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
-  if (u->s == NULL) lua_pushliteral(L, "luacomm.conn (closed)");
-  else lua_pushfstring(L, "luacomm.conn (fd %d)", (int)u->s->fd);
-  return 1;
+static evutil_socket_t conn_fd (lc_handle *h) {
+  return ((lc_conn *)h)->fd;
 }
 
 static const luaL_Reg conn_methods[] = {
@@ -838,18 +805,15 @@ static const luaL_Reg conn_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg conn_metameth[] = {
-  {"__index", NULL},
-  {"__gc", conn_close},
-  {"__close", conn_close},
-  {"__tostring", conn_tostring},
-  {NULL, NULL}
-};
-
 static const luaL_Reg conn_funcs[] = {
   {"connect", conn_connect},
   {"drained", conn_drained},
   {NULL, NULL}
+};
+
+static const lc_class conn_class = {
+  .name = LC_CONN_T, .what = "connection", .methods = conn_methods, .funcs = conn_funcs,
+  .close = conn_close, .fd = conn_fd
 };
 
 /* Module table at -2, ctx at -1; both stay. */
@@ -858,14 +822,6 @@ int lc_conn_open (lua_State *L) {
   if (lc_module_state(c, LC_MOD_CONN, sizeof(conn_state), free_state) == NULL)
     return luaL_error(L, "luacomm: out of memory");
   lc_on_pass_end(c, flush_dirty);
-  luaL_newmetatable(L, LC_CONN_T);
-  luaL_setfuncs(L, conn_metameth, 0);
-  luaL_newlibtable(L, conn_methods);
-  luaL_setfuncs(L, conn_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushvalue(L, -2);
-  luaL_setfuncs(L, conn_funcs, 0);
-  lua_pop(L, 1);
+  lc_newclass(L, &conn_class);
   return 0;
 }

@@ -65,9 +65,30 @@ typedef struct lc_waitq {
 ** must find: listeners, connections, UDP sockets, timers. */
 typedef struct lc_handle {
   struct lc_handle *prev, *next;
+  struct lc_handle **owner;               /* its userdata's pointer (lc_hud.h), or NULL */
   int kind;                               /* LC_H_* */
   void (*destroy)(struct lc_handle *h);   /* frees it at once, no flush */
+  void (*close)(struct lc_handle *h);     /* close() from Lua: may linger to flush */
 } lc_handle;
+
+/* A userdata type (object.c): one metatable shape for all of them. */
+typedef struct lc_class {
+  const char *name;              /* LC_*_T */
+  const char *what;              /* "connection": "attempt to use a closed ..." */
+  const luaL_Reg *methods;
+  const luaL_Reg *funcs;         /* module functions (ctx as upvalue 1), or NULL */
+  lua_CFunction close;           /* close(), __close, and __gc unless gc is set (R6) */
+  lua_CFunction gc;              /* or NULL */
+  lua_CFunction tostring;        /* or NULL: "name (fd N)" with fd, else "name (0x...)" */
+  evutil_socket_t (*fd)(lc_handle *h); /* handle classes only, else NULL */
+} lc_class;
+
+/* What Lua holds of a handle that may outlive its userdata (object.c). */
+typedef struct lc_hud {
+  const lc_class *cls;  /* first: the cheap type check of lc_tohud */
+  lc_handle *h;         /* NULL once closed */
+  int user_closed;      /* closed by close(), not by the core */
+} lc_hud;
 
 enum { LC_H_LISTENER, LC_H_CONN, LC_H_UDP, LC_H_TIMER, LC_H_KINDS };
 
@@ -137,6 +158,16 @@ void lc_on_pass_end(lc_ctx *c, lc_pass_fn fn);
 int lc_push_host_hook(lua_State *L, const char *name);
 int lc_opt_int(lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min);
 int luaopen_luacomm_core(lua_State *L);
+
+/* ---- object.c ---- */
+void lc_newclass(lua_State *L, const lc_class *k);
+lc_hud *lc_newhud(lua_State *L, const lc_class *k);
+void lc_hud_attach(lc_hud *u, lc_handle *h);
+lc_hud *lc_tohud(lua_State *L, int i, const lc_class *k);
+lc_handle *lc_checkopen(lua_State *L, int i, const lc_class *k);
+int lc_hud_close(lua_State *L, const lc_class *k);
+void lc_handle_detach(lc_handle *h);
+void lc_handle_unlink(lc_ctx *c, lc_handle *h);
 
 /* ---- sched.c ---- */
 int lc_wait(lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k);

@@ -23,7 +23,6 @@
 typedef struct lc_listener {
   lc_handle h;
   lc_ctx *ctx;
-  struct lc_listener **owner; /* the userdata's pointer to us, cleared on destroy */
   struct evconnlistener *lev;
   lc_waitq accepters;
   evutil_socket_t queue[ACCEPT_QUEUE];
@@ -34,20 +33,15 @@ typedef struct lc_listener {
   char *unix_path; /* unlinked at close */
 } lc_listener;
 
-typedef struct {
-  lc_listener *l; /* NULL once closed */
-} listener_ud;
+static const lc_class listener_class;
 
-static lc_listener *checkopen (lua_State *L, int i) {
-  listener_ud *u = luaL_checkudata(L, i, LC_LISTENER_T);
-  if (u->l == NULL) luaL_error(L, "attempt to use a closed listener");
-  return u->l;
-}
+/* The listener at i, raising when closed by close(); NULL when the core
+** closed it (a graceful stop): the caller answers nil, "closed". */
+#define checkopen(L, i) ((lc_listener *)lc_checkopen(L, i, &listener_class))
 
 static void destroy (lc_listener *l) {
   lc_ctx *c = l->ctx;
-  if (l->owner) *l->owner = NULL;
-  lc_handle_remove(c, &l->h);
+  lc_handle_unlink(c, &l->h);
   if (l->lev) evconnlistener_free(l->lev);
   while (l->count > 0) {
     evutil_closesocket(l->queue[l->head]);
@@ -93,8 +87,7 @@ static void on_listen_error (struct evconnlistener *lev, void *arg) {
 }
 
 static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  lc_listener *l = u->l;
+  lc_listener *l = (lc_listener *)lc_tohud(L, 1, &listener_class)->h;
   (void)status, (void)kc;
   if (l == NULL) return lc_fail(L, "closed");
   if (l->count > 0) {
@@ -116,32 +109,28 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
 static int listener_accept (lua_State *L) {
   lc_listener *l = checkopen(L, 1);
   double deadline = lc_deadline(L, 2);
+  if (l == NULL) return lc_fail(L, "closed");
   lua_settop(L, 1);
   lc_set_wait_deadline(l->ctx, deadline);
   return listener_accept_k(L, LUA_OK, 0);
 }
 
 static int listener_close (lua_State *L) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  if (u->l) destroy(u->l);
-  u->l = NULL;
-  return 0;
+  return lc_hud_close(L, &listener_class);
 }
 
 static int listener_addr (lua_State *L) {
   lc_listener *l = checkopen(L, 1);
   lc_addr a;
+  if (l == NULL) return lc_fail(L, "closed");
   a.len = sizeof a.ss;
   if (getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&a.ss, &a.len) != 0)
     return lc_fail(L, strerror(errno));
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
-static int listener_tostring (lua_State *L) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  if (u->l == NULL) lua_pushliteral(L, "luacomm.listener (closed)");
-  else lua_pushfstring(L, "luacomm.listener (fd %d)", (int)evconnlistener_get_fd(u->l->lev));
-  return 1;
+static evutil_socket_t listener_fd (lc_handle *h) {
+  return evconnlistener_get_fd(((lc_listener *)h)->lev);
 }
 
 /* A unix socket file left by a dead process is removed; a live one is not. */
@@ -187,7 +176,7 @@ static int listener_listen (lua_State *L) {
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   int reuseport = 0;
   const char *bad;
-  listener_ud *u;
+  lc_hud *u;
   lc_listener *l;
   lc_addr a;
   evutil_socket_t fd;
@@ -199,9 +188,7 @@ static int listener_listen (lua_State *L) {
   bad = lc_parse_addr(where, SOCK_STREAM, &a);
   if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad) return lc_fail(L, bad);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->l = NULL;
-  luaL_setmetatable(L, LC_LISTENER_T);
+  u = lc_newhud(L, &listener_class);
   fd = bind_listen(&a, backlog, reuseport);
   if (fd < 0) {
     char buf[128];
@@ -217,6 +204,7 @@ static int listener_listen (lua_State *L) {
   l->hwm = hwm;
   l->enabled = 1;
   l->h.destroy = handle_destroy;
+  l->h.close = handle_destroy;
   if (a.ss.ss_family == AF_UNIX) l->unix_path = strdup(((struct sockaddr_un *)&a.ss)->sun_path);
   lc_handle_add(c, &l->h, LC_H_LISTENER);
   l->lev = evconnlistener_new(c->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, -1, fd);
@@ -226,8 +214,7 @@ static int listener_listen (lua_State *L) {
     return luaL_error(L, "luacomm: cannot create a listener");
   }
   evconnlistener_set_error_cb(l->lev, on_listen_error);
-  u->l = l;
-  l->owner = &u->l;
+  lc_hud_attach(u, &l->h);
   return 1;
 }
 
@@ -238,22 +225,17 @@ static const luaL_Reg listener_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg listener_metameth[] = {
-  {"__index", NULL},
-  {"__gc", listener_close},
-  {"__close", listener_close},
-  {"__tostring", listener_tostring},
+static const luaL_Reg listener_funcs[] = {
+  {"listen", listener_listen},
   {NULL, NULL}
 };
 
+static const lc_class listener_class = {
+  .name = LC_LISTENER_T, .what = "listener", .methods = listener_methods,
+  .funcs = listener_funcs, .close = listener_close, .fd = listener_fd
+};
+
 int lc_listener_open (lua_State *L) {
-  luaL_newmetatable(L, LC_LISTENER_T);
-  luaL_setfuncs(L, listener_metameth, 0);
-  luaL_newlibtable(L, listener_methods);
-  luaL_setfuncs(L, listener_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, listener_listen);
-  lua_setfield(L, -3, "listen");
+  lc_newclass(L, &listener_class);
   return 0;
 }

@@ -590,22 +590,10 @@ static int task_gc (lua_State *L) {
   return 0;
 }
 
-static int task_tostring (lua_State *L) {
-  lua_pushfstring(L, "luacomm.task (%p)", lua_touserdata(L, 1));
-  return 1;
-}
-
 static const luaL_Reg task_methods[] = {
   {"join", task_join},
   {"cancel", task_cancel},
   {"status", task_status},
-  {NULL, NULL}
-};
-
-static const luaL_Reg task_metameth[] = {
-  {"__index", NULL},
-  {"__gc", task_gc},
-  {"__tostring", task_tostring},
   {NULL, NULL}
 };
 
@@ -621,6 +609,14 @@ static const luaL_Reg sched_funcs[] = {
   {NULL, NULL}
 };
 
+/* A to-be-closed task is cancelled at the end of its block (structured
+** concurrency: nothing it started outlives the scope); a collected one is
+** no longer alive and frees what its waits used. */
+static const lc_class task_class = {
+  .name = LC_TASK_T, .what = "task", .methods = task_methods, .funcs = sched_funcs,
+  .close = task_cancel, .gc = task_gc
+};
+
 /* Module table at -2, ctx at -1 on entry; both stay. */
 int lc_sched_open (lua_State *L) {
   lc_ctx *c = lua_touserdata(L, -1);
@@ -628,15 +624,6 @@ int lc_sched_open (lua_State *L) {
     c->drain_ev = event_new(c->base, -1, 0, on_drain, c);
     if (c->drain_ev == NULL) return luaL_error(L, "luacomm: cannot create the scheduler event");
   }
-  luaL_newmetatable(L, LC_TASK_T);    /* mod, ctx, mt */
-  luaL_setfuncs(L, task_metameth, 0);
-  luaL_newlibtable(L, task_methods);  /* mod, ctx, mt, methods */
-  luaL_setfuncs(L, task_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  lua_insert(L, -3);                  /* ctx, mod, ctx */
-  luaL_setfuncs(L, sched_funcs, 1);   /* ctx, mod */
-  lua_insert(L, -2);                  /* mod, ctx */
+  lc_newclass(L, &task_class);
   return 0;
 }

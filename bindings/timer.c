@@ -150,22 +150,20 @@ static const luaL_Reg timer_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg timer_metameth[] = {
-  {"__index", NULL},
-  {"__gc", timer_gc},
+/* A to-be-closed timer is cancelled at the end of its block; a collected
+** one (never armed, or fired and let go) frees its event. */
+static const luaL_Reg timer_funcs[] = {
+  {"after", timer_after},
+  {"every", timer_every},
   {NULL, NULL}
 };
 
+static const lc_class timer_class = {
+  .name = LC_TIMER_T, .what = "timer", .methods = timer_methods, .funcs = timer_funcs,
+  .close = timer_cancel, .gc = timer_gc
+};
+
 int lc_timer_open (lua_State *L) {
-  luaL_newmetatable(L, LC_TIMER_T);
-  luaL_setfuncs(L, timer_metameth, 0);
-  luaL_newlibtable(L, timer_methods);
-  luaL_setfuncs(L, timer_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, timer_after);
-  lua_setfield(L, -3, "after");
-  lua_pushcfunction(L, timer_every);
-  lua_setfield(L, -3, "every");
+  lc_newclass(L, &timer_class);
   return 0;
 }

@@ -15,26 +15,23 @@
 typedef struct lc_udp {
   lc_handle h;
   lc_ctx *ctx;
-  struct lc_udp **owner; /* the userdata's pointer to us, cleared on destroy */
   evutil_socket_t fd;
   struct event *rev, *wev;
   lc_waitq readers, writers;
 } lc_udp;
 
-typedef struct {
-  lc_udp *s; /* NULL once closed */
-} udp_ud;
+static const lc_class udp_class;
 
-static lc_udp *checkopen (lua_State *L, int i) {
-  udp_ud *u = luaL_checkudata(L, i, LC_UDP_T);
-  if (u->s == NULL) luaL_error(L, "attempt to use a closed socket");
-  return u->s;
-}
+/* The socket at i, raising when closed by close(); NULL when the core
+** closed it: the caller answers nil, "closed". */
+#define checkopen(L, i) ((lc_udp *)lc_checkopen(L, i, &udp_class))
+
+/* In a continuation: argument 1 was checked by the first call. */
+#define argudp(L) ((lc_udp *)((lc_hud *)lua_touserdata(L, 1))->h)
 
 static void destroy (lc_udp *s) {
   lc_ctx *c = s->ctx;
-  if (s->owner) *s->owner = NULL;
-  lc_handle_remove(c, &s->h);
+  lc_handle_unlink(c, &s->h);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->fd >= 0) evutil_closesocket(s->fd);
@@ -60,8 +57,7 @@ static int io_error (lua_State *L, int err) {
 }
 
 static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
-  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
-  lc_udp *s = u->s;
+  lc_udp *s = argudp(L);
   char buf[MAX_DATAGRAM];
   lc_addr from;
   ssize_t n;
@@ -89,6 +85,7 @@ static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
 static int udp_recvfrom (lua_State *L) {
   lc_udp *s = checkopen(L, 1);
   double deadline = lc_deadline(L, 2);
+  if (s == NULL) return lc_fail(L, "closed");
   if (s->readers.head) return luaL_error(L, "luacomm: another task is already reading this socket");
   lua_settop(L, 1);
   lc_set_wait_deadline(s->ctx, deadline);
@@ -96,8 +93,7 @@ static int udp_recvfrom (lua_State *L) {
 }
 
 static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
-  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
-  lc_udp *s = u->s;
+  lc_udp *s = argudp(L);
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
   lc_addr *to = lua_touserdata(L, 3);
@@ -120,7 +116,7 @@ static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
 static int udp_sendto (lua_State *L) {
   const char *bad;
   lc_addr *to;
-  checkopen(L, 1);
+  if (checkopen(L, 1) == NULL) return lc_fail(L, "closed");
   luaL_checkstring(L, 2);
   to = lua_newuserdatauv(L, sizeof *to, 0);   /* kept on the stack across waits */
   bad = lc_parse_addr(luaL_checkstring(L, 3), SOCK_DGRAM, to);
@@ -134,16 +130,18 @@ static int udp_sendto (lua_State *L) {
 static int udp_addr (lua_State *L) {
   lc_udp *s = checkopen(L, 1);
   lc_addr a;
+  if (s == NULL) return lc_fail(L, "closed");
   a.len = sizeof a.ss;
   if (getsockname(s->fd, (struct sockaddr *)&a.ss, &a.len) != 0) return io_error(L, errno);
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
 static int udp_close (lua_State *L) {
-  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
-  if (u->s) destroy(u->s);
-  u->s = NULL;
-  return 0;
+  return lc_hud_close(L, &udp_class);
+}
+
+static evutil_socket_t udp_fd (lc_handle *h) {
+  return ((lc_udp *)h)->fd;
 }
 
 /* comm.udp([addr]) -> socket | nil, err */
@@ -151,16 +149,14 @@ static int udp_new (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
   const char *where = luaL_optstring(L, 1, "127.0.0.1:0");
   const char *bad;
-  udp_ud *u;
+  lc_hud *u;
   lc_udp *s;
   lc_addr a;
   evutil_socket_t fd;
   bad = lc_parse_addr(where, SOCK_DGRAM, &a);
   if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad) return lc_fail(L, bad);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->s = NULL;
-  luaL_setmetatable(L, LC_UDP_T);
+  u = lc_newhud(L, &udp_class);
   fd = lc_socket(&a, SOCK_DGRAM);
   if (fd < 0) return io_error(L, errno);
   if (bind(fd, (struct sockaddr *)&a.ss, a.len) != 0) {
@@ -176,6 +172,7 @@ static int udp_new (lua_State *L) {
   s->ctx = c;
   s->fd = fd;
   s->h.destroy = handle_destroy;
+  s->h.close = handle_destroy;
   lc_handle_add(c, &s->h, LC_H_UDP);
   s->rev = event_new(c->base, fd, EV_READ | EV_PERSIST, on_ready, s);
   s->wev = event_new(c->base, fd, EV_WRITE | EV_PERSIST, on_ready, s);
@@ -183,8 +180,7 @@ static int udp_new (lua_State *L) {
     destroy(s);
     return luaL_error(L, "luacomm: out of memory");
   }
-  u->s = s;
-  s->owner = &u->s;
+  lc_hud_attach(u, &s->h);
   return 1;
 }
 
@@ -196,21 +192,17 @@ static const luaL_Reg udp_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg udp_metameth[] = {
-  {"__index", NULL},
-  {"__gc", udp_close},
-  {"__close", udp_close},
+static const luaL_Reg udp_funcs[] = {
+  {"udp", udp_new},
   {NULL, NULL}
 };
 
+static const lc_class udp_class = {
+  .name = LC_UDP_T, .what = "socket", .methods = udp_methods, .funcs = udp_funcs,
+  .close = udp_close, .fd = udp_fd
+};
+
 int lc_udp_open (lua_State *L) {
-  luaL_newmetatable(L, LC_UDP_T);
-  luaL_setfuncs(L, udp_metameth, 0);
-  luaL_newlibtable(L, udp_methods);
-  luaL_setfuncs(L, udp_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, udp_new);
-  lua_setfield(L, -3, "udp");
+  lc_newclass(L, &udp_class);
   return 0;
 }
