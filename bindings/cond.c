@@ -13,19 +13,19 @@ typedef struct lc_cond {
 
 /* Resumed by a signal, or by the deadline. */
 static int cond_wait_k (lua_State *L, int status, lua_KContext kc) {
-  lc_cond *cv = tocond(L, 1);
-  (void)status, (void)kc;
-  if (lc_timedout(cv->ctx)) return lc_fail(L, "timeout");
+  (void)status;
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* cond:wait([timeout]) -> true | nil, "timeout". Blocks the calling task. */
+/* cond:wait([timeout]) -> true | nil, "timeout". Yields the calling task
+** until a signal or the deadline; the cond stays alive on its stack. */
 static int cond_wait (lua_State *L) {
   lc_cond *cv = tocond(L, 1);
   double deadline = lc_deadline(L, 2);
   lua_settop(L, 1);
-  return lc_wait(cv->ctx, L, &cv->waiters, deadline, cond_wait_k);
+  return lc_wait(cv->ctx, L, &cv->waiters, lc_push_deadline(L, deadline), cond_wait_k);
 }
 
 static int cond_signal (lua_State *L) {

@@ -336,13 +336,14 @@ static int io_error (lua_State *L, int err) {
   return lc_fail(L, lc_strerror(err, buf, sizeof buf));
 }
 
+/* Stack: addr, opts, deadline (slot kc), conn. Yields until connected. */
 static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  lc_hud *u = lua_touserdata(L, 3);
+  lc_hud *u = lua_touserdata(L, 4);
   lc_conn *s = udconn(u);
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed"); /* cut by core.shutdown("all") */
-  if (s->connecting && !lc_timedout(c)) return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
+  if (s->connecting && !lc_expired(L, kc)) return lc_wait(c, L, &s->readers, kc, conn_connect_k);
   if (s->connecting || s->err) {
     int err = s->connecting ? ETIMEDOUT : s->err;
     u->h = NULL;
@@ -353,16 +354,16 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
 }
 
 /* Creates the socket and starts connecting to a; pushes the connection
-** (at index 3) or returns nil, err. Waits until the deadline. */
-static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double deadline) {
+** (at index 4) or returns nil, err. Yields until the deadline in slot kc. */
+static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContext kc) {
   uint32_t max_frame = opt_max_frame(L, 2);
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   evutil_socket_t fd = lc_socket(a, SOCK_STREAM);
   lc_hud *u;
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   if (fd < 0) return io_error(L, errno);
-  lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, conn */
-  u = lua_touserdata(L, 3);
+  lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, deadline, conn */
+  u = lua_touserdata(L, 4);
   if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0) return 1;
   if (errno != EINPROGRESS && errno != EAGAIN) {
     int err = errno;
@@ -372,22 +373,23 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double dead
   udconn(u)->connecting = 1;
   event_add(udconn(u)->wev, NULL);
   udconn(u)->writing = 1;
-  return lc_wait(c, L, &udconn(u)->readers, deadline, conn_connect_k);
+  return lc_wait(c, L, &udconn(u)->readers, kc, conn_connect_k);
 }
 
-/* The name lookup (userdata at index 3) answered, or its deadline passed. */
+/* Stack: addr, opts, deadline (slot kc), lookup. Yields until the name
+** lookup answered or the deadline passed. */
 static int conn_resolve_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 3);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 4);
   const char *err = NULL;
   lc_addr a;
-  (void)status, (void)kc;
+  (void)status;
   switch (lc_lookup_result(lk, &a, &err)) {
-    case 0: return start_connect(L, c, &a, lc_wait_deadline(c));
+    case 0: return start_connect(L, c, &a, kc);
     case 1: return lc_fail(L, err);
     default:
-      if (lc_timedout(c)) return lc_fail(L, "timeout");
-      return lc_wait(c, L, lc_lookup_waiters(lk), lc_wait_deadline(c), conn_resolve_k);
+      if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+      return lc_wait(c, L, lc_lookup_waiters(lk), kc, conn_resolve_k);
   }
 }
 
@@ -407,15 +409,15 @@ static int conn_connect (lua_State *L) {
   opt_max_frame(L, 2);                               /* bad options raise now */
   lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   bad = lc_parse_addr_opt(where, SOCK_STREAM, &a, 1);
-  if (bad == NULL) return start_connect(L, c, &a, lc_now() + timeout);
+  lc_push_deadline(L, lc_now() + timeout);          /* addr, opts, deadline */
+  if (bad == NULL) return start_connect(L, c, &a, 3);
   if (bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad[0] == LC_NEEDS_DNS[0]) {
     char buf[512];
     const char *host, *port;
     lc_split_addr(where, buf, sizeof buf, &host, &port);
     if (lc_lookup_start(L, c, host, port, SOCK_STREAM) == NULL) return lc_fail(L, lua_tostring(L, -1));
-    lc_set_wait_deadline(c, lc_now() + timeout);
-    return conn_resolve_k(L, LUA_OK, 0);
+    return conn_resolve_k(L, LUA_OK, 3);
   }
   return lc_fail(L, bad);
 }
@@ -451,12 +453,13 @@ static int frame_too_large (lua_State *L, lc_hud *u) {
   return lc_fail(L, "frame too large");
 }
 
+/* Stack: conn, deadline (slot kc). Yields until a whole frame is in. */
 static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
   lc_hud *u = argconn(L);
   lc_conn *s = udconn(u);
   lc_ctx *c;
   size_t have;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   c = s->ctx;
   have = evbuffer_get_length(s->in);
@@ -491,9 +494,9 @@ static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
     s->want = 4 + (size_t)len;
   }
   if (s->eof || s->err) return frame_closed_error(L, s, have);
-  if (lc_timedout(c)) return lc_fail(L, "timeout");
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_recv_k);
+  return lc_wait(c, L, &s->readers, kc, conn_recv_k);
 }
 
 /* Common entry of the reading calls: one reader at a time. */
@@ -504,17 +507,18 @@ static double begin_read (lua_State *L, lc_conn *s, int timeout_idx) {
   return deadline;
 }
 
-/* Runs k as if resumed: the first attempt and every retry share one path. */
-static int first_try (lua_State *L, lc_ctx *c, double deadline, lua_KFunction k) {
-  lc_set_wait_deadline(c, deadline);
-  return k(L, LUA_OK, 0);
+/* Runs k as if resumed, the deadline pushed at the top: the first attempt
+** and every retry share one path (lc_push_deadline). */
+static int first_try (lua_State *L, double deadline, lua_KFunction k) {
+  return k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
 static int conn_recv (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
-  return first_try(L, s->ctx, deadline, conn_recv_k); /* results go above the arguments */
+  lua_settop(L, 1);
+  return first_try(L, deadline, conn_recv_k);
 }
 
 /* A Lua string handed to the output buffer by reference: anchored in the
@@ -610,11 +614,12 @@ static int conn_write (lua_State *L) {
 
 /* ---- raw reads ---- */
 
+/* Stack: conn, n, deadline (slot kc). Yields until n bytes are in. */
 static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
   lc_hud *u = argconn(L);
   lc_conn *s = udconn(u);
   size_t n = (size_t)lua_tointeger(L, 2), have;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   have = evbuffer_get_length(s->in);
   if (have >= n) {
@@ -624,9 +629,9 @@ static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
   }
   s->want = n;
   if (s->eof || s->err) return frame_closed_error(L, s, have);
-  if (lc_timedout(s->ctx)) return lc_fail(L, "timeout");
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), conn_read_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_read_k);
 }
 
 /* conn:read(n, [timeout]) -> exactly n bytes | nil, err */
@@ -638,15 +643,16 @@ static int conn_read (lua_State *L) {
   luaL_argcheck(L, n >= 0, 2, "size must be >= 0");
   deadline = begin_read(L, s, 3);
   lua_settop(L, 2);
-  return first_try(L, s->ctx, deadline, conn_read_k);
+  return first_try(L, deadline, conn_read_k);
 }
 
+/* Stack: conn, deadline (slot kc). Yields until a whole line is in. */
 static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
   lc_hud *u = argconn(L);
   lc_conn *s = udconn(u);
   struct evbuffer_ptr eol;
   size_t eol_len = 0, have;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   have = evbuffer_get_length(s->in);
   eol = evbuffer_search_eol(s->in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
@@ -667,9 +673,9 @@ static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
     return 1;
   }
   if (s->eof || s->err) return frame_closed_error(L, s, 0);
-  if (lc_timedout(s->ctx)) return lc_fail(L, "timeout");
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), conn_readline_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_readline_k);
 }
 
 /* conn:readline([timeout]) -> line without "\n" / "\r\n" | nil, err */
@@ -678,7 +684,7 @@ static int conn_readline (lua_State *L) {
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
   lua_settop(L, 1);
-  return first_try(L, s->ctx, deadline, conn_readline_k);
+  return first_try(L, deadline, conn_readline_k);
 }
 
 /* ---- closing and inspection ---- */
@@ -705,16 +711,17 @@ int lc_conn_lingering (lc_ctx *c) {
   return cstate(c)->lingering;
 }
 
+/* Stack: what, deadline (slot kc). */
 static int drained_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
   int what = (int)lua_tointeger(L, 1);
-  (void)status, (void)kc;
+  (void)status;
   if ((what == 0 ? c->nhandles[LC_H_CONN] : cstate(c)->lingering) == 0) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  if (lc_timedout(c)) return lc_fail(L, "timeout");
-  return lc_wait(c, L, &cstate(c)->drained, lc_wait_deadline(c), drained_k);
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  return lc_wait(c, L, &cstate(c)->drained, kc, drained_k);
 }
 
 /* core.drained(what, [timeout]) -> true | nil, "timeout". Blocks the task
@@ -727,8 +734,7 @@ static int conn_drained (lua_State *L) {
   double deadline = lc_deadline(L, 2);
   lua_settop(L, 0);
   lua_pushinteger(L, what);
-  lc_set_wait_deadline(lc_getctx(L), deadline);
-  return drained_k(L, LUA_OK, 0);
+  return first_try(L, deadline, drained_k);
 }
 
 /* For a graceful stop: every connection closes as conn:close() would. */

@@ -170,10 +170,10 @@ void lc_handle_detach(lc_handle *h);
 void lc_handle_unlink(lc_ctx *c, lc_handle *h);
 
 /* ---- sched.c ---- */
-int lc_wait(lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k);
-int lc_timedout(lc_ctx *c);
-double lc_wait_deadline(lc_ctx *c);
-void lc_set_wait_deadline(lc_ctx *c, double deadline);
+int lc_wait(lc_ctx *c, lua_State *L, lc_waitq *q, lua_KContext kc, lua_KFunction k);
+lua_KContext lc_push_deadline(lua_State *L, double deadline);
+double lc_kdeadline(lua_State *L, lua_KContext kc);
+int lc_expired(lua_State *L, lua_KContext kc);
 void lc_wake(lc_ctx *c, lc_task *t);
 void lc_wake_one(lc_ctx *c, lc_waitq *q);
 void lc_wake_all(lc_ctx *c, lc_waitq *q);

@@ -86,9 +86,10 @@ static void on_listen_error (struct evconnlistener *lev, void *arg) {
   lc_logf(l->ctx, LC_WARN, "accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
+/* Stack: listener, deadline (slot kc). Yields until a connection is queued. */
 static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
   lc_listener *l = (lc_listener *)lc_tohud(L, 1, &listener_class)->h;
-  (void)status, (void)kc;
+  (void)status;
   if (l == NULL) return lc_fail(L, "closed");
   if (l->count > 0) {
     evutil_socket_t fd = l->queue[l->head];
@@ -101,8 +102,8 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
     lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
     return 1;
   }
-  if (lc_timedout(l->ctx)) return lc_fail(L, "timeout");
-  return lc_wait(l->ctx, L, &l->accepters, lc_wait_deadline(l->ctx), listener_accept_k);
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  return lc_wait(l->ctx, L, &l->accepters, kc, listener_accept_k);
 }
 
 /* listener:accept([timeout]) -> conn | nil, err */
@@ -111,8 +112,7 @@ static int listener_accept (lua_State *L) {
   double deadline = lc_deadline(L, 2);
   if (l == NULL) return lc_fail(L, "closed");
   lua_settop(L, 1);
-  lc_set_wait_deadline(l->ctx, deadline);
-  return listener_accept_k(L, LUA_OK, 0);
+  return listener_accept_k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
 static int listener_close (lua_State *L) {

@@ -24,10 +24,8 @@ struct lc_task {
   int ref;             /* registry anchor while alive, else LUA_NOREF */
   int status;          /* T_* */
   int nargs;           /* arguments for the first resume */
-  int timedout;        /* the current wait reached its deadline */
   int watched;         /* comm.run waits for it: its error is re-raised, not logged */
   double deadline;     /* of the current wait while armed; < 0 for none */
-  double last_deadline; /* of the latest wait, kept after it fires */
   double resumed_at;   /* for the runaway guard */
   char *runaway;       /* the guard's message while it unwinds the task */
   struct event *timer; /* the wait's deadline; created on first use */
@@ -133,7 +131,6 @@ static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
   }
   t->ctx->sleepers--;
   t->deadline = -1;
-  t->timedout = 1;
   if (t->waitq) lc_waitq_remove(t->waitq, t);
   ready_push(t->ctx, t);
 }
@@ -154,14 +151,42 @@ static lc_task *check_parkable (lc_ctx *c, lua_State *L) {
 }
 
 /*
-** Parks the calling task on q (may be NULL: woken only by its deadline or
-** an explicit lc_wake) until deadline (absolute, < 0 for none), then
-** continues in k. Raises, before any side effect, when L is not the task
-** being run. Never returns to its caller: it yields.
+** A blocking call's deadline travels on its own stack, not in the task: a
+** new call can then never inherit the deadline, or the "timed out" of the
+** call before it. The first attempt pushes it (lc_push_deadline) and runs
+** its continuation directly with the slot's index as the lua_KContext; the
+** continuation hands the same kc to lc_wait, which yields with it, so every
+** retry finds the slot where the first attempt left it. kc 0: no deadline.
 */
-int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k) {
+lua_KContext lc_push_deadline (lua_State *L, double deadline) {
+  lua_pushnumber(L, deadline);
+  return lua_gettop(L);
+}
+
+/* The absolute deadline in slot kc, or -1 for none. */
+double lc_kdeadline (lua_State *L, lua_KContext kc) {
+  return kc > 0 ? lua_tonumber(L, (int)kc) : -1;
+}
+
+/* Whether the deadline in slot kc has passed. A continuation asks this only
+** after it found nothing to return, so a wake-up that brought data just as
+** the deadline passed still returns the data. */
+int lc_expired (lua_State *L, lua_KContext kc) {
+  double d = lc_kdeadline(L, kc);
+  return d >= 0 && lc_now() >= d;
+}
+
+/*
+** Parks the calling task on q (may be NULL: woken only by its deadline or
+** an explicit lc_wake) until the deadline in slot kc (see lc_push_deadline),
+** then continues in k(L, LUA_YIELD, kc). Raises, before any side effect,
+** when L is not the task being run. Never returns to its caller: it yields.
+** While parked the task is reachable from its registry anchor only; q must
+** outlive the wait or be emptied with lc_wake_all before it goes.
+*/
+int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, lua_KContext kc, lua_KFunction k) {
   lc_task *t = check_parkable(c, L);
-  t->timedout = 0;
+  double deadline = lc_kdeadline(L, kc);
   if (deadline >= 0) {
     struct timeval tv = lc_timeval(deadline - lc_now());
     if (t->timer == NULL) t->timer = evtimer_new(c->base, on_task_timeout, t);
@@ -170,28 +195,10 @@ int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunctio
     evtimer_add(t->timer, &tv);
     c->sleepers++;
   }
-  t->deadline = t->last_deadline = deadline;
+  t->deadline = deadline;
   if (q) waitq_push(q, t);
   t->status = T_WAITING;
-  return lua_yieldk(L, 0, 0, k);
-}
-
-int lc_timedout (lc_ctx *c) {
-  return c->current && c->current->timedout;
-}
-
-/* The deadline of the wait the current task just returned from, so a
-** continuation that must wait again keeps the caller's timeout. */
-double lc_wait_deadline (lc_ctx *c) {
-  return c->current ? c->current->last_deadline : -1;
-}
-
-/* Starts a new blocking operation in the current task, if any: its first
-** attempt runs the continuation directly, which then finds this deadline. */
-void lc_set_wait_deadline (lc_ctx *c, double deadline) {
-  if (c->current == NULL) return;
-  c->current->last_deadline = deadline;
-  c->current->timedout = 0;
+  return lua_yieldk(L, 0, kc, k);
 }
 
 /* ---- spawning ---- */
@@ -479,7 +486,7 @@ static int sched_sleep (lua_State *L) {
   lc_ctx *c = ctxup(L);
   double s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s == s, 1, "not a number");
-  return lc_wait(c, L, NULL, lc_now() + (s > 0 ? s : 0), sched_sleep_k);
+  return lc_wait(c, L, NULL, lc_push_deadline(L, lc_now() + (s > 0 ? s : 0)), sched_sleep_k);
 }
 
 static int sched_yield (lua_State *L) {
@@ -530,18 +537,20 @@ static int push_outcome (lua_State *L, lc_task *t) {
   }
 }
 
+/* Stack: task, deadline (slot kc). Yields until the task ends. */
 static int task_join_k (lua_State *L, int status, lua_KContext kc) {
   lc_task *t = totask(L, 1);
-  lc_ctx *c = t->ctx;
-  (void)status, (void)kc;
-  lua_settop(L, 1);
-  if (!alive(t)) return push_outcome(L, t);
-  if (lc_timedout(c)) {
+  (void)status;
+  if (!alive(t)) {
+    lua_settop(L, 1);
+    return push_outcome(L, t);
+  }
+  if (lc_expired(L, kc)) {
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "timeout");
     return 2;
   }
-  return lc_wait(c, L, &t->joiners, lc_wait_deadline(c), task_join_k);
+  return lc_wait(t->ctx, L, &t->joiners, kc, task_join_k);
 }
 
 static int task_join (lua_State *L) {
@@ -556,7 +565,7 @@ static int task_join (lua_State *L) {
     lua_pushliteral(L, "timeout");
     return 2;
   }
-  return lc_wait(c, L, &t->joiners, deadline, task_join_k);
+  return lc_wait(c, L, &t->joiners, lc_push_deadline(L, deadline), task_join_k);
 }
 
 /* The task never runs again. Cancelling the running task takes effect when

@@ -61,7 +61,7 @@ static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
   char buf[MAX_DATAGRAM];
   lc_addr from;
   ssize_t n;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   from.len = sizeof from.ss;
   n = recvfrom(s->fd, buf, sizeof buf, 0, (struct sockaddr *)&from.ss, &from.len);
@@ -73,12 +73,12 @@ static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
     return 2;
   }
   if (errno != EAGAIN && errno != EINTR) return io_error(L, errno);
-  if (lc_timedout(s->ctx)) {
+  if (lc_expired(L, kc)) {
     event_del(s->rev);
     return lc_fail(L, "timeout");
   }
   event_add(s->rev, NULL);
-  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), udp_recvfrom_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, udp_recvfrom_k);
 }
 
 /* sock:recvfrom([timeout]) -> data, "host:port" | nil, err */
@@ -88,8 +88,7 @@ static int udp_recvfrom (lua_State *L) {
   if (s == NULL) return lc_fail(L, "closed");
   if (s->readers.head) return luaL_error(L, "luacomm: another task is already reading this socket");
   lua_settop(L, 1);
-  lc_set_wait_deadline(s->ctx, deadline);
-  return udp_recvfrom_k(L, LUA_OK, 0);
+  return udp_recvfrom_k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
 static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
@@ -109,7 +108,7 @@ static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
   }
   if (errno != EAGAIN && errno != EINTR) return io_error(L, errno);
   event_add(s->wev, NULL);
-  return lc_wait(s->ctx, L, &s->writers, -1, udp_sendto_k);
+  return lc_wait(s->ctx, L, &s->writers, 0, udp_sendto_k);
 }
 
 /* sock:sendto(data, addr) -> true | nil, err */
