@@ -36,7 +36,7 @@ $(OUT)/pic/%.o: %.c
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -fPIC -c $< -o $@
 $(OUT)/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -DLC_LIB_DIR='"$(LUA_LIB)"' -c $< -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -c $< -o $@
 
 # The module links libevent but never liblua: it uses the interpreter's Lua.
 $(OUT)/lib/luacomm/core.so: $(BIND:%.c=$(OUT)/pic/%.o)

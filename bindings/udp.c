@@ -18,6 +18,9 @@ typedef struct lc_udp {
   evutil_socket_t fd;
   struct event *rev, *wev;
   lc_waitq readers, writers;
+  char *dns_name;   /* the last name sendto looked up (malloc'ed, ours) */
+  lc_addr dns_addr; /* its answer ... */
+  double dns_until; /* ... good until then (comm.now() time) */
 } lc_udp;
 
 static const lc_class udp_class;
@@ -37,6 +40,7 @@ static void destroy (lc_udp *s) {
   if (s->fd >= 0) evutil_closesocket(s->fd);
   lc_wake_all(c, &s->readers);
   lc_wake_all(c, &s->writers);
+  free(s->dns_name);
   free(s);
   lc_maybe_idle(c);
 }
@@ -91,11 +95,12 @@ static int udp_recvfrom (lua_State *L) {
   return udp_recvfrom_k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
+/* Stack: sock, data, addr, to. Yields while the socket buffer is full. */
 static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
   lc_udp *s = argudp(L);
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
-  lc_addr *to = lua_touserdata(L, 3);
+  lc_addr *to = lua_touserdata(L, 4);
   ssize_t n;
   (void)status, (void)kc;
   if (s == NULL) return lc_fail(L, "closed");
@@ -111,18 +116,72 @@ static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
   return lc_wait(s->ctx, L, &s->writers, 0, udp_sendto_k);
 }
 
-/* sock:sendto(data, addr) -> true | nil, err */
+/* How long a looked-up name is reused: evdns's getaddrinfo does not tell
+** the record's TTL, and a name a node sends to is looked up at most this
+** often instead of once per datagram. */
+#define DNS_CACHE_SECONDS 30.0
+
+/* Stack: sock, data, addr, to, lookup. Yields until the name lookup for
+** sendto answered (evdns always answers, within its own timeout). */
+static int udp_resolve_k (lua_State *L, int status, lua_KContext kc) {
+  lc_udp *s = argudp(L);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 5);
+  lc_addr *to = lua_touserdata(L, 4);
+  const char *err = NULL;
+  (void)status;
+  if (s == NULL) return lc_fail(L, "closed");
+  switch (lc_lookup_result(lk, to, &err)) {
+    case 0: {
+      char *name = strdup(lua_tostring(L, 3));
+      if (name != NULL) { /* else no cache: the next send asks again */
+        free(s->dns_name);
+        s->dns_name = name;
+        s->dns_addr = *to;
+        s->dns_until = lc_now() + DNS_CACHE_SECONDS;
+      }
+      lua_settop(L, 4);
+      return udp_sendto_k(L, LUA_OK, 0);
+    }
+    case 1: return lc_fail(L, err);
+    default: return lc_wait(s->ctx, L, lc_lookup_waiters(lk), kc, udp_resolve_k);
+  }
+}
+
+/* The datagram's destination into *to: a numeric address at once, a name
+** from the cache, else a lookup through resolve.c, pushed at 5 with
+** *lookup set (the caller waits for it). NULL, or the error to return. */
+static const char *destination (lua_State *L, lc_udp *s, lc_addr *to, int *lookup) {
+  const char *where = lua_tostring(L, 3), *bad, *host, *port;
+  char buf[512];
+  *lookup = 0;
+  bad = lc_parse_addr_opt(where, SOCK_DGRAM, to, 1);
+  if (bad == NULL) return NULL;
+  if (bad[0] == '!') luaL_argerror(L, 3, bad + 1);
+  if (bad[0] != LC_NEEDS_DNS[0]) return bad;
+  if (s->dns_name && strcmp(s->dns_name, where) == 0 && lc_now() < s->dns_until) {
+    *to = s->dns_addr;
+    return NULL;
+  }
+  lc_split_addr(where, buf, sizeof buf, &host, &port);
+  if (lc_lookup_start(L, s->ctx, host, port, SOCK_DGRAM) == NULL) return lua_tostring(L, -1);
+  *lookup = 1;
+  return NULL;
+}
+
+/* sock:sendto(data, addr) -> true | nil, err. May yield: for a name
+** lookup (not a blocking getaddrinfo), and while the socket buffer is full. */
 static int udp_sendto (lua_State *L) {
-  const char *bad;
+  lc_udp *s = checkopen(L, 1);
   lc_addr *to;
-  if (checkopen(L, 1) == NULL) return lc_fail(L, "closed");
+  const char *err;
+  int lookup;
+  if (s == NULL) return lc_fail(L, "closed");
   luaL_checkstring(L, 2);
-  to = lua_newuserdatauv(L, sizeof *to, 0);   /* kept on the stack across waits */
-  bad = lc_parse_addr(luaL_checkstring(L, 3), SOCK_DGRAM, to);
-  if (bad && bad[0] == '!') return luaL_argerror(L, 3, bad + 1);
-  if (bad) return lc_fail(L, bad);
-  lua_replace(L, 3);
+  luaL_checkstring(L, 3);
   lua_settop(L, 3);
+  to = lua_newuserdatauv(L, sizeof *to, 0);   /* 4: kept on the stack across waits */
+  if ((err = destination(L, s, to, &lookup)) != NULL) return lc_fail(L, err);
+  if (lookup) return udp_resolve_k(L, LUA_OK, 0);
   return udp_sendto_k(L, LUA_OK, 0);
 }
 

@@ -79,7 +79,7 @@ static void set_paths (lua_State *L, const rt_opts *o) {
     if (slash) lua_pushlstring(L, o->script, (size_t)(slash - o->script));
     else lua_pushliteral(L, ".");
     add_dir(L, lua_tostring(L, -1), 0);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luacomm.host.scriptdir");
+    lua_pop(L, 1);
   }
   for (i = o->nincludes - 1; i >= 0; i--) add_dir(L, o->includes[i], 1);
 }

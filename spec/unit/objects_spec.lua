@@ -29,7 +29,7 @@ describe("core objects", function()
 
   it("a to-be-closed task or timer is cancelled at the end of its block", function()
     helpers.run(function()
-      local ran, t, tm = false, nil, nil
+      local ran, t, tm = false
       do
         local task <close> = comm.spawn(function() comm.sleep(0.05); ran = true end)
         local timer <close> = comm.after(0.05, function() ran = true end)
