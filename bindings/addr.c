@@ -38,6 +38,8 @@ const char *lc_strerror (int err, char *buf, size_t size) {
   return buf;
 }
 
+/* "unix:/path" -> a; -1 when the path does not fit sun_path (the kernel
+** would silently cut it, and bind a different file). */
 static int parse_unix (const char *path, lc_addr *a) {
   struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
   size_t n = strlen(path);

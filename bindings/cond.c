@@ -28,6 +28,7 @@ static int cond_wait (lua_State *L) {
   return lc_wait(cv->ctx, L, &cv->waiters, lc_push_deadline(L, deadline), cond_wait_k);
 }
 
+/* cond:signal() -> whether a task was waiting: wakes the first one. */
 static int cond_signal (lua_State *L) {
   lc_cond *cv = tocond(L, 1);
   int any = cv->waiters.head != NULL;
@@ -36,12 +37,14 @@ static int cond_signal (lua_State *L) {
   return 1;
 }
 
+/* cond:broadcast() and __close: wakes every waiter. */
 static int cond_broadcast (lua_State *L) {
   lc_cond *cv = tocond(L, 1);
   lc_wake_all(cv->ctx, &cv->waiters);
   return 0;
 }
 
+/* core.cond() -> a new condition, plain memory in its userdata. */
 static int cond_new (lua_State *L) {
   lc_cond *cv = lua_newuserdatauv(L, sizeof *cv, 0);
   cv->ctx = lc_getctx(L);
@@ -71,6 +74,7 @@ static const lc_class cond_class = {
   .close = cond_broadcast
 };
 
+/* Module table at -2, ctx at -1; both stay. */
 int lc_cond_open (lua_State *L) {
   lc_newclass(L, &cond_class);
   return 0;

@@ -97,6 +97,8 @@ static void destroy (lc_conn *s) {
   lc_maybe_idle(c);
 }
 
+/* lc_handle.destroy: core.shutdown("all") and the context's end cut the
+** connection without flushing. */
 static void handle_destroy (lc_handle *h) {
   destroy((lc_conn *)h);
 }
@@ -107,6 +109,8 @@ static void handle_close (lc_handle *h) {
   close_graceful((lc_conn *)h);
 }
 
+/* The read event is armed only while input is wanted, so a peer that
+** sends faster than we read fills its own socket buffer, not our memory. */
 static void stop_reading (lc_conn *s) {
   if (s->reading) event_del(s->rev);
   s->reading = 0;
@@ -119,6 +123,9 @@ static void start_reading (lc_conn *s) {
   }
 }
 
+/* A read or write failed: remember the first errno (the one the user
+** sees), stop both directions and wake everyone, whose continuations then
+** report it. */
 static void fail_io (lc_conn *s, int err) {
   lc_ctx *c = s->ctx;
   if (s->err == 0) s->err = err;
@@ -211,6 +218,9 @@ static void flush_dirty (lc_ctx *c) {
   }
 }
 
+/* The socket can take more: finish a non-blocking connect (its result is
+** in SO_ERROR), or write what is left. A closed connection that has
+** flushed everything is freed here: this callback owns it then. */
 static void on_writable (evutil_socket_t fd, short what, void *arg) {
   lc_conn *s = arg;
   (void)fd, (void)what;
@@ -270,6 +280,9 @@ static ssize_t read_some (lc_conn *s) {
   return n;
 }
 
+/* Moves what the kernel has into s->in and wakes the reader once its
+** frame (s->want bytes) is complete; no reader and over the hwm: stop
+** reading, so TCP pushes back on the peer. Never runs Lua. */
 static void on_readable (evutil_socket_t fd, short what, void *arg) {
   lc_conn *s = arg;
   lc_ctx *c = s->ctx;
@@ -331,6 +344,7 @@ static uint32_t opt_max_frame (lua_State *L, int idx) {
   return (uint32_t)lc_opt_int(L, idx, "max_frame", LC_DEFAULT_MAX_FRAME, 0);
 }
 
+/* nil, the errno's text (R8 vocabulary where lc_strerror has a word). */
 static int io_error (lua_State *L, int err) {
   char buf[128];
   return lc_fail(L, lc_strerror(err, buf, sizeof buf));
@@ -513,6 +527,8 @@ static int first_try (lua_State *L, double deadline, lua_KFunction k) {
   return k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
+/* conn:recv([timeout]) -> frame | nil, err. Yields until a whole frame
+** is in (conn_recv_k); results go above the arguments. */
 static int conn_recv (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
@@ -528,6 +544,9 @@ typedef struct pin {
   int ref;
 } pin;
 
+/* libevent's cleanup for a referenced string: drops the registry anchor
+** and frees the pin. It may run from evbuffer_free at the context's end,
+** which is why the pin carries the main thread, not the sender's. */
 static void unpin (const void *data, size_t len, void *arg) {
   pin *p = arg;
   (void)data, (void)len;
@@ -584,6 +603,8 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   return 1;
 }
 
+/* Continuations of send/write: yield, without a deadline, while the
+** output is over the high-water mark (backpressure). */
 static int conn_send_k (lua_State *L, int status, lua_KContext kc) {
   (void)status, (void)kc;
   return do_send(L, 1, conn_send_k);
@@ -604,6 +625,7 @@ static int conn_send (lua_State *L) {
   return conn_send_k(L, LUA_OK, 0);
 }
 
+/* conn:write(data) -> true | nil, err: raw bytes, no header. */
 static int conn_write (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
@@ -702,6 +724,7 @@ static void close_graceful (lc_conn *s) {
   if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
 }
 
+/* close(), __close, __gc: idempotent (object.c); see close_graceful. */
 static int conn_close (lua_State *L) {
   return lc_hud_close(L, &conn_class);
 }
@@ -751,6 +774,7 @@ int lc_conn_close_all (lc_ctx *c) {
   return n;
 }
 
+/* host, port of one end (getpeername/getsockname). */
 static int push_name (lua_State *L, int peer) {
   lc_conn *s;
   CHECKOPEN(s, L);
@@ -775,6 +799,7 @@ static void setnum (lua_State *L, const char *k, uint64_t v) {
   lua_setfield(L, -2, k);
 }
 
+/* conn:stats() -> this connection's counters and what its buffers hold. */
 static int conn_stats (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
@@ -788,11 +813,13 @@ static int conn_stats (lua_State *L) {
   return 1;
 }
 
+/* conn:closed() -> true once closed by either side of the seam. */
 static int conn_is_closed (lua_State *L) {
   lua_pushboolean(L, lc_tohud(L, 1, &conn_class)->h == NULL);
   return 1;
 }
 
+/* For __tostring. */
 static evutil_socket_t conn_fd (lc_handle *h) {
   return ((lc_conn *)h)->fd;
 }

@@ -39,6 +39,10 @@ static const lc_class listener_class;
 ** closed it (a graceful stop): the caller answers nil, "closed". */
 #define checkopen(L, i) ((lc_listener *)lc_checkopen(L, i, &listener_class))
 
+/* Frees the listener at once: the accepted sockets nobody took yet are
+** closed (they were never handed to Lua), a unix socket's file is
+** removed, and tasks parked in accept() wake to find it gone ("closed").
+** Ends the loop if this was the last thing pending. */
 static void destroy (lc_listener *l) {
   lc_ctx *c = l->ctx;
   lc_handle_unlink(c, &l->h);
@@ -57,10 +61,14 @@ static void destroy (lc_listener *l) {
   lc_maybe_idle(c);
 }
 
+/* lc_handle.destroy and .close: a listener has nothing to flush. */
 static void handle_destroy (lc_handle *h) {
   destroy((lc_listener *)h);
 }
 
+/* libevent's accept callback: the new fd is ours until a task takes it
+** (then the connection owns it) or destroy() closes it. Only queues and
+** wakes: no Lua runs here. */
 static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                        int socklen, void *arg) {
   lc_listener *l = arg;
@@ -79,6 +87,7 @@ static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct so
   lc_wake_one(l->ctx, &l->accepters);
 }
 
+/* EMFILE and friends: logged; evconnlistener keeps trying. */
 static void on_listen_error (struct evconnlistener *lev, void *arg) {
   lc_listener *l = arg;
   (void)lev;
@@ -87,6 +96,8 @@ static void on_listen_error (struct evconnlistener *lev, void *arg) {
 }
 
 /* Stack: listener, deadline (slot kc). Yields until a connection is queued. */
+/* Yields while the queue is empty. The connection it returns owns the fd
+** taken from the queue. */
 static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
   lc_listener *l = (lc_listener *)lc_tohud(L, 1, &listener_class)->h;
   (void)status;
@@ -115,10 +126,12 @@ static int listener_accept (lua_State *L) {
   return listener_accept_k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
+/* close(), __close, __gc: idempotent (object.c). */
 static int listener_close (lua_State *L) {
   return lc_hud_close(L, &listener_class);
 }
 
+/* listener:addr() -> host, port (for unix:, the path). */
 static int listener_addr (lua_State *L) {
   lc_listener *l = checkopen(L, 1);
   lc_addr a;
@@ -129,6 +142,7 @@ static int listener_addr (lua_State *L) {
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
+/* For __tostring. */
 static evutil_socket_t listener_fd (lc_handle *h) {
   return evconnlistener_get_fd(((lc_listener *)h)->lev);
 }
@@ -235,6 +249,7 @@ static const lc_class listener_class = {
   .funcs = listener_funcs, .close = listener_close, .fd = listener_fd
 };
 
+/* Module table at -2, ctx at -1; both stay. */
 int lc_listener_open (lua_State *L) {
   lc_newclass(L, &listener_class);
   return 0;

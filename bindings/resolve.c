@@ -67,6 +67,8 @@ static struct evdns_base *dns_base (lc_ctx *c) {
   return rs->dns;
 }
 
+/* evdns's answer, always delivered once per request (even cancelled): the
+** one place a lookup whose userdata went first is freed. */
 static void on_resolved (int result, struct evutil_addrinfo *res, void *arg) {
   lc_lookup *lk = arg;
   lk->req = NULL;
@@ -85,6 +87,8 @@ static void on_resolved (int result, struct evutil_addrinfo *res, void *arg) {
   if (lk->abandoned) free(lk);
 }
 
+/* __gc of the lookup's userdata: frees a finished lookup; a pending one is
+** cancelled and left to on_resolved to free. */
 static int lookup_gc (lua_State *L) {
   lookup_ud *u = luaL_checkudata(L, 1, LC_LOOKUP_T);
   lc_lookup *lk = u->lk;

@@ -95,6 +95,8 @@ static void ready_push (lc_ctx *c, lc_task *t) {
   if (c->ready.head == t && c->running && !c->draining) event_active(c->drain_ev, EV_TIMEOUT, 0);
 }
 
+/* Cancels the wait's deadline timer, if armed; the timer event itself is
+** kept for the task's next wait (one allocation per task, not per wait). */
 static void disarm (lc_task *t) {
   if (t->deadline >= 0) {
     evtimer_del(t->timer);
@@ -116,10 +118,14 @@ void lc_wake_one (lc_ctx *c, lc_waitq *q) {
   if (q->head) lc_wake(c, q->head);
 }
 
+/* Empties q: every object that owns a wait queue calls this before it is
+** freed, since parked tasks point into the queue. */
 void lc_wake_all (lc_ctx *c, lc_waitq *q) {
   while (q->head) lc_wake(c, q->head);
 }
 
+/* A wait's deadline passed: off its queue and onto the ready queue. The
+** continuation sees it through lc_expired, after checking for data. */
 static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
   lc_task *t = arg;
   double left = t->deadline - lc_now();
@@ -263,6 +269,7 @@ int lc_spawn_top (lua_State *L, int nargs) {
   return 1;
 }
 
+/* comm.spawn(fn, ...) -> task. Never yields: the task runs at the next pass. */
 static int sched_spawn (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   return lc_spawn_top(L, lua_gettop(L) - 1);
@@ -332,6 +339,9 @@ static const char *error_text (lua_State *L) {
   return lua_tostring(L, -1);
 }
 
+/* The task failed: keep the error as its result (join returns it) and,
+** unless comm.run waits for this task and re-raises it, log it with the
+** task's own traceback and count it. */
 static void store_error (lc_ctx *c, lc_task *t) {
   lua_State *L = c->L;
   push_task(c, t);
@@ -365,6 +375,8 @@ static void close_cancelled (lua_State *from, lc_task *t) {
   lua_settop(t->co, 0);
 }
 
+/* The one place a task is resumed (on_drain). c->current names it while it
+** runs: blocking calls check they come from it (check_parkable). */
 static void resume (lc_ctx *c, lc_task *t) {
   int nres, st, nargs = t->nargs;
   t->nargs = 0;
@@ -482,6 +494,7 @@ static int sched_sleep_k (lua_State *L, int status, lua_KContext kc) {
   return 0;
 }
 
+/* comm.sleep(s): yields for at least s seconds (R18: rounded up). */
 static int sched_sleep (lua_State *L) {
   lc_ctx *c = ctxup(L);
   double s = luaL_checknumber(L, 1);
@@ -489,12 +502,14 @@ static int sched_sleep (lua_State *L) {
   return lc_wait(c, L, NULL, lc_push_deadline(L, lc_now() + (s > 0 ? s : 0)), sched_sleep_k);
 }
 
+/* comm.yield(): back on the ready queue, behind every task already there. */
 static int sched_yield (lua_State *L) {
   lc_ctx *c = ctxup(L);
   ready_push(c, check_parkable(c, L));
   return lua_yieldk(L, 0, 0, sched_sleep_k);
 }
 
+/* comm.running() -> the calling task, or nil outside one. */
 static int sched_running (lua_State *L) {
   lc_ctx *c = ctxup(L);
   if (c->current == NULL || c->current->co != L) lua_pushnil(L);
@@ -553,6 +568,8 @@ static int task_join_k (lua_State *L, int status, lua_KContext kc) {
   return lc_wait(t->ctx, L, &t->joiners, kc, task_join_k);
 }
 
+/* task:join([timeout]) -> true, results... | false, err. Yields until the
+** task ends (task_join_k). */
 static int task_join (lua_State *L) {
   lc_task *t = totask(L, 1);
   lc_ctx *c = t->ctx;
@@ -581,6 +598,7 @@ static int task_cancel (lua_State *L) {
   return 0;
 }
 
+/* task:status() -> "ready" | "running" | ... (T_* order). */
 static int task_status (lua_State *L) {
   static const char *const names[] = {"ready", "running", "waiting", "done", "failed", "cancelled"};
   lc_task *t = totask(L, 1);
@@ -588,6 +606,8 @@ static int task_status (lua_State *L) {
   return 1;
 }
 
+/* __gc: only a task that is not alive can be collected (a live one is
+** anchored), so this only frees what its waits used. */
 static int task_gc (lua_State *L) {
   lc_task *t = totask(L, 1);
   free(t->runaway);

@@ -32,6 +32,9 @@ static const lc_class udp_class;
 /* In a continuation: argument 1 was checked by the first call. */
 #define argudp(L) ((lc_udp *)((lc_hud *)lua_touserdata(L, 1))->h)
 
+/* Frees the socket at once (datagrams have nothing to flush), closes its
+** fd and wakes parked readers and writers, who find it gone ("closed").
+** Ends the loop if this was the last thing pending. */
 static void destroy (lc_udp *s) {
   lc_ctx *c = s->ctx;
   lc_handle_unlink(c, &s->h);
@@ -45,21 +48,28 @@ static void destroy (lc_udp *s) {
   lc_maybe_idle(c);
 }
 
+/* lc_handle.destroy and .close. */
 static void handle_destroy (lc_handle *h) {
   destroy((lc_udp *)h);
 }
 
+/* Readable or writable again: wake the side that waits; its continuation
+** retries the system call. */
 static void on_ready (evutil_socket_t fd, short what, void *arg) {
   lc_udp *s = arg;
   (void)fd;
   lc_wake_all(s->ctx, what & EV_READ ? &s->readers : &s->writers);
 }
 
+/* nil, the errno's text (R8 vocabulary where lc_strerror has a word). */
 static int io_error (lua_State *L, int err) {
   char buf[128];
   return lc_fail(L, lc_strerror(err, buf, sizeof buf));
 }
 
+/* Stack: sock, deadline (slot kc). Yields until a datagram arrives; the
+** read event is only armed while a task waits, so an idle socket costs
+** the loop nothing. */
 static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
   lc_udp *s = argudp(L);
   char buf[MAX_DATAGRAM];
@@ -185,6 +195,7 @@ static int udp_sendto (lua_State *L) {
   return udp_sendto_k(L, LUA_OK, 0);
 }
 
+/* sock:addr() -> host, port it is bound to. */
 static int udp_addr (lua_State *L) {
   lc_udp *s = checkopen(L, 1);
   lc_addr a;
@@ -194,10 +205,12 @@ static int udp_addr (lua_State *L) {
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
+/* close(), __close, __gc: idempotent (object.c). */
 static int udp_close (lua_State *L) {
   return lc_hud_close(L, &udp_class);
 }
 
+/* For __tostring. */
 static evutil_socket_t udp_fd (lc_handle *h) {
   return ((lc_udp *)h)->fd;
 }
@@ -260,6 +273,7 @@ static const lc_class udp_class = {
   .close = udp_close, .fd = udp_fd
 };
 
+/* Module table at -2, ctx at -1; both stay. */
 int lc_udp_open (lua_State *L) {
   lc_newclass(L, &udp_class);
   return 0;
