@@ -68,10 +68,12 @@ test: deps
 test-asan:
 	@$(MAKE) --no-print-directory B=asan test
 
-# Lint: every Lua file through luacheck (.luacheckrc), and the C built with
-# -Werror (warnings are errors in CI, not in release builds).
+# Lint: every Lua file through luacheck (.luacheckrc), the C through
+# clang-format (.clang-format: one style for bindings/ and runtime/), and the
+# C built with -Werror (warnings are errors in CI, not in release builds).
 check: deps
 	luacheck -q scripts spec tools examples bench
+	clang-format --dry-run -Werror $(BIND) $(HOST) bindings/*.h runtime/*.h
 	@$(MAKE) --no-print-directory B=werror all
 
 # The examples under valgrind, with traffic and signals: nothing may be found.
