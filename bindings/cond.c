@@ -57,7 +57,7 @@ static const luaL_Reg cond_methods[] = {
   {"wait", cond_wait},
   {"signal", cond_signal},
   {"broadcast", cond_broadcast},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* Nothing to free: a cond is plain memory in its userdata, and a task
@@ -66,12 +66,15 @@ static const luaL_Reg cond_methods[] = {
 ** never a promise: waiters re-check their condition). */
 static const luaL_Reg cond_funcs[] = {
   {"cond", cond_new},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const lc_class cond_class = {
-  .name = LC_COND_T, .what = "cond", .methods = cond_methods, .funcs = cond_funcs,
-  .close = cond_broadcast
+  .name = LC_COND_T,
+  .what = "cond",
+  .methods = cond_methods,
+  .funcs = cond_funcs,
+  .close = cond_broadcast,
 };
 
 /* Module table at -2, ctx at -1; both stay. */

@@ -28,14 +28,14 @@
 #define READ_MAX_CHUNK (1024 * 1024)
 
 struct lc_conn {
-  lc_handle h;          /* first: the handle list hands us back this pointer */
+  lc_handle h; /* first: the handle list hands us back this pointer */
   lc_ctx *ctx;
   evutil_socket_t fd;
   struct event *rev, *wev;
   struct evbuffer *in, *out;
-  lc_waitq readers;     /* at most one task (a second reader raises) */
-  lc_waitq writers;     /* tasks held back by the high-water mark */
-  size_t want;          /* bytes of input the reader needs before waking */
+  lc_waitq readers; /* at most one task (a second reader raises) */
+  lc_waitq writers; /* tasks held back by the high-water mark */
+  size_t want;      /* bytes of input the reader needs before waking */
   size_t hwm;
   uint32_t max_frame;
   int err;              /* errno of a failed read/write/connect, or 0 */
@@ -46,7 +46,7 @@ struct lc_conn {
   unsigned closed : 1;  /* closed by the user: lingering until flushed */
   unsigned connecting : 1;
   struct lc_conn *next_dirty;
-  lc_tls *tls;          /* NULL on plain TCP; reads and writes go through it */
+  lc_tls *tls; /* NULL on plain TCP; reads and writes go through it */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
 };
 
@@ -54,10 +54,10 @@ typedef struct lc_conn lc_conn;
 
 /* What this file keeps per context (lc_module_state, slot LC_MOD_CONN). */
 typedef struct conn_state {
-  lc_conn *dirty;    /* connections with output to flush after the pass */
-  char *scratch;     /* the read buffer every connection shares */
-  int lingering;     /* closed by the user, still flushing */
-  lc_waitq drained;  /* tasks in core.drained(): woken as connections go */
+  lc_conn *dirty;   /* connections with output to flush after the pass */
+  char *scratch;    /* the read buffer every connection shares */
+  int lingering;    /* closed by the user, still flushing */
+  lc_waitq drained; /* tasks in core.drained(): woken as connections go */
 } conn_state;
 
 #define cstate(c) ((conn_state *)(c)->mods[LC_MOD_CONN].state)
@@ -106,7 +106,7 @@ static void handle_destroy (lc_handle *h) {
   destroy((lc_conn *)h);
 }
 
-static void close_graceful (lc_conn *s);
+static void close_graceful(lc_conn *s);
 
 static void handle_close (lc_handle *h) {
   close_graceful((lc_conn *)h);
@@ -421,8 +421,7 @@ static SSL_CTX *client_ctx (lua_State *L, char *err, size_t errlen) {
 
 /* The client session on fd, checking the name opts.tls.server_name or the
 ** host part of the address (arg 1). */
-static lc_tls *client_session (lua_State *L, lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, char *err,
-                               size_t errlen) {
+static lc_tls *client_session (lua_State *L, lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, char *err, size_t errlen) {
   char buf[512];
   const char *host = NULL, *port;
   lc_tls *t;
@@ -460,7 +459,7 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContex
       return lc_fail(L, why);
     }
   }
-  lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, deadline, conn */
+  lc_conn_push(L, c, fd, max_frame, hwm); /* addr, opts, deadline, conn */
   u = lua_touserdata(L, 4);
   if (t != NULL) {
     udconn(u)->tls = t;
@@ -511,10 +510,10 @@ static int conn_connect (lua_State *L) {
     luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0");
   }
   lua_settop(L, 2);
-  opt_max_frame(L, 2);                               /* bad options raise now */
+  opt_max_frame(L, 2); /* bad options raise now */
   lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   bad = lc_parse_addr_opt(where, SOCK_STREAM, &a, 1);
-  lc_push_deadline(L, lc_now() + timeout);          /* addr, opts, deadline */
+  lc_push_deadline(L, lc_now() + timeout); /* addr, opts, deadline */
   if (bad == NULL) return start_connect(L, c, &a, 3);
   if (bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad[0] == LC_NEEDS_DNS[0]) {
@@ -607,8 +606,7 @@ static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
 /* Common entry of the reading calls: one reader at a time. */
 static double begin_read (lua_State *L, lc_conn *s, int timeout_idx) {
   double deadline = lc_deadline(L, timeout_idx);
-  if (s->readers.head)
-    luaL_error(L, "luacomm: another task is already reading this connection");
+  if (s->readers.head) luaL_error(L, "luacomm: another task is already reading this connection");
   return deadline;
 }
 
@@ -944,18 +942,22 @@ static const luaL_Reg conn_methods[] = {
   {"stats", conn_stats},
   {"closed", conn_is_closed},
   {"tls", conn_tls},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg conn_funcs[] = {
   {"connect", conn_connect},
   {"drained", conn_drained},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const lc_class conn_class = {
-  .name = LC_CONN_T, .what = "connection", .methods = conn_methods, .funcs = conn_funcs,
-  .close = conn_close, .fd = conn_fd
+  .name = LC_CONN_T,
+  .what = "connection",
+  .methods = conn_methods,
+  .funcs = conn_funcs,
+  .close = conn_close,
+  .fd = conn_fd,
 };
 
 /* Module table at -2, ctx at -1; both stay. */

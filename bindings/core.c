@@ -176,8 +176,7 @@ int lc_opt_int (lua_State *L, int idx, const char *k, lua_Integer def, lua_Integ
     if (lua_getfield(L, idx, k) != LUA_TNIL) {
       int isnum;
       v = lua_tointegerx(L, -1, &isnum);
-      if (!isnum || v < min)
-        luaL_error(L, "bad option '%s' (an integer >= %d expected)", k, (int)min);
+      if (!isnum || v < min) luaL_error(L, "bad option '%s' (an integer >= %d expected)", k, (int)min);
     }
     lua_pop(L, 1);
   }
@@ -271,14 +270,14 @@ static int core_set_host (lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_createtable(L, 0, 4);
   lua_pushnil(L);
-  while (lua_next(L, 1)) {            /* t, hooks, key, value */
+  while (lua_next(L, 1)) { /* t, hooks, key, value */
     luaL_argcheck(L, lua_type(L, -2) == LUA_TSTRING, 1, "hook names are strings");
     for (i = 0; host_hooks[i] && strcmp(host_hooks[i], lua_tostring(L, -2)) != 0; i++) {}
     if (host_hooks[i] == NULL)
       return luaL_error(L, "bad argument #1 to 'set_host' (unknown hook '%s')", lua_tostring(L, -2));
     luaL_argexpected(L, lua_isfunction(L, -1), 1, "functions");
     lua_pushvalue(L, -2);
-    lua_insert(L, -2);                /* t, hooks, key, key, value */
+    lua_insert(L, -2); /* t, hooks, key, key, value */
     lua_rawset(L, -4);
   }
   lua_setfield(L, LUA_REGISTRYINDEX, LC_HOST_KEY);
@@ -366,14 +365,14 @@ static const luaL_Reg core_funcs[] = {
   {"versions", core_versions},
   {"shutdown", core_shutdown},
   {"max_io", core_max_io},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 int luaopen_luacomm_core (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
   luaL_checkversion(L);
   lua_newtable(L);
-  lua_pushlightuserdata(L, c);        /* mod, ctx */
+  lua_pushlightuserdata(L, c); /* mod, ctx */
   lc_sched_open(L);
   lc_timer_open(L);
   lc_cond_open(L);
@@ -381,8 +380,8 @@ int luaopen_luacomm_core (lua_State *L) {
   lc_listener_open(L);
   lc_udp_open(L);
   lua_pushvalue(L, -1);
-  lua_insert(L, -3);                  /* ctx, mod, ctx */
-  luaL_setfuncs(L, core_funcs, 1);    /* ctx, mod */
+  lua_insert(L, -3);               /* ctx, mod, ctx */
+  luaL_setfuncs(L, core_funcs, 1); /* ctx, mod */
   lua_remove(L, -2);
   return 1;
 }

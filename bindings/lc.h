@@ -65,29 +65,29 @@ typedef struct lc_waitq {
 ** must find: listeners, connections, UDP sockets, timers. */
 typedef struct lc_handle {
   struct lc_handle *prev, *next;
-  struct lc_handle **owner;               /* its userdata's pointer (lc_hud.h), or NULL */
-  int kind;                               /* LC_H_* */
-  void (*destroy)(struct lc_handle *h);   /* frees it at once, no flush */
-  void (*close)(struct lc_handle *h);     /* close() from Lua: may linger to flush */
+  struct lc_handle **owner;             /* its userdata's pointer (lc_hud.h), or NULL */
+  int kind;                             /* LC_H_* */
+  void (*destroy)(struct lc_handle *h); /* frees it at once, no flush */
+  void (*close)(struct lc_handle *h);   /* close() from Lua: may linger to flush */
 } lc_handle;
 
 /* A userdata type (object.c): one metatable shape for all of them. */
 typedef struct lc_class {
-  const char *name;              /* LC_*_T */
-  const char *what;              /* "connection": "attempt to use a closed ..." */
+  const char *name; /* LC_*_T */
+  const char *what; /* "connection": "attempt to use a closed ..." */
   const luaL_Reg *methods;
-  const luaL_Reg *funcs;         /* module functions (ctx as upvalue 1), or NULL */
-  lua_CFunction close;           /* close(), __close, and __gc unless gc is set (R6) */
-  lua_CFunction gc;              /* or NULL */
-  lua_CFunction tostring;        /* or NULL: "name (fd N)" with fd, else "name (0x...)" */
+  const luaL_Reg *funcs;               /* module functions (ctx as upvalue 1), or NULL */
+  lua_CFunction close;                 /* close(), __close, and __gc unless gc is set (R6) */
+  lua_CFunction gc;                    /* or NULL */
+  lua_CFunction tostring;              /* or NULL: "name (fd N)" with fd, else "name (0x...)" */
   evutil_socket_t (*fd)(lc_handle *h); /* handle classes only, else NULL */
 } lc_class;
 
 /* What Lua holds of a handle that may outlive its userdata (object.c). */
 typedef struct lc_hud {
-  const lc_class *cls;  /* first: the cheap type check of lc_tohud */
-  lc_handle *h;         /* NULL once closed */
-  int user_closed;      /* closed by close(), not by the core */
+  const lc_class *cls; /* first: the cheap type check of lc_tohud */
+  lc_handle *h;        /* NULL once closed */
+  int user_closed;     /* closed by close(), not by the core */
 } lc_hud;
 
 enum { LC_H_LISTENER, LC_H_CONN, LC_H_UDP, LC_H_TIMER, LC_H_KINDS };
@@ -122,21 +122,21 @@ struct lc_ctx {
   lua_State *mainL;       /* the state's main thread: for registry work anywhere */
   struct event *drain_ev; /* drains the ready queue */
   lc_waitq ready;
-  lc_task *current;     /* task being resumed, or NULL */
-  int running;          /* inside core.loop */
-  int draining;         /* inside the ready queue's pass */
-  int stopping;         /* comm.stop() was called */
-  lc_task *run_task;    /* that task, weakly */
-  int live_tasks;       /* spawned, not finished */
-  int sleepers;         /* tasks parked with a deadline */
-  lc_handle handles;    /* sentinel of a circular list */
+  lc_task *current;  /* task being resumed, or NULL */
+  int running;       /* inside core.loop */
+  int draining;      /* inside the ready queue's pass */
+  int stopping;      /* comm.stop() was called */
+  lc_task *run_task; /* that task, weakly */
+  int live_tasks;    /* spawned, not finished */
+  int sleepers;      /* tasks parked with a deadline */
+  lc_handle handles; /* sentinel of a circular list */
   int nhandles[LC_H_KINDS];
   lc_counters n;
-  int max_io;           /* test knob: cap every read/write at this many bytes */
+  int max_io;                             /* test knob: cap every read/write at this many bytes */
   lc_module mods[LC_MODS];                /* per-file state, see lc_module_state */
   lc_pass_fn pass_end[LC_MAX_PASS_HOOKS]; /* see lc_on_pass_end */
   int npass_end;
-  double task_budget;   /* seconds a task may run without yielding; 0 = off */
+  double task_budget; /* seconds a task may run without yielding; 0 = off */
   lc_log_fn log;
   void *log_ud;
   int log_level;

@@ -100,8 +100,7 @@ static void on_tls_accepted (evutil_socket_t fd, lc_tls *t, void *arg) {
 /* libevent's accept callback: the new fd is ours until a task takes it
 ** (then the connection owns it) or destroy() closes it. Only queues and
 ** wakes: no Lua runs here. */
-static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-                       int socklen, void *arg) {
+static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg) {
   lc_listener *l = arg;
   (void)lev, (void)sa, (void)socklen;
   evutil_make_socket_nonblocking(fd);
@@ -183,8 +182,7 @@ static void clear_stale_unix (const lc_addr *a) {
   if (stat(un->sun_path, &st) != 0 || !S_ISSOCK(st.st_mode)) return;
   probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (probe < 0) return;
-  if (connect(probe, (const struct sockaddr *)&a->ss, a->len) != 0 && errno == ECONNREFUSED)
-    unlink(un->sun_path);
+  if (connect(probe, (const struct sockaddr *)&a->ss, a->len) != 0 && errno == ECONNREFUSED) unlink(un->sun_path);
   close(probe);
 }
 
@@ -201,8 +199,7 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog, int reuseport
   } else {
     clear_stale_unix(a);
   }
-  if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 && listen(fd, backlog) == 0)
-    return fd;
+  if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 && listen(fd, backlog) == 0) return fd;
   err = errno;
   close(fd);
   errno = err;
@@ -271,17 +268,21 @@ static const luaL_Reg listener_methods[] = {
   {"accept", listener_accept},
   {"addr", listener_addr},
   {"close", listener_close},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg listener_funcs[] = {
   {"listen", listener_listen},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const lc_class listener_class = {
-  .name = LC_LISTENER_T, .what = "listener", .methods = listener_methods,
-  .funcs = listener_funcs, .close = listener_close, .fd = listener_fd
+  .name = LC_LISTENER_T,
+  .what = "listener",
+  .methods = listener_methods,
+  .funcs = listener_funcs,
+  .close = listener_close,
+  .fd = listener_fd,
 };
 
 /* Module table at -2, ctx at -1; both stay. */

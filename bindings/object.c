@@ -36,7 +36,7 @@ static int hud_tostring (lua_State *L) {
 ** the state (a static const).
 */
 void lc_newclass (lua_State *L, const lc_class *k) {
-  luaL_newmetatable(L, k->name);            /* mt */
+  luaL_newmetatable(L, k->name); /* mt */
   lua_newtable(L);
   luaL_setfuncs(L, k->methods, 0);
   lua_setfield(L, -2, "__index");
@@ -44,14 +44,14 @@ void lc_newclass (lua_State *L, const lc_class *k) {
   lua_setfield(L, -2, "__close");
   lua_pushcfunction(L, k->gc ? k->gc : k->close);
   lua_setfield(L, -2, "__gc");
-  lua_pushlightuserdata(L, (void *)k);      /* mt, k */
+  lua_pushlightuserdata(L, (void *)k); /* mt, k */
   if (k->tostring) lua_pushcfunction(L, k->tostring);
   else lua_pushcclosure(L, k->fd ? hud_tostring : plain_tostring, 1);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
   if (k->funcs) {
     lua_pushvalue(L, -2);
-    lua_pushvalue(L, -2);                   /* mod, ctx, mod, ctx */
+    lua_pushvalue(L, -2); /* mod, ctx, mod, ctx */
     luaL_setfuncs(L, k->funcs, 1);
     lua_pop(L, 1);
   }
@@ -83,8 +83,7 @@ void lc_hud_attach (lc_hud *u, lc_handle *h) {
 ** send and recv; anything else still gets luaL_checkudata's error. */
 lc_hud *lc_tohud (lua_State *L, int i, const lc_class *k) {
   lc_hud *u = lua_touserdata(L, i);
-  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u && u->cls == k)
-    return u;
+  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u && u->cls == k) return u;
   return luaL_checkudata(L, i, k->name);
 }
 

@@ -146,13 +146,12 @@ static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
 /* Raises unless L is the task being run and may yield here. */
 static lc_task *check_parkable (lc_ctx *c, lua_State *L) {
   lc_task *t = c->current;
-  if (t == NULL || !c->running)
-    luaL_error(L, "luacomm: blocking call outside a task (use comm.spawn or comm.run)");
-  else if (t->co != L)
-    luaL_error(L, "luacomm: blocking call from a nested coroutine");
+  if (t == NULL || !c->running) luaL_error(L, "luacomm: blocking call outside a task (use comm.spawn or comm.run)");
+  else if (t->co != L) luaL_error(L, "luacomm: blocking call from a nested coroutine");
   else if (!lua_isyieldable(L))
-    luaL_error(L, "luacomm: cannot block across a C-call boundary "
-                  "(metamethod called from C, table.sort, string.gsub, require)");
+    luaL_error(L,
+               "luacomm: cannot block across a C-call boundary "
+               "(metamethod called from C, table.sort, string.gsub, require)");
   return t;
 }
 
@@ -228,8 +227,11 @@ static void runaway_hook (lua_State *L, lua_Debug *ar) {
     ** line with the same message until the task unwinds, so a pcall in the
     ** runaway code cannot swallow the error for good. */
     char what[96];
-    snprintf(what, sizeof what, "task ran %.3g s without yielding (budget %.3g s): interrupted",
-             lc_now() - t->resumed_at, c->task_budget);
+    snprintf(what,
+             sizeof what,
+             "task ran %.3g s without yielding (budget %.3g s): interrupted",
+             lc_now() - t->resumed_at,
+             c->task_budget);
     luaL_where(L, 0);
     lua_pushfstring(L, "%s%s", lua_tostring(L, -1), what);
     t->runaway = strdup(lua_tostring(L, -1));
@@ -255,8 +257,8 @@ int lc_spawn_top (lua_State *L, int nargs) {
   t->status = T_DONE; /* "closed" until fully built (R5) */
   luaL_setmetatable(L, LC_TASK_T);
   co = lua_newthread(L);
-  lua_setiuservalue(L, -2, 1);        /* fn, args..., task */
-  lua_rotate(L, -(nargs + 2), 1);     /* task, fn, args... */
+  lua_setiuservalue(L, -2, 1);    /* fn, args..., task */
+  lua_rotate(L, -(nargs + 2), 1); /* task, fn, args... */
   lua_xmove(L, co, nargs + 1);
   t->co = co;
   t->nargs = nargs;
@@ -307,7 +309,7 @@ static void store_results (lc_ctx *c, lc_task *t, int nres) {
   int i;
   push_task(c, t);
   lua_createtable(L, nres, 1);
-  lua_xmove(t->co, L, nres);          /* task, results, v1..vn */
+  lua_xmove(t->co, L, nres); /* task, results, v1..vn */
   for (i = nres; i >= 1; i--) lua_rawseti(L, -1 - i, i);
   lua_pushinteger(L, nres);
   lua_setfield(L, -2, "n");
@@ -345,7 +347,7 @@ static const char *error_text (lua_State *L) {
 static void store_error (lc_ctx *c, lc_task *t) {
   lua_State *L = c->L;
   push_task(c, t);
-  lua_xmove(t->co, L, 1);             /* task, err */
+  lua_xmove(t->co, L, 1); /* task, err */
   if (!t->watched) {
     const char *msg = error_text(L);  /* task, err, text */
     luaL_traceback(L, t->co, msg, 0); /* the task's own stack, still intact */
@@ -369,7 +371,9 @@ static void store_error (lc_ctx *c, lc_task *t) {
 ** connection now, not at some later collection. Errors are logged. */
 static void close_cancelled (lua_State *from, lc_task *t) {
   if (lc_closethread(t->co, from) != LUA_OK) {
-    lc_logf(t->ctx, LC_WARN, "closing a cancelled task: %s",
+    lc_logf(t->ctx,
+            LC_WARN,
+            "closing a cancelled task: %s",
             lua_isstring(t->co, -1) ? lua_tostring(t->co, -1) : "(error object is not a string)");
   }
   lua_settop(t->co, 0);
@@ -592,7 +596,7 @@ static int task_cancel (lua_State *L) {
   lc_ctx *c = t->ctx;
   if (!alive(t)) return 0;
   if (t->waitq) lc_waitq_remove(t->waitq, t);
-  release(c, L, t, T_CANCELLED); /* arg 1 keeps the userdata alive */
+  release(c, L, t, T_CANCELLED);               /* arg 1 keeps the userdata alive */
   if (c->current == t) return lua_yield(L, 0); /* closed by resume() */
   close_cancelled(L, t);
   return 0;
@@ -623,7 +627,7 @@ static const luaL_Reg task_methods[] = {
   {"join", task_join},
   {"cancel", task_cancel},
   {"status", task_status},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg sched_funcs[] = {
@@ -635,15 +639,19 @@ static const luaL_Reg sched_funcs[] = {
   {"running", sched_running},
   {"now", sched_now},
   {"time", sched_time},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* A to-be-closed task is cancelled at the end of its block (structured
 ** concurrency: nothing it started outlives the scope); a collected one is
 ** no longer alive and frees what its waits used. */
 static const lc_class task_class = {
-  .name = LC_TASK_T, .what = "task", .methods = task_methods, .funcs = sched_funcs,
-  .close = task_cancel, .gc = task_gc
+  .name = LC_TASK_T,
+  .what = "task",
+  .methods = task_methods,
+  .funcs = sched_funcs,
+  .close = task_cancel,
+  .gc = task_gc,
 };
 
 /* Module table at -2, ctx at -1 on entry; both stay. */

@@ -15,7 +15,7 @@ typedef struct lc_timer {
   lc_handle h;
   lc_ctx *ctx;
   struct event *ev;
-  int ref;      /* registry anchor while armed */
+  int ref; /* registry anchor while armed */
   int repeat;
   int nargs;
   double due;      /* of a one-shot: comm.now() time it may fire */
@@ -56,9 +56,9 @@ static int callback (lua_State *L) {
   lc_timer *t = totimer(L, 1);
   int i;
   if (t->gen != lua_tointeger(L, 2)) return 0;
-  lua_getiuservalue(L, 1, 1);                  /* timer, gen, {fn, args} */
+  lua_getiuservalue(L, 1, 1); /* timer, gen, {fn, args} */
   for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(L, 3, i);
-  lua_remove(L, 3);                            /* timer, gen, fn, args... */
+  lua_remove(L, 3); /* timer, gen, fn, args... */
   lua_callk(L, t->nargs, LUA_MULTRET, 0, callback_k);
   return callback_k(L, LUA_OK, 0);
 }
@@ -78,8 +78,8 @@ static void on_fire (evutil_socket_t fd, short what, void *arg) {
   }
   lua_pushcfunction(L, callback);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  lua_pushinteger(L, t->gen);                  /* callback, timer, gen */
-  lc_spawn_top(L, 2);                          /* task */
+  lua_pushinteger(L, t->gen); /* callback, timer, gen */
+  lc_spawn_top(L, 2);         /* task */
   lua_pop(L, 1);
   if (!t->repeat) {
     lua_Integer gen = t->gen;
@@ -160,7 +160,7 @@ static int timer_gc (lua_State *L) {
 static const luaL_Reg timer_methods[] = {
   {"cancel", timer_cancel},
   {"active", timer_active},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* A to-be-closed timer is cancelled at the end of its block; a collected
@@ -168,12 +168,16 @@ static const luaL_Reg timer_methods[] = {
 static const luaL_Reg timer_funcs[] = {
   {"after", timer_after},
   {"every", timer_every},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const lc_class timer_class = {
-  .name = LC_TIMER_T, .what = "timer", .methods = timer_methods, .funcs = timer_funcs,
-  .close = timer_cancel, .gc = timer_gc
+  .name = LC_TIMER_T,
+  .what = "timer",
+  .methods = timer_methods,
+  .funcs = timer_funcs,
+  .close = timer_cancel,
+  .gc = timer_gc,
 };
 
 /* Module table at -2, ctx at -1; both stay. */

@@ -189,7 +189,7 @@ static int udp_sendto (lua_State *L) {
   luaL_checkstring(L, 2);
   luaL_checkstring(L, 3);
   lua_settop(L, 3);
-  to = lua_newuserdatauv(L, sizeof *to, 0);   /* 4: kept on the stack across waits */
+  to = lua_newuserdatauv(L, sizeof *to, 0); /* 4: kept on the stack across waits */
   if ((err = destination(L, s, to, &lookup)) != NULL) return lc_fail(L, err);
   if (lookup) return udp_resolve_k(L, LUA_OK, 0);
   return udp_sendto_k(L, LUA_OK, 0);
@@ -260,17 +260,21 @@ static const luaL_Reg udp_methods[] = {
   {"recvfrom", udp_recvfrom},
   {"addr", udp_addr},
   {"close", udp_close},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg udp_funcs[] = {
   {"udp", udp_new},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const lc_class udp_class = {
-  .name = LC_UDP_T, .what = "socket", .methods = udp_methods, .funcs = udp_funcs,
-  .close = udp_close, .fd = udp_fd
+  .name = LC_UDP_T,
+  .what = "socket",
+  .methods = udp_methods,
+  .funcs = udp_funcs,
+  .close = udp_close,
+  .fd = udp_fd,
 };
 
 /* Module table at -2, ctx at -1; both stay. */

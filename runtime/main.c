@@ -34,7 +34,8 @@ static void usage (FILE *f) {
           "  -v, --version       print the version\n"
           "  -h, --help          print this help\n"
           "  --                  end of options\n",
-          progname, progname);
+          progname,
+          progname);
 }
 
 static int usage_error (const char *fmt, const char *what) {

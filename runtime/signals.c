@@ -31,7 +31,7 @@ static void on_signal (evutil_socket_t sig, short what, void *arg) {
     lc_logf(c, LC_ERROR, "second SIG%s during the stop: exiting now", a->name);
     rt_host_exit_now(1);
   }
-  if (L == NULL) return; /* the loop is not running: nothing to do it in */
+  if (L == NULL) return;                       /* the loop is not running: nothing to do it in */
   if (!lc_push_host_hook(L, "signal")) return; /* no host hooks yet */
   lua_pushstring(L, a->name);
   lc_spawn_top(L, 1);
