@@ -164,11 +164,31 @@ int luaopen_luacomm_core(lua_State *L);
 void lc_newclass(lua_State *L, const lc_class *k);
 lc_hud *lc_newhud(lua_State *L, const lc_class *k);
 void lc_hud_attach(lc_hud *u, lc_handle *h);
-lc_hud *lc_tohud(lua_State *L, int i, const lc_class *k);
-lc_handle *lc_checkopen(lua_State *L, int i, const lc_class *k);
 int lc_hud_close(lua_State *L, const lc_class *k);
 void lc_handle_detach(lc_handle *h);
 void lc_handle_unlink(lc_ctx *c, lc_handle *h);
+
+/* Inline: they run on every send and recv.
+**
+** The userdata of class k at i. A full userdata of our size whose first
+** field is the class's address is ours (no other memory holds that
+** address): this skips luaL_checkudata's registry lookup by name on every
+** send and recv; anything else still gets luaL_checkudata's error. */
+static inline lc_hud *lc_tohud (lua_State *L, int i, const lc_class *k) {
+  lc_hud *u = lua_touserdata(L, i);
+  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u && u->cls == k) return u;
+  return luaL_checkudata(L, i, k->name);
+}
+
+/* Using an object one closed oneself is a programming error (it raises,
+** as for a closed file); one the core closed (the peer went away, a frame
+** too large, a graceful stop) is a condition: NULL, and the caller returns
+** nil, "closed" — another task sharing it must not blow up. */
+static inline lc_handle *lc_checkopen (lua_State *L, int i, const lc_class *k) {
+  lc_hud *u = lc_tohud(L, i, k);
+  if (u->h == NULL && u->user_closed) luaL_error(L, "attempt to use a closed %s", k->what);
+  return u->h;
+}
 
 /* ---- sched.c ---- */
 int lc_wait(lc_ctx *c, lua_State *L, lc_waitq *q, lua_KContext kc, lua_KFunction k);

@@ -77,26 +77,6 @@ void lc_hud_attach (lc_hud *u, lc_handle *h) {
   h->owner = &u->h;
 }
 
-/* The userdata of class k at i. A full userdata of our size whose first
-** field is the class's address is ours (no other memory holds that
-** address): this skips luaL_checkudata's registry lookup by name on every
-** send and recv; anything else still gets luaL_checkudata's error. */
-lc_hud *lc_tohud (lua_State *L, int i, const lc_class *k) {
-  lc_hud *u = lua_touserdata(L, i);
-  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u && u->cls == k) return u;
-  return luaL_checkudata(L, i, k->name);
-}
-
-/* Using an object one closed oneself is a programming error (it raises,
-** as for a closed file); one the core closed (the peer went away, a frame
-** too large, a graceful stop) is a condition: NULL, and the caller returns
-** nil, "closed" — another task sharing it must not blow up. */
-lc_handle *lc_checkopen (lua_State *L, int i, const lc_class *k) {
-  lc_hud *u = lc_tohud(L, i, k);
-  if (u->h == NULL && u->user_closed) luaL_error(L, "attempt to use a closed %s", k->what);
-  return u->h;
-}
-
 /* close(), __close and __gc of every handle class (R6): idempotent. The
 ** handle's close may let it live on (a connection flushing) but it is
 ** detached from the userdata from here on. */
