@@ -1,6 +1,16 @@
 -- luacomm.host: what the luacomm command does with a script, in Lua so the
 -- policy reads plainly: run the main chunk in a task, start a service,
 -- handle signals, stop gracefully. runtime/host.c calls main(opts).
+--
+-- The seam with the library is one call, core.set_host{...} in main():
+--   startup  host.c: lc_set_base, lc_set_log -> require "luacomm.host" -> H.main
+--            H.main -> core.set_host{ signal, stop, stopping, reload }
+--   SIGHUP   signals.c -> hook "signal"("HUP") in a task -> reload(opts) here
+--            -> loader:reload -> core.count("reloads" | "reload_failures")
+--   SIGTERM  signals.c -> hook "signal"("TERM") -> H.stop -> graceful_stop:
+--            core.shutdown("listeners"), service stop, core.shutdown("conns"),
+--            core.drained("conns") (woken by conn.c), core.shutdown("all"), core.stop
+--   comm.stop / comm.stopping / comm.reload (luacomm.lua) -> core.host(name)
 local core = require "luacomm.core"
 local comm = require "luacomm"
 local loader = require "luacomm.loader"
