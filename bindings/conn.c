@@ -965,7 +965,7 @@ int lc_conn_open (lua_State *L) {
   lc_ctx *c = lua_touserdata(L, -1);
   if (lc_module_state(c, LC_MOD_CONN, sizeof(conn_state), free_state) == NULL)
     return luaL_error(L, "luacomm: out of memory");
-  lc_on_pass_end(c, flush_dirty);
+  if (lc_on_pass_end(c, flush_dirty) != 0) return luaL_error(L, "luacomm: too many end-of-pass hooks");
   lc_newclass(L, &conn_class);
   return 0;
 }

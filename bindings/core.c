@@ -161,12 +161,15 @@ void *lc_module_state (lc_ctx *c, int slot, size_t size, lc_fini_fn fini) {
 }
 
 /* Adds fn to the hooks run at the end of every scheduler pass, once (a
-** module opened twice registers once). */
-void lc_on_pass_end (lc_ctx *c, lc_pass_fn fn) {
+** module opened twice registers once). -1 when LC_MAX_PASS_HOOKS are taken:
+** a build error of ours, which the caller raises. */
+int lc_on_pass_end (lc_ctx *c, lc_pass_fn fn) {
   int i;
   for (i = 0; i < c->npass_end; i++)
-    if (c->pass_end[i] == fn) return;
-  if (c->npass_end < LC_MAX_PASS_HOOKS) c->pass_end[c->npass_end++] = fn;
+    if (c->pass_end[i] == fn) return 0;
+  if (c->npass_end == LC_MAX_PASS_HOOKS) return -1;
+  c->pass_end[c->npass_end++] = fn;
+  return 0;
 }
 
 /* opts[k] as an integer >= min, or def when opts (at idx) or the field is nil. */

@@ -155,7 +155,7 @@ struct timeval lc_timeval(double seconds);
 void lc_handle_add(lc_ctx *c, lc_handle *h, int kind);
 void lc_handle_remove(lc_ctx *c, lc_handle *h);
 void *lc_module_state(lc_ctx *c, int slot, size_t size, lc_fini_fn fini);
-void lc_on_pass_end(lc_ctx *c, lc_pass_fn fn);
+int lc_on_pass_end(lc_ctx *c, lc_pass_fn fn);
 int lc_push_host_hook(lua_State *L, const char *name);
 int lc_opt_int(lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min);
 int luaopen_luacomm_core(lua_State *L);
