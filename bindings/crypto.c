@@ -48,12 +48,10 @@ static int crypto_equal_consttime (lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg crypto_funcs[] = {
-  {"hmac_sha256", crypto_hmac_sha256},
-  {"random_bytes", crypto_random_bytes},
-  {"equal_consttime", crypto_equal_consttime},
-  {NULL, NULL}
-};
+static const luaL_Reg crypto_funcs[] = {{"hmac_sha256", crypto_hmac_sha256},
+                                        {"random_bytes", crypto_random_bytes},
+                                        {"equal_consttime", crypto_equal_consttime},
+                                        {NULL, NULL}};
 
 /* Stack: mod, ctx (as for every lc_*_open); adds the functions to mod. */
 int lc_crypto_open (lua_State *L) {
