@@ -109,6 +109,19 @@ describe("node red team", function()
     end)
   end)
 
+  it("relays a body without reading it: only its destination finds it bad", function()
+    with_client(function(t)
+      local b0, c0 = stats(t, "b").node, stats(t, "c").node
+      local c = raw_peer("b", "sloppy")
+      c:send('{"kind":"msg","src":"sloppy","dst":"c","type":"note","hops":0}\n{"not":"json"')
+      assert(helpers.wait_until(function() return stats(t, "c").node.bad_json > c0.bad_json end, 5))
+      local b1 = stats(t, "b").node
+      assert.are.equal(b0.bad_json, b1.bad_json)
+      assert.is_true(b1.relayed > b0.relayed)
+      c:close()
+    end)
+  end)
+
   it("drops messages whose src is not the link they came on, and forged relay answers", function()
     with_client(function(t)
       local runs, notes = t:request("b", "count"), #t:request("b", "notes")

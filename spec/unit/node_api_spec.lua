@@ -99,6 +99,14 @@ describe("node API", function()
       assert.is_true(n:send("solo", "note", "to me"))
       assert.are.equal("to me", got:get(1))
       assert.are.equal(0, n:broadcast("note", "nobody else")) -- not to itself
+      -- never encoded on the way: the handler gets the very table sent, and
+      -- the requester the very table the handler returned
+      local body = { k = "v" }
+      assert.is_true(n:send("solo", "note", body))
+      assert.is_true(rawequal(body, got:get(1)))
+      local reply = { "mine" }
+      n:on("same", function() return reply end)
+      assert.is_true(rawequal(reply, n:request("solo", "same", nil, { timeout = 1 })))
       n:stop()
     end)
   end)
