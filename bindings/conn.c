@@ -518,6 +518,60 @@ static int conn_recv (lua_State *L) {
   return first_try(L, s->ctx, deadline, conn_recv_k); /* results go above the arguments */
 }
 
+/* Whether recv would return without waiting: a whole frame (or an
+** oversized announcement) is buffered, or the stream ended. Otherwise,
+** when arming, sets s->want to what the next frame needs: on_readable wakes
+** the reader then (a poll must leave another reader's want alone). */
+static int frame_ready (lc_conn *s, int arming) {
+  size_t have = evbuffer_get_length(s->in);
+  if (arming) s->want = 4;
+  if (have >= 4) {
+    unsigned char h[4];
+    uint32_t len;
+    evbuffer_copyout(s->in, h, 4);
+    len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+    if (len > s->max_frame || have >= 4 + (size_t)len) return 1;
+    if (arming) s->want = 4 + (size_t)len;
+  }
+  return s->eof || s->err;
+}
+
+static int conn_readable_k (lua_State *L, int status, lua_KContext kc) {
+  lc_conn *s = argconn(L)->s;
+  (void)status, (void)kc;
+  if (s == NULL || frame_ready(s, 1)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lc_timedout(s->ctx)) return lc_fail(L, "timeout");
+  start_reading(s);
+  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), conn_readable_k);
+}
+
+/* conn:readable([timeout]) -> true | nil, "timeout": waits, taking
+** nothing, until recv would return at once (a frame is in, or the stream
+** ended). The waiting task counts as the connection's reader. With a
+** timeout of 0 it answers at once and never yields (comm.select polls). */
+static int conn_readable (lua_State *L) {
+  conn_ud *u = toconn(L, 1);
+  lc_conn *s;
+  double deadline;
+  if (u->s == NULL && u->user_closed) return luaL_error(L, "attempt to use a closed connection");
+  s = u->s;
+  if (lua_isnumber(L, 2) && lua_tonumber(L, 2) == 0) {
+    lua_pushboolean(L, s == NULL || frame_ready(s, 0));
+    return 1;
+  }
+  if (s == NULL) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  deadline = begin_read(L, s, 2);
+  lua_settop(L, 2);
+  lc_set_wait_deadline(s->ctx, deadline);
+  return conn_readable_k(L, LUA_OK, 0);
+}
+
 /* A Lua string handed to the output buffer by reference: anchored in the
 ** registry until libevent has written it (or freed the buffer). */
 typedef struct pin {
@@ -557,7 +611,10 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   size_t wire = len + (framed ? 4 : 0);
   if (s == NULL) return lc_fail(L, "closed");
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
-  if (evbuffer_get_length(s->out) > s->hwm) return lc_wait(s->ctx, L, &s->writers, -1, k);
+  if (evbuffer_get_length(s->out) > s->hwm) {
+    if (lc_timedout(s->ctx)) return lc_fail(L, "timeout"); /* send's timeout: nothing queued */
+    return lc_wait(s->ctx, L, &s->writers, lc_wait_deadline(s->ctx), k);
+  }
   if (framed) {
     unsigned char h[4 + SMALL_FRAME];
     h[0] = (unsigned char)(len >> 24), h[1] = (unsigned char)(len >> 16);
@@ -591,14 +648,29 @@ static int conn_write_k (lua_State *L, int status, lua_KContext kc) {
   return do_send(L, 0, conn_write_k);
 }
 
-/* conn:send(frame) -> true | nil, err. Yields while over the hwm. */
+/* conn:send(frame, [timeout]) -> true | nil, err. Yields while over the
+** hwm, at most timeout seconds ("timeout": the frame was not queued). */
 static int conn_send (lua_State *L) {
   lc_conn *s;
   size_t len;
   CHECKOPEN(s, L);
   luaL_checklstring(L, 2, &len);
+  lc_set_wait_deadline(s->ctx, lc_deadline(L, 3));
   if (len > s->max_frame) return lc_fail(L, "frame too large");
   return conn_send_k(L, LUA_OK, 0);
+}
+
+/* conn:try_send(frame) -> true | nil, "full" (over the hwm: nothing
+** queued) | nil, err. Never yields. */
+static int conn_try_send (lua_State *L) {
+  lc_conn *s;
+  size_t len;
+  CHECKOPEN(s, L);
+  luaL_checklstring(L, 2, &len);
+  lua_settop(L, 2);
+  if (len > s->max_frame) return lc_fail(L, "frame too large");
+  if (!s->err && !s->closed && evbuffer_get_length(s->out) > s->hwm) return lc_fail(L, "full");
+  return do_send(L, 1, conn_send_k);
 }
 
 static int conn_write (lua_State *L) {
@@ -606,6 +678,7 @@ static int conn_write (lua_State *L) {
   CHECKOPEN(s, L);
   luaL_checkstring(L, 2);
   lua_settop(L, 2);
+  lc_set_wait_deadline(s->ctx, -1);
   return conn_write_k(L, LUA_OK, 0);
 }
 
@@ -779,7 +852,9 @@ static int conn_tostring (lua_State *L) {
 
 static const luaL_Reg conn_methods[] = {
   {"send", conn_send},
+  {"try_send", conn_try_send},
   {"recv", conn_recv},
+  {"readable", conn_readable},
   {"write", conn_write},
   {"read", conn_read},
   {"readline", conn_readline},

@@ -103,15 +103,52 @@ end
 
 function Channel:_len() return self._tail - self._head + 1 end
 
+-- Wakes every comm.select watching this channel: something changed.
+function Channel:_notify()
+  local w = self._watchers
+  if w == nil then return end
+  for sel in pairs(w) do sel:fire() end
+end
+
+-- comm.select registers itself while it waits on this channel.
+function Channel:_watch(sel, on)
+  local w = self._watchers
+  if w == nil then w = {}; self._watchers = w end
+  w[sel] = on or nil
+end
+
+function Channel:_add(v)
+  self._tail = self._tail + 1
+  self._items[self._tail] = v
+  self._readable:signal()
+  self:_notify()
+end
+
+function Channel:_take()
+  local v = self._items[self._head]
+  self._items[self._head] = nil
+  self._head = self._head + 1
+  self._writable:signal()
+  if self:_len() > 0 then self._readable:signal() end -- pass the turn on
+  self:_notify()
+  return v
+end
+
 -- ch:put(v) -> true | nil, "closed". Yields while the channel is full.
 function Channel:put(v)
   while not self._closed and self._cap and self:_len() >= self._cap do
     self._writable:wait()
   end
   if self._closed then return nil, "closed" end
-  self._tail = self._tail + 1
-  self._items[self._tail] = v
-  self._readable:signal()
+  self:_add(v)
+  return true
+end
+
+-- ch:try_put(v) -> true | nil, "full" | nil, "closed". Never yields.
+function Channel:try_put(v)
+  if self._closed then return nil, "closed" end
+  if self._cap and self:_len() >= self._cap then return nil, "full" end
+  self:_add(v)
   return true
 end
 
@@ -124,21 +161,30 @@ function Channel:get(timeout)
     if left and left <= 0 then return nil, "timeout" end
     self._readable:wait(left)
   end
-  local v = self._items[self._head]
-  self._items[self._head] = nil
-  self._head = self._head + 1
-  self._writable:signal()
-  if self:_len() > 0 then self._readable:signal() end -- pass the turn on
-  return v
+  return self:_take()
+end
+
+-- ch:try_get() -> v | nil, "empty" | nil, "closed" (once drained). Never yields.
+function Channel:try_get()
+  if self:_len() > 0 then return self:_take() end
+  if self._closed then return nil, "closed" end
+  return nil, "empty"
 end
 
 function Channel:close()
   self._closed = true
   self._readable:broadcast()
   self._writable:broadcast()
+  self:_notify()
 end
 
+function Channel:len() return self:_len() end
+function Channel:cap() return self._cap end
+function Channel:closed() return self._closed == true end
 function Channel:__len() return self:_len() end
+
+-- comm.select(cases, [timeout]): see scripts/luacomm/select.lua.
+M.select = require("luacomm.select").select
 
 ---------------------------------------------------------------- JSON
 
