@@ -508,6 +508,7 @@ static double begin_read (lua_State *L, lc_conn *s, int timeout_idx) {
 /* Runs k as if resumed: the first attempt and every retry share one path. */
 static int first_try (lua_State *L, lc_ctx *c, double deadline, lua_KFunction k) {
   lc_set_wait_deadline(c, deadline);
+  if (lc_fair(c, L)) return lua_yieldk(L, 0, 0, k); /* the others' turn first */
   return k(L, LUA_OK, 0);
 }
 
@@ -657,6 +658,7 @@ static int conn_send (lua_State *L) {
   luaL_checklstring(L, 2, &len);
   lc_set_wait_deadline(s->ctx, lc_deadline(L, 3));
   if (len > s->max_frame) return lc_fail(L, "frame too large");
+  if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, 0, conn_send_k); /* the others' turn first */
   return conn_send_k(L, LUA_OK, 0);
 }
 
@@ -679,6 +681,7 @@ static int conn_write (lua_State *L) {
   luaL_checkstring(L, 2);
   lua_settop(L, 2);
   lc_set_wait_deadline(s->ctx, -1);
+  if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, 0, conn_write_k);
   return conn_write_k(L, LUA_OK, 0);
 }
 

@@ -120,6 +120,7 @@ function M.select(cases, timeout)
     error("bad argument #2 to 'select' (timeout must be a non-negative number)", 2)
   end
   local list = parse(cases, now)
+  core.turn() -- a select that never waits still lets the others run (fair scheduling)
   local deadline = timeout and now + timeout
   for _, c in ipairs(list) do
     if c.deadline and (deadline == nil or c.deadline < deadline) then deadline = c.deadline end
