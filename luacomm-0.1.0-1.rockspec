@@ -2,7 +2,7 @@
 -- installs them in a rocks tree (the library in its share/lua/5.4, the C
 -- module in lib/lua/5.4, the luacomm command in bin).
 --   luarocks --lua-version 5.4 --tree TREE make luacomm-0.1.0-1.rockspec
--- Needs Debian's lua5.4, liblua5.4-dev, libevent-dev and lua-cjson
+-- Needs Debian's lua5.4, liblua5.4-dev, libevent-dev, libssl-dev and lua-cjson
 -- (tools/install-deps.sh): they come from the system, not from rocks.
 rockspec_format = "3.0"
 package = "luacomm"
@@ -25,6 +25,7 @@ dependencies = {
 }
 external_dependencies = {
   LIBEVENT = { header = "event2/event.h" },
+  OPENSSL = { header = "openssl/ssl.h" },
 }
 build = {
   type = "make",
