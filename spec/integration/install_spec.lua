@@ -79,7 +79,8 @@ describe("make install PREFIX=...", function()
     assert.are.equal(helpers.readfile(helpers.ROOT .. "/docs/luacomm.1"), helpers.readfile(man))
     -- `man luacomm` finds it through the prefix's man folder
     local st, out = helpers.run_host({}, {
-      argv = { "env", "MANPATH=" .. prefix .. "/share/man", "MANWIDTH=80", "man", "luacomm" } })
+      argv = { "env", "-u", "LD_PRELOAD", "-u", "ASAN_OPTIONS", "MANPATH=" .. prefix .. "/share/man", "MANWIDTH=80",
+               "man", "luacomm" } })
     assert.are.equal(0, st)
     assert.truthy(out:find("luacomm - run a scriptable messaging node", 1, true), out)
     local doc = prefix .. "/share/doc/luacomm/"
