@@ -134,11 +134,6 @@ function Node:_bad(why, from, detail)
   self:_warn("node %s: bad input from %s: %s%s", self.name, from, why, detail and (" (" .. detail .. ")") or "")
 end
 
--- A peer that failed authentication (the peer itself is told nothing).
-function Node:_auth_failed(from, detail)
-  self:_count("auth_failures")
-  self:_warn("node %s: rejected %s: authentication failed (%s)", self.name, from, detail)
-end
 
 -- The record of a peer, made on its first link. Past max_nodes records,
 -- those of peers that are down are forgotten.
@@ -256,7 +251,14 @@ function K.msg(self, l, env)
   local fn = self._handlers[env.type]
   if fn == nil then
     self:_count("no_handler")
-    return self._log.debug("node %s: no handler for message %q from %s", self.name, env.type, env.src)
+    -- a sender's mistake nobody else would see; at most one line a second
+    local now = self._clock.now()
+    if (self._nh_t or -1) + 1 <= now then
+      self._nh_t = now
+      self._log.warn("node %s: no handler for message %q from %s: dropped (counted in no_handler)",
+                     self.name, env.type, env.src)
+    end
+    return
   end
   self:_count("received")
   workers.run(self, run_message, fn, env)

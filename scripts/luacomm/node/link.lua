@@ -239,6 +239,13 @@ local function names_peer(conn, name)
   return false
 end
 
+-- A peer that failed authentication: counted and logged here; the peer
+-- itself is told nothing.
+local function auth_failed(node, from, detail)
+  node:_count("auth_failures")
+  node:_warn("node %s: rejected %s: authentication failed (%s)", node.name, from, detail)
+end
+
 -- The next handshake frame before `deadline`: env, or nil, why, bad (a
 -- frame came but was not a valid envelope), having counted what was
 -- wrong. `from` names the peer in logs.
@@ -268,14 +275,14 @@ end
 local function challenge(node, conn, hello, deadline, from)
   local nonce_d = auth.unhex(hello.nonce, auth.NONCE_BYTES)
   if nonce_d == nil then
-    return node:_auth_failed(from, hello.nonce and "a bad nonce" or "a hello without authentication")
+    return auth_failed(node, from, hello.nonce and "a bad nonce" or "a hello without authentication")
   end
   local nonce_a, nonce_hex = auth.nonce()
   if not conn:send(encode{ kind = "challenge", node = node.name, nonce = nonce_hex }) then return nil end
   local env = recv_handshake(node, conn, deadline, from, "auth")
-  if env == nil then return node:_auth_failed(from, "no proof") end
+  if env == nil then return auth_failed(node, from, "no proof") end
   if env.kind ~= "auth" or not auth.check(node._secret, env.mac, "dialler", nonce_d, nonce_a, hello.node, node.name) then
-    return node:_auth_failed(from, "a wrong proof for " .. hello.node)
+    return auth_failed(node, from, "a wrong proof for " .. hello.node)
   end
   return auth.proof(node._secret, "acceptor", nonce_d, nonce_a, hello.node, node.name)
 end
@@ -308,7 +315,7 @@ local function accept_handshake(node, conn, from)
     if proof == nil or not node._running then return end
   end
   if node._tls and not names_peer(conn, env.node) then
-    return node:_auth_failed(from, "its certificate does not name " .. env.node)
+    return auth_failed(node, from, "its certificate does not name " .. env.node)
   end
   if env.node == node.name then
     node:_count("rejected")
@@ -348,7 +355,7 @@ end
 -- welcome (or a reject), or nil, why.
 local function answer_challenge(node, conn, env, nonce_d, deadline, addr)
   local nonce_a = auth.unhex(env.nonce, auth.NONCE_BYTES)
-  if nonce_a == nil then return nil, node:_auth_failed(addr, "a bad challenge") or "auth" end
+  if nonce_a == nil then return nil, auth_failed(node, addr, "a bad challenge") or "auth" end
   local acceptor = env.node
   if not conn:send(encode{ kind = "auth", mac = auth.proof(node._secret, "dialler", nonce_d, nonce_a,
                                                            node.name, acceptor) }) then
@@ -359,7 +366,7 @@ local function answer_challenge(node, conn, env, nonce_d, deadline, addr)
   if w.kind == "reject" then return w end
   if w.kind ~= "welcome" or w.node ~= acceptor
     or not auth.check(node._secret, w.mac, "acceptor", nonce_d, nonce_a, node.name, acceptor) then
-    return nil, node:_auth_failed(addr, "a wrong proof from " .. acceptor) or "auth"
+    return nil, auth_failed(node, addr, "a wrong proof from " .. acceptor) or "auth"
   end
   return w
 end
@@ -392,7 +399,7 @@ local function dial_handshake(node, conn, addr)
     node:_bad("bad_handshake", addr, "expected welcome, got " .. env.kind)
     return nil, "bad handshake"
   end
-  if node._secret then return nil, node:_auth_failed(addr, "a welcome without authentication") or "auth" end
+  if node._secret then return nil, auth_failed(node, addr, "a welcome without authentication") or "auth" end
   return env
 end
 
@@ -424,7 +431,7 @@ local function dial_once(node, addr)
   end
   if env.node == node.name then conn:close(); return false, "same name" end
   if node._tls and not names_peer(conn, env.node) then
-    node:_auth_failed(addr, "its certificate does not name " .. env.node)
+    auth_failed(node, addr, "its certificate does not name " .. env.node)
     conn:close()
     return false, "auth"
   end
