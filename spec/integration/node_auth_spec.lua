@@ -199,6 +199,31 @@ describe("authenticated nodes", function()
     end)
   end)
 
+  it("as a dialler too, reads no frame over 64 KiB before the handshake completes", function()
+    helpers.run(function()
+      local l = assert(comm.listen("127.0.0.1:0"))
+      comm.spawn(function()
+        while true do
+          local c = l:accept()
+          if not c then return end
+          c:recv(1)
+          c:write(string.pack(">I4", 65537) .. string.rep("w", 100)) -- a "welcome" of 64 KiB + 1
+          c:recv(1)
+          c:close()
+        end
+      end)
+      local _, port = l:addr()
+      local n = node.new{ name = "dialler", peers = { "127.0.0.1:" .. port }, handshake_timeout = 0.5,
+                          reconnect = { min = 0.05, max = 0.1 },
+                          log = { debug = function() end, info = function() end, warn = function() end, error = print } }
+      assert(n:start())
+      assert(helpers.wait_until(function() return n:stats().frame_too_large >= 2 end, 5))
+      assert.are.equal(0, n:stats().links_up)
+      n:stop()
+      l:close()
+    end)
+  end)
+
   it("reads no frame over 64 KiB before a handshake completes, and any size after", function()
     with_client(function(t)
       local before = stats(t, "a")
