@@ -412,7 +412,8 @@ static int idle (const lc_ctx *c) {
   /* A running task may still sleep or open something: a destroy() inside
   ** it must not end the loop under its feet. */
   if (c->current || c->ready.head || c->sleepers) return 0;
-  for (k = 0; k < LC_H_KINDS; k++) h += c->nhandles[k];
+  for (k = 0; k < LC_H_KINDS; k++)
+    if (k != LC_H_AUX) h += c->nhandles[k];
   return h == 0;
 }
 

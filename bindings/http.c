@@ -1,0 +1,708 @@
+/*
+** http.c — HTTP/1.1 on libevent's evhttp: a server whose requests each run
+** in a task of their own and are answered later (deferred replies), and a
+** client whose calls park the calling task until the response comes.
+**
+** evhttp parses; nothing here reads HTTP by hand. Callbacks only spawn a
+** task (a request came) or wake one (a response came), as elsewhere.
+**
+** Server ownership: the server is a handle (a listener, or LC_H_AUX for one
+** that must outlive a graceful stop's first step, like /health). Each
+** request handed to a task has a malloc'ed record on the server's pending
+** list until its reply is written (on_complete) or its connection goes
+** (on_conn_close); the task's userdata points at the record until it
+** replies. Closing a server stops accepting at once and frees it when no
+** reply is pending; the context's end frees it regardless.
+*/
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "lc.h"
+
+#define LC_HTTP_T "luacomm.http.server"
+#define LC_HREQ_T "luacomm.http.req"
+#define LC_FETCH_T "luacomm.http.fetch"
+
+#define DEFAULT_MAX_BODY (1024 * 1024)
+#define DEFAULT_MAX_HEADERS (16 * 1024)
+#define DEFAULT_TIMEOUT 30.0
+
+typedef struct lc_http lc_http;
+typedef struct hreq_ud hreq_ud;
+
+/* A request handed to a task, until its reply is written or it is cut. */
+typedef struct pend {
+  struct evhttp_request *req;
+  struct evhttp_connection *evcon;
+  lc_http *srv;
+  hreq_ud *ud;   /* the task's handle, until it replies */
+  struct pend *prev, *next;
+} pend;
+
+struct hreq_ud {
+  pend *p; /* NULL once answered, or cut with its connection */
+};
+
+struct lc_http {
+  lc_handle h; /* first: the handle list hands us back this pointer */
+  lc_ctx *ctx;
+  struct evhttp *http;
+  struct evhttp_bound_socket *bound;
+  struct event *reap;     /* frees a drained server outside evhttp's callbacks */
+  struct lc_http **owner; /* the userdata's pointer to us */
+  int dispatch_ref;       /* registry: fn(req, hreq) run in a task per request */
+  pend *pending;
+  int npending;
+  int draining; /* no longer accepting; freed once nothing is pending */
+  int freeing;
+};
+
+typedef struct {
+  lc_http *s; /* NULL once freed */
+} http_ud;
+
+/* ---- server: lifetime ---- */
+
+static void srv_free (lc_http *s) {
+  lc_ctx *c = s->ctx;
+  s->freeing = 1;
+  while (s->pending) { /* their requests go with evhttp_free */
+    pend *p = s->pending;
+    s->pending = p->next;
+    if (p->ud) p->ud->p = NULL;
+    free(p);
+  }
+  s->npending = 0;
+  if (s->owner) *s->owner = NULL;
+  lc_handle_remove(c, &s->h);
+  if (s->http) evhttp_free(s->http);
+  if (s->reap) event_free(s->reap);
+  if (s->dispatch_ref != LUA_NOREF) luaL_unref(c->mainL, LUA_REGISTRYINDEX, s->dispatch_ref);
+  free(s);
+  lc_maybe_idle(c);
+}
+
+static void on_reap (evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  srv_free(arg);
+}
+
+/* Called inside evhttp's callbacks: the free waits for the loop's next turn. */
+static void maybe_reap (lc_http *s) {
+  static const struct timeval zero = {0, 0};
+  if (s->draining && s->npending == 0 && !s->freeing) event_add(s->reap, &zero);
+}
+
+static void stop_accepting (lc_http *s) {
+  if (s->bound) evhttp_del_accept_socket(s->http, s->bound);
+  s->bound = NULL;
+  s->draining = 1;
+}
+
+/* First call (a stop's "listeners" step, srv:close()): stop accepting and
+** let pending replies go out. A second call, or nothing pending: free. */
+static void srv_close (lc_http *s) {
+  if (s->draining || s->npending == 0) srv_free(s);
+  else stop_accepting(s);
+}
+
+static void handle_destroy (lc_handle *h) {
+  srv_close((lc_http *)h);
+}
+
+static void pend_unlink (lc_http *s, pend *p) {
+  if (p->prev) p->prev->next = p->next;
+  else s->pending = p->next;
+  if (p->next) p->next->prev = p->prev;
+  s->npending--;
+  if (p->ud) p->ud->p = NULL;
+  free(p);
+}
+
+/* The reply is written: the request is done. */
+static void on_complete (struct evhttp_request *req, void *arg) {
+  pend *p = arg;
+  lc_http *s = p->srv;
+  (void)req;
+  pend_unlink(s, p);
+  maybe_reap(s);
+}
+
+/* A connection goes: whatever it still had pending is cut. */
+static void on_conn_close (struct evhttp_connection *evcon, void *arg) {
+  lc_http *s = arg;
+  pend *p, *next;
+  if (s->freeing) return;
+  for (p = s->pending; p; p = next) {
+    next = p->next;
+    if (p->evcon == evcon) pend_unlink(s, p);
+  }
+  maybe_reap(s);
+}
+
+/* ---- server: requests to Lua ---- */
+
+static const char *method_name (enum evhttp_cmd_type t) {
+  switch (t) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    default: return "?";
+  }
+}
+
+/* Pushes headers as a table with lower-case keys; a repeated header's
+** values are joined with ", " (RFC 9110 5.3). */
+static void push_headers (lua_State *L, struct evkeyvalq *hs) {
+  struct evkeyval *kv;
+  lua_newtable(L);
+  for (kv = hs->tqh_first; kv; kv = kv->next.tqe_next) {
+    char key[128];
+    size_t i, n = strlen(kv->key);
+    if (n >= sizeof key) n = sizeof key - 1;
+    for (i = 0; i < n; i++) key[i] = (char)tolower((unsigned char)kv->key[i]);
+    key[n] = '\0';
+    if (lua_getfield(L, -1, key) == LUA_TSTRING) {
+      lua_pushfstring(L, "%s, %s", lua_tostring(L, -1), kv->value);
+      lua_remove(L, -2);
+    } else {
+      lua_pop(L, 1);
+      lua_pushstring(L, kv->value);
+    }
+    lua_setfield(L, -2, key);
+  }
+}
+
+static void push_buffer (lua_State *L, struct evbuffer *b) {
+  size_t n = evbuffer_get_length(b);
+  lua_pushlstring(L, n ? (const char *)evbuffer_pullup(b, -1) : "", n);
+}
+
+/* { method, path, query, target, headers, body, peer } */
+static void push_request (lua_State *L, struct evhttp_request *req) {
+  const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+  const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+  const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+  struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+  char *host = NULL;
+  ev_uint16_t port = 0;
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, method_name(evhttp_request_get_command(req)));
+  lua_setfield(L, -2, "method");
+  lua_pushstring(L, path && *path ? path : "/");
+  lua_setfield(L, -2, "path");
+  lua_pushstring(L, evhttp_request_get_uri(req));
+  lua_setfield(L, -2, "target");
+  lua_newtable(L);
+  if (q) {
+    struct evkeyvalq kv;
+    struct evkeyval *e;
+    kv.tqh_first = NULL; /* TAILQ_INIT, which event2 does not export */
+    kv.tqh_last = &kv.tqh_first;
+    if (evhttp_parse_query_str(q, &kv) == 0)
+      for (e = kv.tqh_first; e; e = e->next.tqe_next) {
+        lua_pushstring(L, e->value);
+        lua_setfield(L, -2, e->key);
+      }
+    evhttp_clear_headers(&kv);
+  }
+  lua_setfield(L, -2, "query");
+  push_headers(L, evhttp_request_get_input_headers(req));
+  lua_setfield(L, -2, "headers");
+  push_buffer(L, evhttp_request_get_input_buffer(req));
+  lua_setfield(L, -2, "body");
+  if (evcon) evhttp_connection_get_peer(evcon, &host, &port);
+  if (host) {
+    lua_pushfstring(L, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, (int)port);
+    lua_setfield(L, -2, "peer");
+  }
+}
+
+static void reply_now (struct evhttp_request *req, int code, const char *close) {
+  if (close) evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+  evhttp_send_reply(req, code, NULL, NULL);
+}
+
+/* gencb: every request evhttp parsed whole. Spawns dispatch(req, hreq). */
+static void on_request (struct evhttp_request *req, void *arg) {
+  lc_http *s = arg;
+  lc_ctx *c = s->ctx;
+  lua_State *L = c->L;
+  hreq_ud *u;
+  pend *p;
+  if (s->draining || L == NULL || (p = calloc(1, sizeof *p)) == NULL) {
+    reply_now(req, 503, "close");
+    return;
+  }
+  p->req = req;
+  p->srv = s;
+  p->evcon = evhttp_request_get_connection(req);
+  p->next = s->pending;
+  if (s->pending) s->pending->prev = p;
+  s->pending = p;
+  s->npending++;
+  evhttp_request_set_on_complete_cb(req, on_complete, p);
+  evhttp_connection_set_closecb(p->evcon, on_conn_close, s);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref);
+  push_request(L, req);
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->p = p;
+  p->ud = u;
+  luaL_setmetatable(L, LC_HREQ_T);
+  lc_spawn_top(L, 2);
+  lua_pop(L, 1);
+}
+
+/* ---- server: replies from Lua ---- */
+
+static int valid_token (const char *s, size_t n) {
+  size_t i;
+  if (n == 0) return 0;
+  for (i = 0; i < n; i++)
+    if (s[i] <= ' ' || s[i] == ':' || s[i] == 127) return 0;
+  return 1;
+}
+
+static int valid_value (const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0') return 0;
+  return 1;
+}
+
+/* Checks the header table at idx before anything is added, so a bad one
+** raises with the request untouched (the caller then answers 500). */
+static void check_headers (lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    size_t kn, vn;
+    const char *k, *v;
+    if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "header names must be strings");
+    k = lua_tolstring(L, -2, &kn);
+    if (!valid_token(k, kn)) luaL_error(L, "bad header name '%s'", k);
+    if (!lua_isstring(L, -1)) luaL_error(L, "header '%s': a string or number expected", k);
+    v = lua_tolstring(L, -1, &vn);
+    if (!valid_value(v, vn)) luaL_error(L, "header '%s': value holds CR, LF or NUL", k);
+    lua_pop(L, 1);
+  }
+}
+
+static void add_headers (lua_State *L, int idx, struct evkeyvalq *out) {
+  if (lua_isnoneornil(L, idx)) return;
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pushvalue(L, -2); /* lua_tostring on the key itself would confuse lua_next */
+    evhttp_add_header(out, lua_tostring(L, -1), lua_tostring(L, -2));
+    lua_pop(L, 2);
+  }
+}
+
+/* hreq:reply(status, [headers], [body]) -> true, or false when the
+** request's connection is gone (the reply is dropped). */
+static int hreq_reply (lua_State *L) {
+  hreq_ud *u = luaL_checkudata(L, 1, LC_HREQ_T);
+  lua_Integer code = luaL_checkinteger(L, 2);
+  size_t len = 0;
+  const char *body = luaL_optlstring(L, 4, "", &len);
+  pend *p = u->p;
+  struct evhttp_request *req;
+  luaL_argcheck(L, code >= 100 && code <= 599, 2, "status must be 100..599");
+  check_headers(L, 3);
+  if (p == NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  req = p->req;
+  add_headers(L, 3, evhttp_request_get_output_headers(req));
+  if (p->srv->draining)
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+  evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+  u->p = NULL;
+  p->ud = NULL;
+  evhttp_send_reply(req, (int)code, NULL, NULL);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* A task that ended without replying (cancelled, cut): answer 500 so the
+** client is not left waiting for a reply nobody will write. */
+static int hreq_gc (lua_State *L) {
+  hreq_ud *u = luaL_checkudata(L, 1, LC_HREQ_T);
+  pend *p = u->p;
+  if (p == NULL) return 0;
+  u->p = NULL;
+  p->ud = NULL;
+  evhttp_clear_headers(evhttp_request_get_output_headers(p->req));
+  reply_now(p->req, 500, "close");
+  return 0;
+}
+
+/* ---- server: creating ---- */
+
+static double opt_num (lua_State *L, int idx, const char *k, double def) {
+  double v = def;
+  if (lua_istable(L, idx) && lua_getfield(L, idx, k) != LUA_TNIL) {
+    v = luaL_checknumber(L, -1);
+    if (!(v > 0)) luaL_error(L, "bad option '%s' (a positive number expected)", k);
+  }
+  if (lua_istable(L, idx)) lua_pop(L, 1);
+  return v;
+}
+
+static evutil_socket_t bind_listen (const lc_addr *a, int backlog) {
+  evutil_socket_t fd = lc_socket(a, SOCK_STREAM);
+  int one = 1, err;
+  if (fd < 0) return -1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 && listen(fd, backlog) == 0) return fd;
+  err = errno;
+  close(fd);
+  errno = err;
+  return -1;
+}
+
+static void configure (lua_State *L, lc_http *s, int opts) {
+  struct timeval tv = lc_timeval(opt_num(L, opts, "timeout", DEFAULT_TIMEOUT));
+  evhttp_set_gencb(s->http, on_request, s);
+  evhttp_set_max_body_size(s->http, lc_opt_int(L, opts, "max_body", DEFAULT_MAX_BODY, 0));
+  evhttp_set_max_headers_size(s->http, lc_opt_int(L, opts, "max_headers", DEFAULT_MAX_HEADERS, 256));
+  evhttp_set_timeout_tv(s->http, &tv);
+  evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                          EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                          EVHTTP_REQ_PATCH);
+  evhttp_set_default_content_type(s->http, "text/plain; charset=utf-8");
+}
+
+/* core.http_serve(addr, dispatch, [opts]) -> server | nil, err.
+** opts: max_body, max_headers, timeout, backlog, aux (kept through a
+** stop's "listeners" step and not keeping the process alive). */
+static int http_serve (lua_State *L) {
+  lc_ctx *c = lc_getctx(L);
+  const char *where = luaL_checkstring(L, 1);
+  int backlog = lc_opt_int(L, 3, "backlog", 511, 1), aux = 0;
+  const char *bad;
+  http_ud *u;
+  lc_http *s;
+  lc_addr a;
+  evutil_socket_t fd;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (lua_istable(L, 3)) {
+    lua_getfield(L, 3, "aux");
+    aux = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  opt_num(L, 3, "timeout", DEFAULT_TIMEOUT); /* bad options raise before any side effect */
+  lc_opt_int(L, 3, "max_body", DEFAULT_MAX_BODY, 0);
+  lc_opt_int(L, 3, "max_headers", DEFAULT_MAX_HEADERS, 256);
+  bad = lc_parse_addr(where, SOCK_STREAM, &a);
+  if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
+  if (bad) return lc_fail(L, bad);
+  if (a.ss.ss_family == AF_UNIX) return luaL_argerror(L, 1, "unix sockets are not supported for HTTP");
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->s = NULL;
+  luaL_setmetatable(L, LC_HTTP_T);
+  fd = bind_listen(&a, backlog);
+  if (fd < 0) {
+    char buf[128];
+    return lc_fail(L, lc_strerror(errno, buf, sizeof buf));
+  }
+  evutil_make_socket_nonblocking(fd);
+  s = calloc(1, sizeof *s);
+  if (s == NULL || (s->http = evhttp_new(c->base)) == NULL ||
+      (s->reap = event_new(c->base, -1, 0, on_reap, s)) == NULL ||
+      (s->bound = evhttp_accept_socket_with_handle(s->http, fd)) == NULL) {
+    close(fd);
+    if (s && s->http) evhttp_free(s->http);
+    if (s && s->reap) event_free(s->reap);
+    free(s);
+    return luaL_error(L, "luacomm: cannot create an HTTP server");
+  }
+  s->ctx = c;
+  s->h.destroy = handle_destroy;
+  lua_pushvalue(L, 2);
+  s->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  configure(L, s, 3);
+  lc_handle_add(c, &s->h, aux ? LC_H_AUX : LC_H_LISTENER);
+  u->s = s;
+  s->owner = &u->s;
+  return 1;
+}
+
+static int server_close (lua_State *L) {
+  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
+  lc_http *s = u->s;
+  if (s == NULL) return 0;
+  u->s = NULL;
+  s->owner = NULL;
+  srv_close(s);
+  return 0;
+}
+
+/* The userdata went away: a server the script dropped keeps serving, as a
+** listener does; only its owner pointer goes. */
+static int server_gc (lua_State *L) {
+  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
+  if (u->s) u->s->owner = NULL;
+  u->s = NULL;
+  return 0;
+}
+
+static int server_addr (lua_State *L) {
+  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
+  lc_addr a;
+  if (u->s == NULL || u->s->bound == NULL) return lc_fail(L, "closed");
+  a.len = sizeof a.ss;
+  if (getsockname(evhttp_bound_socket_get_fd(u->s->bound), (struct sockaddr *)&a.ss, &a.len) != 0)
+    return lc_fail(L, strerror(errno));
+  return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
+}
+
+/* core.http_pending() -> requests handed to tasks and not yet answered,
+** over every server: a graceful stop waits for them. */
+static int http_pending (lua_State *L) {
+  lc_ctx *c = lc_getctx(L);
+  lc_handle *h;
+  int n = 0;
+  for (h = c->handles.next; h != &c->handles; h = h->next)
+    if (h->destroy == handle_destroy) n += ((lc_http *)h)->npending;
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* ---- client ---- */
+
+typedef struct fetch {
+  lc_ctx *ctx;
+  lc_waitq waiters;
+  struct evhttp_connection *evcon;
+  struct evhttp_request *req; /* ours once done with a response */
+  int done;
+  char err[96];
+} fetch;
+
+typedef struct {
+  fetch *f;
+} fetch_ud;
+
+static void fetch_free (fetch *f) {
+  if (f->done && f->req) evhttp_request_free(f->req);
+  if (f->evcon) evhttp_connection_free(f->evcon); /* frees a request still queued */
+  free(f);
+}
+
+static int fetch_gc (lua_State *L) {
+  fetch_ud *u = luaL_checkudata(L, 1, LC_FETCH_T);
+  if (u->f) fetch_free(u->f);
+  u->f = NULL;
+  return 0;
+}
+
+static void on_fetch_error (enum evhttp_request_error e, void *arg) {
+  fetch *f = arg;
+  const char *what;
+  switch (e) {
+    case EVREQ_HTTP_TIMEOUT: what = "timeout"; break;
+    case EVREQ_HTTP_EOF: what = "closed"; break;
+    case EVREQ_HTTP_INVALID_HEADER: what = "bad response"; break;
+    case EVREQ_HTTP_DATA_TOO_LONG: what = "response too large"; break;
+    default: what = "closed"; break;
+  }
+  snprintf(f->err, sizeof f->err, "%s", what);
+}
+
+static void on_fetch_done (struct evhttp_request *req, void *arg) {
+  fetch *f = arg;
+  int err = errno;
+  f->done = 1;
+  if (req == NULL || evhttp_request_get_response_code(req) == 0) {
+    /* evhttp frees it. A failed connect arrives here with no error call. */
+    f->req = NULL;
+    if (f->err[0] == '\0') {
+      char buf[80];
+      snprintf(f->err, sizeof f->err, "%s",
+               err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH
+                   ? lc_strerror(err, buf, sizeof buf) : "connection refused");
+    }
+  } else {
+    evhttp_request_own(req); /* read in the task, freed with the fetch */
+    f->req = req;
+  }
+  lc_wake_all(f->ctx, &f->waiters);
+}
+
+static int fetch_k (lua_State *L, int status, lua_KContext kc) {
+  fetch_ud *u = lua_touserdata(L, -1);
+  fetch *f = u->f;
+  lc_ctx *c = f->ctx;
+  (void)status, (void)kc;
+  if (!f->done) {
+    if (!lc_timedout(c)) return lc_wait(c, L, &f->waiters, lc_wait_deadline(c), fetch_k);
+    fetch_free(f);
+    u->f = NULL;
+    return lc_fail(L, "timeout");
+  }
+  if (f->req == NULL) {
+    lua_pushnil(L);
+    lua_pushstring(L, f->err);
+  } else {
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, evhttp_request_get_response_code(f->req));
+    lua_setfield(L, -2, "status");
+    push_headers(L, evhttp_request_get_input_headers(f->req));
+    lua_setfield(L, -2, "headers");
+    push_buffer(L, evhttp_request_get_input_buffer(f->req));
+    lua_setfield(L, -2, "body");
+    lua_pushnil(L);
+  }
+  fetch_free(f);
+  u->f = NULL;
+  return 2;
+}
+
+static enum evhttp_cmd_type check_method (lua_State *L, int idx) {
+  static const char *const names[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", NULL};
+  static const enum evhttp_cmd_type types[] = {EVHTTP_REQ_GET, EVHTTP_REQ_POST, EVHTTP_REQ_HEAD,
+                                                EVHTTP_REQ_PUT, EVHTTP_REQ_DELETE, EVHTTP_REQ_OPTIONS,
+                                                EVHTTP_REQ_PATCH};
+  return types[luaL_checkoption(L, idx, NULL, names)];
+}
+
+/* Sends the request to the numeric address a; stack: the 7 arguments. */
+static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, double deadline) {
+  enum evhttp_cmd_type type = check_method(L, 2);
+  const char *target = luaL_checkstring(L, 3);
+  size_t len = 0;
+  const char *body = luaL_optlstring(L, 5, NULL, &len);
+  double timeout = luaL_checknumber(L, 6);
+  int max_body = (int)luaL_optinteger(L, 7, 64 * 1024 * 1024);
+  char host[64];
+  ev_uint16_t port;
+  fetch_ud *u;
+  fetch *f;
+  struct evhttp_request *req;
+  struct timeval tv = lc_timeval(timeout + 1); /* ours fires first: "timeout", not "closed" */
+  if (a->ss.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->ss;
+    evutil_inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    port = ntohs(in6->sin6_port);
+  } else {
+    const struct sockaddr_in *in4 = (const struct sockaddr_in *)&a->ss;
+    evutil_inet_ntop(AF_INET, &in4->sin_addr, host, sizeof host);
+    port = ntohs(in4->sin_port);
+  }
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->f = NULL;
+  luaL_setmetatable(L, LC_FETCH_T);
+  if ((f = calloc(1, sizeof *f)) == NULL) return luaL_error(L, "luacomm: out of memory");
+  u->f = f;
+  f->ctx = c;
+  f->evcon = evhttp_connection_base_new(c->base, NULL, host, port);
+  req = f->evcon ? evhttp_request_new(on_fetch_done, f) : NULL;
+  if (req == NULL) return luaL_error(L, "luacomm: cannot create an HTTP request");
+  f->req = req;
+  evhttp_connection_set_timeout_tv(f->evcon, &tv);
+  evhttp_connection_set_max_body_size(f->evcon, max_body);
+  evhttp_request_set_error_cb(req, on_fetch_error);
+  add_headers(L, 4, evhttp_request_get_output_headers(req));
+  if (body) evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+  if (evhttp_make_request(f->evcon, req, type, target) != 0) { /* it freed req */
+    f->req = NULL;
+    return lc_fail(L, "cannot send the request");
+  }
+  return lc_wait(c, L, &f->waiters, deadline, fetch_k);
+}
+
+static int fetch_resolve_k (lua_State *L, int status, lua_KContext kc) {
+  lc_ctx *c = lc_getctx(L);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 8);
+  const char *err = NULL;
+  lc_addr a;
+  (void)status, (void)kc;
+  switch (lc_lookup_result(lk, &a, &err)) {
+    case 0: return fetch_start(L, c, &a, lc_wait_deadline(c));
+    case 1: return lc_fail(L, err);
+    default:
+      if (lc_timedout(c)) return lc_fail(L, "timeout");
+      return lc_wait(c, L, lc_lookup_waiters(lk), lc_wait_deadline(c), fetch_resolve_k);
+  }
+}
+
+/* core.http_request(addr, method, target, headers, body, timeout, max_body)
+** -> { status, headers, body } | nil, err. Blocks the calling task; one
+** connection per request. The caller puts Host and Content-Length in headers. */
+static int http_request (lua_State *L) {
+  lc_ctx *c = lc_getctx(L);
+  const char *where = luaL_checkstring(L, 1);
+  double timeout = luaL_checknumber(L, 6), deadline;
+  const char *bad;
+  lc_addr a;
+  check_method(L, 2);
+  luaL_checkstring(L, 3);
+  check_headers(L, 4);
+  luaL_optstring(L, 5, NULL);
+  luaL_argcheck(L, timeout >= 0, 6, "timeout must be >= 0");
+  lua_settop(L, 7);
+  deadline = lc_now() + timeout;
+  bad = lc_parse_addr_opt(where, SOCK_STREAM, &a, 1);
+  if (bad == NULL) return fetch_start(L, c, &a, deadline);
+  if (bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
+  if (bad[0] == LC_NEEDS_DNS[0]) {
+    char buf[512];
+    const char *host, *port;
+    lc_split_addr(where, buf, sizeof buf, &host, &port);
+    if (lc_lookup_start(L, c, host, port, SOCK_STREAM) == NULL) return lc_fail(L, lua_tostring(L, -1));
+    lc_set_wait_deadline(c, deadline);
+    return fetch_resolve_k(L, LUA_OK, 0);
+  }
+  return lc_fail(L, bad);
+}
+
+/* ---- registration ---- */
+
+static const luaL_Reg server_methods[] = {
+  {"close", server_close},
+  {"addr", server_addr},
+  {NULL, NULL}
+};
+
+static void new_type (lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  if (methods) {
+    luaL_newlibtable(L, server_methods);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
+int lc_http_open (lua_State *L) {
+  static const luaL_Reg hreq_methods[] = {{"reply", hreq_reply}, {NULL, NULL}};
+  new_type(L, LC_HTTP_T, server_gc, server_methods);
+  new_type(L, LC_HREQ_T, hreq_gc, hreq_methods);
+  new_type(L, LC_FETCH_T, fetch_gc, NULL);
+  lua_pushcfunction(L, http_serve);
+  lua_setfield(L, -3, "http_serve");
+  lua_pushcfunction(L, http_request);
+  lua_setfield(L, -3, "http_request");
+  lua_pushcfunction(L, http_pending);
+  lua_setfield(L, -3, "http_pending");
+  return 0;
+}
