@@ -30,7 +30,8 @@ local function graceful_stop(opts)
     end
   end
   core.shutdown("conns")
-  while core.stats().conns > 0 and core.now() < deadline do core.sleep(0.01) end
+  -- HTTP requests being handled finish too: their replies are output
+  while (core.stats().conns > 0 or core.http_pending() > 0) and core.now() < deadline do core.sleep(0.01) end
   local left = core.stats()
   if left.conns > 0 then
     comm.log.warn("stop timeout (%gs): cutting %d connection(s) with unsent output",
@@ -141,6 +142,10 @@ function H.main(opts)
   comm.stopping = function() return H.stopping end
   comm.reload = function() return reload(opts) end
   debug.getregistry()["luacomm.host.signal"] = function(name) return signal_actions[name](opts) end
+  if opts.metrics then
+    local srv, why = comm.metrics.serve(opts.metrics)
+    if not srv then return fail(opts, "luacomm: --metrics " .. opts.metrics .. ": " .. why) end
+  end
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
   if not r[1] then return fail(opts, r[2]) end
   if type(r[2]) == "table" and not H.stopping then
