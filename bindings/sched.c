@@ -579,11 +579,16 @@ static int task_status (lua_State *L) {
   return 1;
 }
 
+/* Only a finished task is collected, except at lua_close, where one may
+** still be parked: it leaves its queue and its deadline here, so that a
+** connection finalized after it does not wake it through a freed timer. */
 static int task_gc (lua_State *L) {
   lc_task *t = totask(L, 1);
   free(t->runaway);
   t->runaway = NULL;
+  if (t->waitq) lc_waitq_remove(t->waitq, t);
   if (t->timer) {
+    disarm(t);
     event_free(t->timer);
     t->timer = NULL;
   }

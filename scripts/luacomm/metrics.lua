@@ -29,7 +29,9 @@ local function number(v)
   if v == -math.huge then return "-Inf" end
   if v ~= v then return "NaN" end
   if mtype(v) == "integer" then return tostring(v) end
-  return format("%.17g", v)
+  local s = format("%.15g", v) -- short when exact: le="0.1", not 0.10000000000000001
+  if tonumber(s) ~= v then s = format("%.17g", v) end
+  return s
 end
 
 local function escape_label(v)
