@@ -84,6 +84,11 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@lua5.4 tools/demo.lua
 
+# The HTTP gateway of examples/http in front of the cluster, driven by curl.
+demo-http: deps
+	@$(MAKE) --no-print-directory all
+	@lua5.4 tools/demo_http.lua
+
 # Every .lua under scripts/ keeps its path below share/lua/5.4.
 LUA_FILES := $(shell find scripts -name '*.lua')
 install: all
@@ -113,4 +118,4 @@ clean:
 	rm -rf build build-asan build-werror
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-asan valgrind demo install clean bench bench-quick
+.PHONY: all deps check test test-asan valgrind demo demo-http install clean bench bench-quick
