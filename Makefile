@@ -104,15 +104,19 @@ include bench/bench.mk
 # Speed against a C ceiling in the same run: ceiling and examples/echo.lua
 # under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
 BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
+# HTTP rows: wrk against nginx and http.serve (bench/http.sh).
 bench: deps
+	@sh tools/install-deps.sh bench
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
+	bash bench/http.sh
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
+	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
 
 clean:
 	rm -rf build build-asan build-werror
