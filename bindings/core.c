@@ -182,6 +182,7 @@ static int core_stats (lua_State *L) {
   setcount(L, "reloads", c->n.reloads);
   setcount(L, "reload_failures", c->n.reload_failures);
   setcount(L, "task_errors", c->n.task_errors);
+  setcount(L, "tls_failures", c->n.tls_failures);
   return 1;
 }
 

@@ -74,6 +74,7 @@ typedef void (*lc_log_fn)(void *ud, int level, const char *msg, size_t len);
 typedef struct lc_counters {
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
   uint64_t task_errors, tasks_spawned, reloads, reload_failures;
+  uint64_t tls_failures; /* accepted connections whose TLS handshake failed */
 } lc_counters;
 
 struct lc_ctx {
