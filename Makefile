@@ -2,13 +2,13 @@
 PREFIX   ?= /usr/local
 CC       ?= cc
 CFLAGS   ?= -O2 -g
-PKGS     := lua5.4 libevent_core libevent_extra libssl libcrypto
+PKGS     := lua5.4 libevent_core libevent_extra libevent_openssl libssl libcrypto
 WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wundef -Wwrite-strings \
             -Wmissing-prototypes -Wstrict-prototypes -Wold-style-definition
 CPPFLAGS += -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ibindings -Iruntime \
             $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) -MMD -MP
-LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libssl libcrypto)
+LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libevent_openssl libssl libcrypto)
 LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4

@@ -22,10 +22,14 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/ssl.h>
 
 #include "lc.h"
+#include "tls.h"
 
 #define LC_HTTP_T "luacomm.http.server"
 #define LC_HREQ_T "luacomm.http.req"
@@ -59,6 +63,7 @@ struct lc_http {
   struct event *reap;     /* frees a drained server outside evhttp's callbacks */
   struct lc_http **owner; /* the userdata's pointer to us */
   int dispatch_ref;       /* registry: fn(req, hreq) run in a task per request */
+  SSL_CTX *tls;           /* HTTPS: each connection gets an SSL of its own */
   pend *pending;
   int npending;
   int draining; /* no longer accepting; freed once nothing is pending */
@@ -85,6 +90,7 @@ static void srv_free (lc_http *s) {
   lc_handle_remove(c, &s->h);
   if (s->http) evhttp_free(s->http);
   if (s->reap) event_free(s->reap);
+  if (s->tls) SSL_CTX_free(s->tls);
   if (s->dispatch_ref != LUA_NOREF) luaL_unref(c->mainL, LUA_REGISTRYINDEX, s->dispatch_ref);
   free(s);
   lc_maybe_idle(c);
@@ -377,6 +383,19 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog) {
   return -1;
 }
 
+/* evhttp's bufferevent for each accepted HTTPS connection: the handshake
+** runs inside the bufferevent before evhttp reads a byte. */
+static struct bufferevent *tls_bevcb (struct event_base *base, void *arg) {
+  lc_http *s = arg;
+  SSL *ssl = SSL_new(s->tls);
+  struct bufferevent *bev;
+  if (ssl == NULL) return NULL;
+  bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+  if (bev == NULL) SSL_free(ssl);
+  else bufferevent_openssl_set_allow_dirty_shutdown(bev, 1); /* a client that just closes */
+  return bev;
+}
+
 static void configure (lua_State *L, lc_http *s, int opts) {
   struct timeval tv = lc_timeval(opt_num(L, opts, "timeout", DEFAULT_TIMEOUT));
   evhttp_set_gencb(s->http, on_request, s);
@@ -387,6 +406,19 @@ static void configure (lua_State *L, lc_http *s, int opts) {
                                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                           EVHTTP_REQ_PATCH);
   evhttp_set_default_content_type(s->http, "text/plain; charset=utf-8");
+  if (s->tls) evhttp_set_bevcb(s->http, tls_bevcb, s);
+}
+
+/* opts.tls at opts -> a server context, NULL without one; on a bad file,
+** NULL with the reason in err. */
+static SSL_CTX *server_tls (lua_State *L, int opts, char *err, size_t errlen) {
+  SSL_CTX *ctx = NULL;
+  err[0] = '\0';
+  if (!lua_istable(L, opts)) return NULL;
+  if (lua_getfield(L, opts, "tls") == LUA_TTABLE) ctx = lc_tls_ctx_new(L, lua_gettop(L), 1, err, errlen);
+  else if (!lua_isnil(L, -1)) luaL_error(L, "bad option 'tls' (a table expected)");
+  lua_pop(L, 1);
+  return ctx;
 }
 
 /* core.http_serve(addr, dispatch, [opts]) -> server | nil, err.
@@ -401,6 +433,8 @@ static int http_serve (lua_State *L) {
   lc_http *s;
   lc_addr a;
   evutil_socket_t fd;
+  SSL_CTX *tls;
+  char err[256];
   luaL_checktype(L, 2, LUA_TFUNCTION);
   if (lua_istable(L, 3)) {
     lua_getfield(L, 3, "aux");
@@ -414,22 +448,27 @@ static int http_serve (lua_State *L) {
   if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad) return lc_fail(L, bad);
   if (a.ss.ss_family == AF_UNIX) return luaL_argerror(L, 1, "unix sockets are not supported for HTTP");
+  tls = server_tls(L, 3, err, sizeof err);
+  if (tls == NULL && err[0]) return lc_fail(L, err);
   u = lua_newuserdatauv(L, sizeof *u, 0);
   u->s = NULL;
   luaL_setmetatable(L, LC_HTTP_T);
   fd = bind_listen(&a, backlog);
   if (fd < 0) {
-    char buf[128];
-    return lc_fail(L, lc_strerror(errno, buf, sizeof buf));
+    if (tls) SSL_CTX_free(tls);
+    return lc_fail(L, lc_strerror(errno, err, sizeof err));
   }
   evutil_make_socket_nonblocking(fd);
   s = calloc(1, sizeof *s);
+  if (s) s->tls = tls;
+  else if (tls) SSL_CTX_free(tls);
   if (s == NULL || (s->http = evhttp_new(c->base)) == NULL ||
       (s->reap = event_new(c->base, -1, 0, on_reap, s)) == NULL ||
       (s->bound = evhttp_accept_socket_with_handle(s->http, fd)) == NULL) {
     close(fd);
     if (s && s->http) evhttp_free(s->http);
     if (s && s->reap) event_free(s->reap);
+    if (s && s->tls) SSL_CTX_free(s->tls);
     free(s);
     return luaL_error(L, "luacomm: cannot create an HTTP server");
   }
@@ -492,8 +531,9 @@ typedef struct fetch {
   lc_waitq waiters;
   struct evhttp_connection *evcon;
   struct evhttp_request *req; /* ours once done with a response */
+  SSL *ssl;                   /* HTTPS: owned by the connection's bufferevent */
   int done;
-  char err[96];
+  char err[160];
 } fetch;
 
 typedef struct {
@@ -533,11 +573,13 @@ static void on_fetch_done (struct evhttp_request *req, void *arg) {
   if (req == NULL || evhttp_request_get_response_code(req) == 0) {
     /* evhttp frees it. A failed connect arrives here with no error call. */
     f->req = NULL;
-    if (f->err[0] == '\0') {
+    if (f->err[0] == '\0' || (f->ssl && !SSL_is_init_finished(f->ssl))) {
       char buf[80];
-      snprintf(f->err, sizeof f->err, "%s",
-               err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH
-                   ? lc_strerror(err, buf, sizeof buf) : "connection refused");
+      int refused = err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH;
+      if (f->ssl && !refused && !SSL_is_init_finished(f->ssl))
+        lc_tls_reason(f->ssl, -1, f->err, sizeof f->err);
+      else
+        snprintf(f->err, sizeof f->err, "%s", refused ? lc_strerror(err, buf, sizeof buf) : "connection refused");
     }
   } else {
     evhttp_request_own(req); /* read in the task, freed with the fetch */
@@ -583,7 +625,37 @@ static enum evhttp_cmd_type check_method (lua_State *L, int idx) {
   return types[luaL_checkoption(L, idx, NULL, names)];
 }
 
-/* Sends the request to the numeric address a; stack: the 7 arguments. */
+/* The connection for f to host:port, over TLS when a tls table is at 8
+** (the name checked is tls.server_name, else the URL's host at 9).
+** Returns NULL with err filled on a TLS setup failure. */
+static struct evhttp_connection *fetch_connection (lua_State *L, fetch *f, const char *host, ev_uint16_t port,
+                                                   char *err, size_t errlen) {
+  lc_ctx *c = f->ctx;
+  SSL_CTX *ctx;
+  struct bufferevent *bev;
+  if (!lua_istable(L, 8)) return evhttp_connection_base_new(c->base, NULL, host, port);
+  if ((ctx = lc_tls_ctx_new(L, 8, 0, err, errlen)) == NULL) return NULL;
+  f->ssl = SSL_new(ctx);
+  SSL_CTX_free(ctx); /* the SSL holds its own reference */
+  if (f->ssl == NULL || lc_tls_client_setup(f->ssl, lc_tls_server_name(L, 8, luaL_optstring(L, 9, host)), err, errlen) != 0) {
+    if (f->ssl) SSL_free(f->ssl);
+    f->ssl = NULL;
+    if (err[0] == '\0') snprintf(err, errlen, "tls: cannot make a session");
+    return NULL;
+  }
+  bev = bufferevent_openssl_socket_new(c->base, -1, f->ssl, BUFFEREVENT_SSL_CONNECTING,
+                                       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+  if (bev == NULL) {
+    SSL_free(f->ssl);
+    f->ssl = NULL;
+    snprintf(err, errlen, "tls: cannot make a session");
+    return NULL;
+  }
+  bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+  return evhttp_connection_base_bufferevent_new(c->base, NULL, bev, host, port);
+}
+
+/* Sends the request to the numeric address a; stack: the 9 arguments. */
 static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, double deadline) {
   enum evhttp_cmd_type type = check_method(L, 2);
   const char *target = luaL_checkstring(L, 3);
@@ -591,7 +663,7 @@ static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, double deadli
   const char *body = luaL_optlstring(L, 5, NULL, &len);
   double timeout = luaL_checknumber(L, 6);
   int max_body = (int)luaL_optinteger(L, 7, 64 * 1024 * 1024);
-  char host[64];
+  char host[64], err[200];
   ev_uint16_t port;
   fetch_ud *u;
   fetch *f;
@@ -612,7 +684,9 @@ static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, double deadli
   if ((f = calloc(1, sizeof *f)) == NULL) return luaL_error(L, "luacomm: out of memory");
   u->f = f;
   f->ctx = c;
-  f->evcon = evhttp_connection_base_new(c->base, NULL, host, port);
+  err[0] = '\0';
+  f->evcon = fetch_connection(L, f, host, port, err, sizeof err);
+  if (f->evcon == NULL && err[0]) return lc_fail(L, err);
   req = f->evcon ? evhttp_request_new(on_fetch_done, f) : NULL;
   if (req == NULL) return luaL_error(L, "luacomm: cannot create an HTTP request");
   f->req = req;
@@ -630,7 +704,7 @@ static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, double deadli
 
 static int fetch_resolve_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 8);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 10);
   const char *err = NULL;
   lc_addr a;
   (void)status, (void)kc;
@@ -643,9 +717,11 @@ static int fetch_resolve_k (lua_State *L, int status, lua_KContext kc) {
   }
 }
 
-/* core.http_request(addr, method, target, headers, body, timeout, max_body)
-** -> { status, headers, body } | nil, err. Blocks the calling task; one
-** connection per request. The caller puts Host and Content-Length in headers. */
+/* core.http_request(addr, method, target, headers, body, timeout, max_body,
+** [tls, host]) -> { status, headers, body } | nil, err. Blocks the calling
+** task; one connection per request. With a tls table, HTTPS, checking the
+** certificate against tls.server_name or host. The caller puts Host and
+** Content-Length in headers. */
 static int http_request (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
   const char *where = luaL_checkstring(L, 1);
@@ -657,7 +733,8 @@ static int http_request (lua_State *L) {
   check_headers(L, 4);
   luaL_optstring(L, 5, NULL);
   luaL_argcheck(L, timeout >= 0, 6, "timeout must be >= 0");
-  lua_settop(L, 7);
+  luaL_optstring(L, 9, NULL);
+  lua_settop(L, 9);
   deadline = lc_now() + timeout;
   bad = lc_parse_addr_opt(where, SOCK_STREAM, &a, 1);
   if (bad == NULL) return fetch_start(L, c, &a, deadline);

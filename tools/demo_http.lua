@@ -27,8 +27,8 @@ end
 
 -- Runs curl, shows the command and the answer; returns body, status.
 local function curl(args)
-  local cmd = "curl -s -S -m 5 -w '\\n%{http_code}' " .. args
-  print("$ " .. cmd:gsub(" %-w '\\n%%{http_code}'", ""):gsub("%-s %-S %-m 5 ", ""))
+  local cmd = "env -u LD_PRELOAD curl -s -S -m 5 -w '\\n%{http_code}' " .. args
+  print("$ " .. cmd:gsub("^env %-u LD_PRELOAD ", ""):gsub(" %-w '\\n%%{http_code}'", ""):gsub("%-s %-S %-m 5 ", ""))
   local p = io.popen(cmd .. " 2>&1")
   local out = p:read("a")
   p:close()
@@ -57,7 +57,7 @@ local ok, err = pcall(function()
   assert(gw:wait_output("gateway on", "out", 10), "gateway did not start: " .. gw:stderr())
   -- ready once the gateway sees every node up
   assert(helpers.wait_until(function()
-    local p = io.popen("curl -s -m 2 " .. base .. "/peers")
+    local p = io.popen("env -u LD_PRELOAD curl -s -m 2 " .. base .. "/peers")
     local s = p:read("a")
     p:close()
     local t = comm.json.decode(s)
@@ -84,7 +84,7 @@ local ok, err = pcall(function()
   body, status = curl(base .. "/health")
   check(status == 200 and body == "ok\n", "GET /health is ok")
   status = select(2, curl(base .. "/metrics -o build/demo-http/metrics.txt --create-dirs"))
-  local p = io.popen("promtool check metrics < build/demo-http/metrics.txt 2>&1; echo rc=$?")
+  local p = io.popen("env -u LD_PRELOAD promtool check metrics < build/demo-http/metrics.txt 2>&1; echo rc=$?")
   local verdict = p:read("a")
   p:close()
   check(status == 200 and verdict == "rc=0\n", "GET /metrics passes promtool check metrics")

@@ -10,8 +10,6 @@ local mtype, lower = math.type, string.lower
 
 local M = {}
 
-local NO_TLS = "tls: HTTPS is not available in this build"
-
 ---------------------------------------------------------------- server
 
 local Server = {}
@@ -47,12 +45,12 @@ local function respond(hr, req, ok, status, headers, body)
 end
 
 -- http.serve(addr, handler, [opts]) -> server | nil, err
--- opts: max_body (1 MiB), max_headers (16 KiB), timeout (30 s), backlog.
+-- opts: max_body (1 MiB), max_headers (16 KiB), timeout (30 s), backlog,
+-- tls (HTTPS, the options of comm.listen's tls).
 function M.serve(addr, handler, opts)
   if type(addr) ~= "string" then error("bad argument #1 to 'serve' (string expected)", 2) end
   if type(handler) ~= "function" then error("bad argument #2 to 'serve' (function expected)", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("bad argument #3 to 'serve' (table expected)", 2) end
-  if opts and opts.tls then return nil, NO_TLS end
   local function dispatch(req, hr)
     return respond(hr, req, xpcall(handler, traceback, req))
   end
@@ -94,8 +92,7 @@ local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308]
 local function one_request(o, url, method, body, deadline)
   local scheme, host, port, target, default = parse_url(url)
   if not scheme then return nil, "bad url: " .. url end
-  if scheme == "https" then return nil, NO_TLS end
-  if scheme ~= "http" then return nil, "unsupported scheme: " .. scheme end
+  if scheme ~= "http" and scheme ~= "https" then return nil, "unsupported scheme: " .. scheme end
   local bracketed = host:find(":", 1, true) and "[" .. host .. "]" or host
   local headers, have = {}, {}
   for k, v in pairs(o.headers or {}) do
@@ -108,10 +105,11 @@ local function one_request(o, url, method, body, deadline)
   end
   local left = deadline - core.now()
   if left <= 0 then return nil, "timeout" end
-  return core.http_request(bracketed .. ":" .. port, method, target, headers, body, left, o.max_body)
+  local tls = scheme == "https" and (o.tls or {}) or nil
+  return core.http_request(bracketed .. ":" .. port, method, target, headers, body, left, o.max_body, tls, host)
 end
 
--- http.request{ method, url, headers, body, timeout, follow, max_body }
+-- http.request{ method, url, headers, body, timeout, follow, max_body, tls }
 -- -> res { status, headers, body } | nil, err. Redirects are followed
 -- only when asked: follow = true (up to 5) or a number of hops.
 function M.request(o)
@@ -119,9 +117,7 @@ function M.request(o)
   if type(o) ~= "table" then error("bad argument #1 to 'request' (table expected)", 2) end
   if type(o.url) ~= "string" then error("bad argument #1 to 'request' (url: string expected)", 2) end
   if o.body ~= nil and type(o.body) ~= "string" then error("bad argument #1 to 'request' (body: string expected)", 2) end
-  if o.tls and not o.url:match("^[Hh][Tt][Tt][Pp][Ss]:") then
-    return nil, "tls options given for a URL that is not https://"
-  end
+  if o.tls ~= nil and type(o.tls) ~= "table" then error("bad argument #1 to 'request' (tls: table expected)", 2) end
   local method = o.method and o.method:upper() or "GET"
   local hops = o.follow == true and 5 or (mtype(o.follow) == "integer" and o.follow or 0)
   local deadline = core.now() + (o.timeout or 30)
