@@ -1,7 +1,6 @@
 -- HTTPS both ways (CONTRACT §9 with the tls options of §8): http.serve
 -- with tls, http.request on https:// URLs, certificates made at test time,
 -- curl as a client from another TLS stack.
-local comm = require "luacomm"
 local http = require "luacomm.http"
 local helpers = require "helpers"
 local certs = require "tls_certs"
@@ -84,8 +83,8 @@ describe("https", function()
   it("talks to curl", function()
     helpers.run(function()
       local srv, port = tls_server()
-      local p = helpers.spawn_host({}, { argv = { "env", "-u", "LD_PRELOAD", "curl", "-s", "-S", "-m", "5", "--cacert", certs.path("ca.pem"),
-                                                  "-d", "from curl", "https://127.0.0.1:" .. port .. "/c" } })
+      local p = helpers.spawn_host({}, { argv = { "env", "-u", "LD_PRELOAD", "curl", "-s", "-S", "-m", "5",
+        "--cacert", certs.path("ca.pem"), "-d", "from curl", "https://127.0.0.1:" .. port .. "/c" } })
       assert.are.equal(0, p:wait(10), p:stderr())
       assert.are.equal("secure POST /c from curl", p:stdout())
       srv:close()
