@@ -44,6 +44,11 @@ struct event_base *lc_event_base_new (void) {
   struct event_base *base;
   if (cfg == NULL) return NULL;
   event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+  /* Batches epoll_ctl calls per loop turn: evhttp turns reading off and on
+  ** again for every request, and a connection's write event comes and goes
+  ** within a pass; only the net change reaches the kernel. (Unsafe only for
+  ** dup()ed descriptors, which luacomm never makes.) */
+  event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
   base = event_base_new_with_config(cfg);
   event_config_free(cfg);
   return base;
