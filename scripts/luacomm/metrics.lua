@@ -13,8 +13,8 @@ local concat, sort, format, mtype = table.concat, table.sort, string.format, mat
 local M = {}
 
 -- Started nodes (luacomm.node registers them in start and removes them in
--- stop); weak, so a dropped node does not live on for our sake.
-M.nodes = setmetatable({}, { __mode = "k" })
+-- stop; weak, so a dropped node does not live on for our sake).
+M.nodes = require("luacomm.registry").nodes
 
 -- comm.stats() and n:stats() keys that go up and down: gauges. Every other
 -- key only grows: a counter, exposed with _total.
