@@ -383,6 +383,27 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog) {
   return -1;
 }
 
+/* A fatal alert, sent or received, before a handshake finished: that
+** connection never reaches a handler. Logged and counted (tls_failures)
+** as comm.listen does for its own. */
+static void tls_info (const SSL *ssl, int where, int ret) {
+  lc_http *s;
+  lc_addr a;
+  char peer[80] = "?";
+  if (!(where & SSL_CB_ALERT) || (ret >> 8) != SSL3_AL_FATAL || SSL_is_init_finished(ssl)) return;
+  s = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+  if (s == NULL) return;
+  a.len = sizeof a.ss;
+  if (getpeername(SSL_get_fd(ssl), (struct sockaddr *)&a.ss, &a.len) == 0) {
+    lc_push_addrstring(s->ctx->mainL, (struct sockaddr *)&a.ss, a.len);
+    snprintf(peer, sizeof peer, "%s", lua_tostring(s->ctx->mainL, -1));
+    lua_pop(s->ctx->mainL, 1);
+  }
+  lc_logf(s->ctx, LC_WARN, "https: connection from %s refused: tls: alert %s: %s", peer,
+          (where & SSL_CB_READ) ? "received" : "sent", SSL_alert_desc_string_long(ret));
+  s->ctx->n.tls_failures++;
+}
+
 /* evhttp's bufferevent for each accepted HTTPS connection: the handshake
 ** runs inside the bufferevent before evhttp reads a byte. */
 static struct bufferevent *tls_bevcb (struct event_base *base, void *arg) {
@@ -462,6 +483,10 @@ static int http_serve (lua_State *L) {
   s = calloc(1, sizeof *s);
   if (s) s->tls = tls;
   else if (tls) SSL_CTX_free(tls);
+  if (s && tls) {
+    SSL_CTX_set_app_data(tls, s);
+    SSL_CTX_set_info_callback(tls, tls_info);
+  }
   if (s == NULL || (s->http = evhttp_new(c->base)) == NULL ||
       (s->reap = event_new(c->base, -1, 0, on_reap, s)) == NULL ||
       (s->bound = evhttp_accept_socket_with_handle(s->http, fd)) == NULL) {
