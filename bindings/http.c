@@ -319,6 +319,22 @@ static void add_headers (lua_State *L, int idx, struct evkeyvalq *out) {
   }
 }
 
+/* The body, unless the answer must not have one: evhttp 2.1 would write
+** it after a HEAD answer too. HEAD gets the Content-Length a GET would. */
+static void add_body (struct evhttp_request *req, int code, const char *body, size_t len) {
+  struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+  if (code < 200 || code == 204 || code == 304) return;
+  if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+    char n[32];
+    if (evhttp_find_header(out, "Content-Length") == NULL) {
+      snprintf(n, sizeof n, "%zu", len);
+      evhttp_add_header(out, "Content-Length", n);
+    }
+    return;
+  }
+  evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+}
+
 /* hreq:reply(status, [headers], [body]) -> true, or false when the
 ** request's connection is gone (the reply is dropped). */
 static int hreq_reply (lua_State *L) {
@@ -338,7 +354,7 @@ static int hreq_reply (lua_State *L) {
   add_headers(L, 3, evhttp_request_get_output_headers(req));
   if (p->srv->draining)
     evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-  evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+  add_body(req, (int)code, body, len);
   u->p = NULL;
   p->ud = NULL;
   evhttp_send_reply(req, (int)code, NULL, NULL);

@@ -63,6 +63,26 @@ describe("http.serve and http.request", function()
     end)
   end)
 
+  it("answers HEAD with the headers of a GET and no body, so the next answer is not garbled", function()
+    helpers.run(function()
+      local srv, addr = serve(function() return 200, nil, "twelve bytes" end)
+      local c = assert(comm.connect(addr))
+      assert(c:write("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" .. raw.get("/next")))
+      local head = {}
+      while true do -- the status line and headers, no body
+        local line = assert(c:readline(5))
+        if line == "" then break end
+        head[#head + 1] = line
+      end
+      assert.matches("^HTTP/1.1 200", head[1])
+      assert.truthy(table.concat(head, "\n"):lower():find("content-length: 12", 1, true))
+      local res = assert(raw.read_response(c, 5)) -- straight after: the GET's answer
+      assert.are.equal("twelve bytes", res.body)
+      c:close()
+      srv:close()
+    end)
+  end)
+
   it("reads chunked request bodies", function()
     helpers.run(function()
       local srv, addr = serve(function(req) return 200, nil, "got:" .. req.body end)
