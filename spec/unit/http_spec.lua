@@ -242,6 +242,13 @@ describe("http.request failures", function()
       assert.is_nil(res)
       assert.is_string(err)
       g:close()
+      -- an answer over the client's max_body
+      local big = assert(http.serve("127.0.0.1:0", function() return 200, nil, ("z"):rep(5000) end))
+      local _, bport = big:addr()
+      assert.are.same({ nil, "response too large" },
+                      { http.request{ url = "http://127.0.0.1:" .. bport .. "/", max_body = 1000 } })
+      assert.are.equal(5000, #assert(http.request("http://127.0.0.1:" .. bport .. "/")).body)
+      big:close()
       res, err = http.request("http://no-such-host.invalid:80/")
       assert.is_nil(res)
       assert.is_string(err)
