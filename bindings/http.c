@@ -55,6 +55,12 @@ struct hreq_ud {
   pend *p; /* NULL once answered, or cut with its connection */
 };
 
+/* A request handed to an idle worker: its table and handle, anchored. */
+typedef struct queued {
+  int tref, uref;
+  struct queued *next;
+} queued;
+
 struct lc_http {
   lc_handle h; /* first: the handle list hands us back this pointer */
   lc_ctx *ctx;
@@ -66,6 +72,9 @@ struct lc_http {
   SSL_CTX *tls;           /* HTTPS: each connection gets an SSL of its own */
   pend *pending;
   int npending;
+  lc_waitq idle;          /* worker tasks waiting for their next request */
+  queued *qhead, *qtail;  /* requests handed to woken workers */
+  int pool;               /* reuse worker tasks (not for LC_H_AUX servers) */
   int draining; /* no longer accepting; freed once nothing is pending */
   int freeing;
 };
@@ -76,9 +85,40 @@ typedef struct {
 
 /* ---- server: lifetime ---- */
 
+static void reply_now (struct evhttp_request *req, int code, const char *close);
+
+/* Drops the requests no worker took yet: answered 503 when answer is set
+** (the server stops accepting), else left to evhttp_free. */
+static void queue_flush (lc_http *s, int answer) {
+  lua_State *L = s->ctx->mainL;
+  while (s->qhead) {
+    queued *q = s->qhead;
+    s->qhead = q->next;
+    if (answer) {
+      hreq_ud *u;
+      lua_rawgeti(L, LUA_REGISTRYINDEX, q->uref);
+      u = lua_touserdata(L, -1);
+      lua_pop(L, 1);
+      if (u && u->p) {
+        pend *p = u->p;
+        u->p = NULL;
+        p->ud = NULL;
+        reply_now(p->req, 503, "close");
+      }
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, q->tref);
+    luaL_unref(L, LUA_REGISTRYINDEX, q->uref);
+    free(q);
+  }
+  s->qtail = NULL;
+  lc_wake_all(s->ctx, &s->idle); /* idle workers end: nothing more comes */
+}
+
 static void srv_free (lc_http *s) {
   lc_ctx *c = s->ctx;
   s->freeing = 1;
+  s->draining = 1;
+  queue_flush(s, 0);
   while (s->pending) { /* their requests go with evhttp_free */
     pend *p = s->pending;
     s->pending = p->next;
@@ -111,6 +151,7 @@ static void stop_accepting (lc_http *s) {
   if (s->bound) evhttp_del_accept_socket(s->http, s->bound);
   s->bound = NULL;
   s->draining = 1;
+  queue_flush(s, 1);
 }
 
 /* First call (a stop's "listeners" step, srv:close()): stop accepting and
@@ -243,7 +284,25 @@ static void reply_now (struct evhttp_request *req, int code, const char *close) 
   evhttp_send_reply(req, code, NULL, NULL);
 }
 
-/* gencb: every request evhttp parsed whole. Spawns dispatch(req, hreq). */
+/* Queues the request table and handle on top of L for an idle worker and
+** wakes it (a new task per request would cost a coroutine each). Stack:
+** dispatch, req, hreq; pops them. Returns 0, leaving them, when it cannot. */
+static int hand_over (lua_State *L, lc_http *s) {
+  queued *q = malloc(sizeof *q);
+  if (q == NULL) return 0;
+  q->uref = luaL_ref(L, LUA_REGISTRYINDEX);
+  q->tref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+  q->next = NULL;
+  if (s->qtail) s->qtail->next = q;
+  else s->qhead = q;
+  s->qtail = q;
+  lc_wake_one(s->ctx, &s->idle);
+  return 1;
+}
+
+/* gencb: every request evhttp parsed whole. Hands it to an idle worker, or
+** spawns a task running dispatch(req, hreq). */
 static void on_request (struct evhttp_request *req, void *arg) {
   lc_http *s = arg;
   lc_ctx *c = s->ctx;
@@ -269,6 +328,7 @@ static void on_request (struct evhttp_request *req, void *arg) {
   u->p = p;
   p->ud = u;
   luaL_setmetatable(L, LC_HREQ_T);
+  if (s->idle.head && hand_over(L, s)) return;
   lc_spawn_top(L, 2);
   lua_pop(L, 1);
 }
@@ -514,6 +574,7 @@ static int http_serve (lua_State *L) {
     return luaL_error(L, "luacomm: cannot create an HTTP server");
   }
   s->ctx = c;
+  s->pool = !aux;
   s->h.destroy = handle_destroy;
   lua_pushvalue(L, 2);
   s->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -551,6 +612,39 @@ static int server_addr (lua_State *L) {
   if (getsockname(evhttp_bound_socket_get_fd(u->s->bound), (struct sockaddr *)&a.ss, &a.len) != 0)
     return lc_fail(L, strerror(errno));
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
+}
+
+/* Resumed by a request handed over, the server closing, or the idle time. */
+static int server_next_k (lua_State *L, int status, lua_KContext kc) {
+  http_ud *u = lua_touserdata(L, 1);
+  lc_http *s = u->s;
+  (void)status, (void)kc;
+  if (s == NULL || s->draining || !s->pool) return 0;
+  if (s->qhead) {
+    queued *q = s->qhead;
+    s->qhead = q->next;
+    if (s->qhead == NULL) s->qtail = NULL;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, q->tref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, q->uref);
+    luaL_unref(L, LUA_REGISTRYINDEX, q->tref);
+    luaL_unref(L, LUA_REGISTRYINDEX, q->uref);
+    free(q);
+    return 2;
+  }
+  if (lc_timedout(s->ctx)) return 0;
+  return lc_wait(s->ctx, L, &s->idle, lc_wait_deadline(s->ctx), server_next_k);
+}
+
+/* server:next([idle]) -> req, hreq | nothing: for the task that just
+** answered a request, the next one, waiting up to idle seconds (default 5)
+** for it; nothing when the time passed or the server closed (the task ends). */
+static int server_next (lua_State *L) {
+  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
+  double idle = luaL_optnumber(L, 2, 5);
+  lua_settop(L, 1);
+  if (u->s == NULL) return 0;
+  lc_set_wait_deadline(u->s->ctx, lc_now() + idle);
+  return server_next_k(L, LUA_OK, 0);
 }
 
 /* core.http_pending() -> requests handed to tasks and not yet answered,
@@ -796,6 +890,7 @@ static int http_request (lua_State *L) {
 static const luaL_Reg server_methods[] = {
   {"close", server_close},
   {"addr", server_addr},
+  {"next", server_next},
   {NULL, NULL}
 };
 

@@ -20,6 +20,8 @@ function Server:close() return self._s:close() end
 -- srv:addr() -> host, port
 function Server:addr() return self._s:addr() end
 
+local IDLE = 5 -- seconds an idle request task waits for the next request
+
 local ERROR_HEADERS = { ["content-type"] = "text/plain; charset=utf-8" }
 
 local function fail(hr, req, why)
@@ -51,10 +53,18 @@ function M.serve(addr, handler, opts)
   if type(addr) ~= "string" then error("bad argument #1 to 'serve' (string expected)", 2) end
   if type(handler) ~= "function" then error("bad argument #2 to 'serve' (function expected)", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("bad argument #3 to 'serve' (table expected)", 2) end
+  -- A task per request, reused: once it answered, it takes the next
+  -- request that comes while it is idle, and ends after IDLE seconds
+  -- without one (or when the server closes).
+  local s
   local function dispatch(req, hr)
-    return respond(hr, req, xpcall(handler, traceback, req))
+    repeat
+      respond(hr, req, xpcall(handler, traceback, req))
+      req, hr = s:next(IDLE)
+    until not req
   end
-  local s, err = core.http_serve(addr, dispatch, opts)
+  local err
+  s, err = core.http_serve(addr, dispatch, opts)
   if not s then return nil, err end
   return setmetatable({ _s = s }, Server)
 end

@@ -209,6 +209,31 @@ describe("http.serve and http.request", function()
     end)
   end)
 
+  it("reuses an idle request task for the next request, and still runs concurrent requests apart", function()
+    helpers.run(function()
+      local gate = comm.channel()
+      local srv, _, base = serve(function(req)
+        if req.path == "/wait" then gate:get(5) end
+        return 200, nil, req.path
+      end)
+      assert(http.request(base .. "/"))
+      local before = comm.stats().tasks_spawned
+      for _ = 1, 20 do assert(http.request(base .. "/")) end
+      assert.is_true(comm.stats().tasks_spawned - before <= 1, "a task per request")
+      -- one handler blocked: another request is answered meanwhile
+      local slow = comm.spawn(function() return http.request(base .. "/wait") end)
+      assert.are.equal("/quick", assert(http.request(base .. "/quick")).body)
+      assert.are.equal("waiting", slow:status())
+      gate:put(true)
+      local ok, res = slow:join(5)
+      assert.is_true(ok)
+      assert.are.equal("/wait", res.body)
+      srv:close()
+      -- closing the server ends its idle tasks
+      assert(helpers.wait_until(function() return comm.stats().tasks <= 2 end, 2))
+    end)
+  end)
+
   it("returns nil, err from serve on an address in use", function()
     helpers.run(function()
       local srv, addr = serve(function() return 200 end)
