@@ -234,6 +234,24 @@ describe("http.serve and http.request", function()
     end)
   end)
 
+  it("serves and fetches over IPv6", function()
+    local probe = comm.listen("[::1]:0")
+    if not probe then
+      pending("no IPv6 loopback on this machine: [::1] cannot be bound")
+      return
+    end
+    probe:close()
+    helpers.run(function()
+      local srv = assert(http.serve("[::1]:0", echo))
+      local _, port = srv:addr()
+      local res = assert(http.request("http://[::1]:" .. port .. "/six?x=6"))
+      local got = comm.json.decode(res.body)
+      assert.are.equal("/six", got.path)
+      assert.matches("^%[::1%]:%d+$", got.peer)
+      srv:close()
+    end)
+  end)
+
   it("returns nil, err from serve on an address in use", function()
     helpers.run(function()
       local srv, addr = serve(function() return 200 end)
