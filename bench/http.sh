@@ -134,6 +134,6 @@ met() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "NOT met") }'; }
     echo "| luacomm hello | ${MRPS[hello]} | ${M50[hello]} | ${M99[hello]} | ${MCPU[hello]} | ${ratio} req/s (${cpu_ratio} by CPU/req), ${p99x}× p99 | ≥ 0.60 req/s, p99 ≤ 2× | $(met "$(awk -v r="$ratio" -v p="$p99x" 'BEGIN{print (r >= 0.6 && p <= 2)}')") |"
     echo "| luacomm JSON + n:request | ${MRPS[node]} | ${M50[node]} | ${M99[node]} | ${MCPU[node]} | | ≥ 30,000 req/s | $(met "$(awk -v r="${MRPS[node]}" 'BEGIN{print (r >= 30000)}')") |"
     for name in nginx hello node; do
-        [[ -n ${ERRS[$name]} ]] && echo "- $name: wrk reported: ${ERRS[$name]}"
+        if [[ -n ${ERRS[$name]} ]]; then echo "- $name: wrk reported: ${ERRS[$name]}"; fi
     done
 } | tee -a "$OUT"
