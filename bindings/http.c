@@ -47,7 +47,7 @@ typedef struct pend {
   struct evhttp_request *req;
   struct evhttp_connection *evcon;
   lc_http *srv;
-  hreq_ud *ud;   /* the task's handle, until it replies */
+  hreq_ud *ud; /* the task's handle, until it replies */
   struct pend *prev, *next;
 } pend;
 
@@ -72,10 +72,10 @@ struct lc_http {
   SSL_CTX *tls;           /* HTTPS: each connection gets an SSL of its own */
   pend *pending;
   int npending;
-  lc_waitq idle;          /* worker tasks waiting for their next request */
-  queued *qhead, *qtail;  /* requests handed to woken workers */
-  int pool;               /* reuse worker tasks (not for LC_H_AUX servers) */
-  int draining; /* no longer accepting; freed once nothing is pending */
+  lc_waitq idle;         /* worker tasks waiting for their next request */
+  queued *qhead, *qtail; /* requests handed to woken workers */
+  int pool;              /* reuse worker tasks (not for LC_H_AUX servers) */
+  int draining;          /* no longer accepting; freed once nothing is pending */
   int freeing;
 };
 
@@ -85,7 +85,7 @@ typedef struct {
 
 /* ---- server: lifetime ---- */
 
-static void reply_now (struct evhttp_request *req, int code, const char *close);
+static void reply_now(struct evhttp_request *req, int code, const char *close);
 
 /* Drops the requests no worker took yet: answered 503 when answer is set
 ** (the server stops accepting), else left to evhttp_free. */
@@ -412,8 +412,7 @@ static int hreq_reply (lua_State *L) {
   }
   req = p->req;
   add_headers(L, 3, evhttp_request_get_output_headers(req));
-  if (p->srv->draining)
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+  if (p->srv->draining) evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
   add_body(req, (int)code, body, len);
   u->p = NULL;
   p->ud = NULL;
@@ -475,8 +474,12 @@ static void tls_info (const SSL *ssl, int where, int ret) {
     snprintf(peer, sizeof peer, "%s", lua_tostring(s->ctx->mainL, -1));
     lua_pop(s->ctx->mainL, 1);
   }
-  lc_logf(s->ctx, LC_WARN, "https: connection from %s refused: tls: alert %s: %s", peer,
-          (where & SSL_CB_READ) ? "received" : "sent", SSL_alert_desc_string_long(ret));
+  lc_logf(s->ctx,
+          LC_WARN,
+          "https: connection from %s refused: tls: alert %s: %s",
+          peer,
+          (where & SSL_CB_READ) ? "received" : "sent",
+          SSL_alert_desc_string_long(ret));
   s->ctx->n.tls_failures++;
 }
 
@@ -499,9 +502,9 @@ static void configure (lua_State *L, lc_http *s, int opts) {
   evhttp_set_max_body_size(s->http, lc_opt_int(L, opts, "max_body", DEFAULT_MAX_BODY, 0));
   evhttp_set_max_headers_size(s->http, lc_opt_int(L, opts, "max_headers", DEFAULT_MAX_HEADERS, 256));
   evhttp_set_timeout_tv(s->http, &tv);
-  evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                          EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-                                          EVHTTP_REQ_PATCH);
+  evhttp_set_allowed_methods(s->http,
+                             EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                               EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
   evhttp_set_default_content_type(s->http, "text/plain; charset=utf-8");
   if (s->tls) evhttp_set_bevcb(s->http, tls_bevcb, s);
 }
@@ -618,7 +621,7 @@ static int server_addr (lua_State *L) {
 static int server_next_k (lua_State *L, int status, lua_KContext kc) {
   http_ud *u = lua_touserdata(L, 1);
   lc_http *s = u->s;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL || s->draining || !s->pool) return 0;
   if (s->qhead) {
     queued *q = s->qhead;
@@ -631,8 +634,8 @@ static int server_next_k (lua_State *L, int status, lua_KContext kc) {
     free(q);
     return 2;
   }
-  if (lc_timedout(s->ctx)) return 0;
-  return lc_wait(s->ctx, L, &s->idle, lc_wait_deadline(s->ctx), server_next_k);
+  if (lc_expired(L, kc)) return 0;
+  return lc_wait(s->ctx, L, &s->idle, kc, server_next_k);
 }
 
 /* server:next([idle]) -> req, hreq | nothing: for the task that just
@@ -643,8 +646,7 @@ static int server_next (lua_State *L) {
   double idle = luaL_optnumber(L, 2, 5);
   lua_settop(L, 1);
   if (u->s == NULL) return 0;
-  lc_set_wait_deadline(u->s->ctx, lc_now() + idle);
-  return server_next_k(L, LUA_OK, 0);
+  return server_next_k(L, LUA_OK, lc_push_deadline(L, lc_now() + idle));
 }
 
 /* core.http_pending() -> requests handed to tasks and not yet answered,
@@ -711,10 +713,8 @@ static void on_fetch_done (struct evhttp_request *req, void *arg) {
     if (f->err[0] == '\0' || (f->ssl && !SSL_is_init_finished(f->ssl))) {
       char buf[80];
       int refused = err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH;
-      if (f->ssl && !refused && !SSL_is_init_finished(f->ssl))
-        lc_tls_reason(f->ssl, -1, f->err, sizeof f->err);
-      else
-        snprintf(f->err, sizeof f->err, "%s", refused ? lc_strerror(err, buf, sizeof buf) : "connection refused");
+      if (f->ssl && !refused && !SSL_is_init_finished(f->ssl)) lc_tls_reason(f->ssl, -1, f->err, sizeof f->err);
+      else snprintf(f->err, sizeof f->err, "%s", refused ? lc_strerror(err, buf, sizeof buf) : "connection refused");
     }
   } else {
     evhttp_request_own(req); /* read in the task, freed with the fetch */
@@ -727,9 +727,9 @@ static int fetch_k (lua_State *L, int status, lua_KContext kc) {
   fetch_ud *u = lua_touserdata(L, -1);
   fetch *f = u->f;
   lc_ctx *c = f->ctx;
-  (void)status, (void)kc;
+  (void)status;
   if (!f->done) {
-    if (!lc_timedout(c)) return lc_wait(c, L, &f->waiters, lc_wait_deadline(c), fetch_k);
+    if (!lc_expired(L, kc)) return lc_wait(c, L, &f->waiters, kc, fetch_k);
     fetch_free(f);
     u->f = NULL;
     return lc_fail(L, "timeout");
@@ -754,9 +754,13 @@ static int fetch_k (lua_State *L, int status, lua_KContext kc) {
 
 static enum evhttp_cmd_type check_method (lua_State *L, int idx) {
   static const char *const names[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", NULL};
-  static const enum evhttp_cmd_type types[] = {EVHTTP_REQ_GET, EVHTTP_REQ_POST, EVHTTP_REQ_HEAD,
-                                                EVHTTP_REQ_PUT, EVHTTP_REQ_DELETE, EVHTTP_REQ_OPTIONS,
-                                                EVHTTP_REQ_PATCH};
+  static const enum evhttp_cmd_type types[] = {EVHTTP_REQ_GET,
+                                               EVHTTP_REQ_POST,
+                                               EVHTTP_REQ_HEAD,
+                                               EVHTTP_REQ_PUT,
+                                               EVHTTP_REQ_DELETE,
+                                               EVHTTP_REQ_OPTIONS,
+                                               EVHTTP_REQ_PATCH};
   return types[luaL_checkoption(L, idx, NULL, names)];
 }
 
@@ -772,14 +776,15 @@ static struct evhttp_connection *fetch_connection (lua_State *L, fetch *f, const
   if ((ctx = lc_tls_ctx_new(L, 8, 0, err, errlen)) == NULL) return NULL;
   f->ssl = SSL_new(ctx);
   SSL_CTX_free(ctx); /* the SSL holds its own reference */
-  if (f->ssl == NULL || lc_tls_client_setup(f->ssl, lc_tls_server_name(L, 8, luaL_optstring(L, 9, host)), err, errlen) != 0) {
+  if (f->ssl == NULL ||
+      lc_tls_client_setup(f->ssl, lc_tls_server_name(L, 8, luaL_optstring(L, 9, host)), err, errlen) != 0) {
     if (f->ssl) SSL_free(f->ssl);
     f->ssl = NULL;
     if (err[0] == '\0') snprintf(err, errlen, "tls: cannot make a session");
     return NULL;
   }
-  bev = bufferevent_openssl_socket_new(c->base, -1, f->ssl, BUFFEREVENT_SSL_CONNECTING,
-                                       BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+  bev = bufferevent_openssl_socket_new(
+    c->base, -1, f->ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
   if (bev == NULL) {
     SSL_free(f->ssl);
     f->ssl = NULL;
@@ -790,8 +795,9 @@ static struct evhttp_connection *fetch_connection (lua_State *L, fetch *f, const
   return evhttp_connection_base_bufferevent_new(c->base, NULL, bev, host, port);
 }
 
-/* Sends the request to the numeric address a; stack: the 9 arguments. */
-static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, double deadline) {
+/* Sends the request to the numeric address a; stack: the 9 arguments,
+** the deadline (slot kc), maybe the name lookup. */
+static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContext kc) {
   enum evhttp_cmd_type type = check_method(L, 2);
   const char *target = luaL_checkstring(L, 3);
   size_t len = 0;
@@ -834,21 +840,21 @@ static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, double deadli
     f->req = NULL;
     return lc_fail(L, "cannot send the request");
   }
-  return lc_wait(c, L, &f->waiters, deadline, fetch_k);
+  return lc_wait(c, L, &f->waiters, kc, fetch_k);
 }
 
 static int fetch_resolve_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 10);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 11);
   const char *err = NULL;
   lc_addr a;
-  (void)status, (void)kc;
+  (void)status;
   switch (lc_lookup_result(lk, &a, &err)) {
-    case 0: return fetch_start(L, c, &a, lc_wait_deadline(c));
+    case 0: return fetch_start(L, c, &a, kc);
     case 1: return lc_fail(L, err);
     default:
-      if (lc_timedout(c)) return lc_fail(L, "timeout");
-      return lc_wait(c, L, lc_lookup_waiters(lk), lc_wait_deadline(c), fetch_resolve_k);
+      if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+      return lc_wait(c, L, lc_lookup_waiters(lk), kc, fetch_resolve_k);
   }
 }
 
@@ -860,7 +866,8 @@ static int fetch_resolve_k (lua_State *L, int status, lua_KContext kc) {
 static int http_request (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
   const char *where = luaL_checkstring(L, 1);
-  double timeout = luaL_checknumber(L, 6), deadline;
+  double timeout = luaL_checknumber(L, 6);
+  lua_KContext kc;
   const char *bad;
   lc_addr a;
   check_method(L, 2);
@@ -870,17 +877,16 @@ static int http_request (lua_State *L) {
   luaL_argcheck(L, timeout >= 0, 6, "timeout must be >= 0");
   luaL_optstring(L, 9, NULL);
   lua_settop(L, 9);
-  deadline = lc_now() + timeout;
+  kc = lc_push_deadline(L, lc_now() + timeout); /* slot 10 */
   bad = lc_parse_addr_opt(where, SOCK_STREAM, &a, 1);
-  if (bad == NULL) return fetch_start(L, c, &a, deadline);
+  if (bad == NULL) return fetch_start(L, c, &a, kc);
   if (bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad[0] == LC_NEEDS_DNS[0]) {
     char buf[512];
     const char *host, *port;
     lc_split_addr(where, buf, sizeof buf, &host, &port);
     if (lc_lookup_start(L, c, host, port, SOCK_STREAM) == NULL) return lc_fail(L, lua_tostring(L, -1));
-    lc_set_wait_deadline(c, deadline);
-    return fetch_resolve_k(L, LUA_OK, 0);
+    return fetch_resolve_k(L, LUA_OK, kc); /* the lookup at 11 */
   }
   return lc_fail(L, bad);
 }
@@ -888,11 +894,7 @@ static int http_request (lua_State *L) {
 /* ---- registration ---- */
 
 static const luaL_Reg server_methods[] = {
-  {"close", server_close},
-  {"addr", server_addr},
-  {"next", server_next},
-  {NULL, NULL}
-};
+  {"close", server_close}, {"addr", server_addr}, {"next", server_next}, {NULL, NULL}};
 
 static void new_type (lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods) {
   luaL_newmetatable(L, name);
