@@ -66,10 +66,9 @@ struct lc_http {
   lc_ctx *ctx;
   struct evhttp *http;
   struct evhttp_bound_socket *bound;
-  struct event *reap;     /* frees a drained server outside evhttp's callbacks */
-  struct lc_http **owner; /* the userdata's pointer to us */
-  int dispatch_ref;       /* registry: fn(req, hreq) run in a task per request */
-  SSL_CTX *tls;           /* HTTPS: each connection gets an SSL of its own */
+  struct event *reap; /* frees a drained server outside evhttp's callbacks */
+  int dispatch_ref;   /* registry: fn(req, hreq) run in a task per request */
+  SSL_CTX *tls;       /* HTTPS: each connection gets an SSL of its own */
   pend *pending;
   int npending;
   lc_waitq idle;         /* worker tasks waiting for their next request */
@@ -79,9 +78,7 @@ struct lc_http {
   int freeing;
 };
 
-typedef struct {
-  lc_http *s; /* NULL once freed */
-} http_ud;
+static const lc_class server_class;
 
 /* ---- server: lifetime ---- */
 
@@ -126,8 +123,7 @@ static void srv_free (lc_http *s) {
     free(p);
   }
   s->npending = 0;
-  if (s->owner) *s->owner = NULL;
-  lc_handle_remove(c, &s->h);
+  lc_handle_unlink(c, &s->h);
   if (s->http) evhttp_free(s->http);
   if (s->reap) event_free(s->reap);
   if (s->tls) SSL_CTX_free(s->tls);
@@ -163,6 +159,11 @@ static void srv_close (lc_http *s) {
 
 static void handle_destroy (lc_handle *h) {
   srv_close((lc_http *)h);
+}
+
+static evutil_socket_t server_fd (lc_handle *h) {
+  lc_http *s = (lc_http *)h;
+  return s->bound ? evhttp_bound_socket_get_fd(s->bound) : -1;
 }
 
 static void pend_unlink (lc_http *s, pend *p) {
@@ -529,7 +530,7 @@ static int http_serve (lua_State *L) {
   const char *where = luaL_checkstring(L, 1);
   int backlog = lc_opt_int(L, 3, "backlog", 511, 1), aux = 0;
   const char *bad;
-  http_ud *u;
+  lc_hud *u;
   lc_http *s;
   lc_addr a;
   evutil_socket_t fd;
@@ -550,9 +551,7 @@ static int http_serve (lua_State *L) {
   if (a.ss.ss_family == AF_UNIX) return luaL_argerror(L, 1, "unix sockets are not supported for HTTP");
   tls = server_tls(L, 3, err, sizeof err);
   if (tls == NULL && err[0]) return lc_fail(L, err);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->s = NULL;
-  luaL_setmetatable(L, LC_HTTP_T);
+  u = lc_newhud(L, &server_class);
   fd = bind_listen(&a, backlog);
   if (fd < 0) {
     if (tls) SSL_CTX_free(tls);
@@ -579,48 +578,35 @@ static int http_serve (lua_State *L) {
   s->ctx = c;
   s->pool = !aux;
   s->h.destroy = handle_destroy;
+  s->h.close = handle_destroy;
   lua_pushvalue(L, 2);
   s->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   configure(L, s, 3);
   lc_handle_add(c, &s->h, aux ? LC_H_AUX : LC_H_LISTENER);
-  u->s = s;
-  s->owner = &u->s;
+  lc_hud_attach(u, &s->h);
   return 1;
 }
 
+/* srv:close(), __close and __gc: stops accepting; answers being written
+** go out. (The dispatch function holds the userdata while the server
+** lives, so __gc only comes after the server is gone.) */
 static int server_close (lua_State *L) {
-  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
-  lc_http *s = u->s;
-  if (s == NULL) return 0;
-  u->s = NULL;
-  s->owner = NULL;
-  srv_close(s);
-  return 0;
-}
-
-/* The userdata went away: a server the script dropped keeps serving, as a
-** listener does; only its owner pointer goes. */
-static int server_gc (lua_State *L) {
-  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
-  if (u->s) u->s->owner = NULL;
-  u->s = NULL;
-  return 0;
+  return lc_hud_close(L, &server_class);
 }
 
 static int server_addr (lua_State *L) {
-  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
+  lc_http *s = (lc_http *)lc_checkopen(L, 1, &server_class);
   lc_addr a;
-  if (u->s == NULL || u->s->bound == NULL) return lc_fail(L, "closed");
+  if (s == NULL || s->bound == NULL) return lc_fail(L, "closed");
   a.len = sizeof a.ss;
-  if (getsockname(evhttp_bound_socket_get_fd(u->s->bound), (struct sockaddr *)&a.ss, &a.len) != 0)
+  if (getsockname(evhttp_bound_socket_get_fd(s->bound), (struct sockaddr *)&a.ss, &a.len) != 0)
     return lc_fail(L, strerror(errno));
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
 /* Resumed by a request handed over, the server closing, or the idle time. */
 static int server_next_k (lua_State *L, int status, lua_KContext kc) {
-  http_ud *u = lua_touserdata(L, 1);
-  lc_http *s = u->s;
+  lc_http *s = (lc_http *)((lc_hud *)lua_touserdata(L, 1))->h;
   (void)status;
   if (s == NULL || s->draining || !s->pool) return 0;
   if (s->qhead) {
@@ -642,10 +628,10 @@ static int server_next_k (lua_State *L, int status, lua_KContext kc) {
 ** answered a request, the next one, waiting up to idle seconds (default 5)
 ** for it; nothing when the time passed or the server closed (the task ends). */
 static int server_next (lua_State *L) {
-  http_ud *u = luaL_checkudata(L, 1, LC_HTTP_T);
+  lc_hud *u = lc_tohud(L, 1, &server_class);
   double idle = luaL_optnumber(L, 2, 5);
   lua_settop(L, 1);
-  if (u->s == NULL) return 0;
+  if (u->h == NULL) return 0;
   return server_next_k(L, LUA_OK, lc_push_deadline(L, lc_now() + idle));
 }
 
@@ -894,30 +880,55 @@ static int http_request (lua_State *L) {
 /* ---- registration ---- */
 
 static const luaL_Reg server_methods[] = {
-  {"close", server_close}, {"addr", server_addr}, {"next", server_next}, {NULL, NULL}};
+  {"close", server_close},
+  {"addr", server_addr},
+  {"next", server_next},
+  {NULL, NULL},
+};
 
-static void new_type (lua_State *L, const char *name, lua_CFunction gc, const luaL_Reg *methods) {
-  luaL_newmetatable(L, name);
-  lua_pushcfunction(L, gc);
-  lua_setfield(L, -2, "__gc");
-  if (methods) {
-    luaL_newlibtable(L, server_methods);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-}
+static const luaL_Reg http_funcs[] = {
+  {"http_serve", http_serve},
+  {"http_request", http_request},
+  {"http_pending", http_pending},
+  {NULL, NULL},
+};
 
+static const lc_class server_class = {
+  .name = LC_HTTP_T,
+  .what = "HTTP server",
+  .methods = server_methods,
+  .funcs = http_funcs,
+  .close = server_close,
+  .fd = server_fd,
+};
+
+static const luaL_Reg hreq_methods[] = {
+  {"reply", hreq_reply},
+  {NULL, NULL},
+};
+
+/* A request's handle: closing it unanswered answers 500 (hreq_gc). */
+static const lc_class hreq_class = {
+  .name = LC_HREQ_T,
+  .what = "HTTP request",
+  .methods = hreq_methods,
+  .close = hreq_gc,
+};
+
+static const luaL_Reg no_methods[] = {{NULL, NULL}};
+
+/* A client request under way: closing it drops the connection. */
+static const lc_class fetch_class = {
+  .name = LC_FETCH_T,
+  .what = "HTTP client request",
+  .methods = no_methods,
+  .close = fetch_gc,
+};
+
+/* Module table at -2, ctx at -1; both stay. */
 int lc_http_open (lua_State *L) {
-  static const luaL_Reg hreq_methods[] = {{"reply", hreq_reply}, {NULL, NULL}};
-  new_type(L, LC_HTTP_T, server_gc, server_methods);
-  new_type(L, LC_HREQ_T, hreq_gc, hreq_methods);
-  new_type(L, LC_FETCH_T, fetch_gc, NULL);
-  lua_pushcfunction(L, http_serve);
-  lua_setfield(L, -3, "http_serve");
-  lua_pushcfunction(L, http_request);
-  lua_setfield(L, -3, "http_request");
-  lua_pushcfunction(L, http_pending);
-  lua_setfield(L, -3, "http_pending");
+  lc_newclass(L, &server_class);
+  lc_newclass(L, &hreq_class);
+  lc_newclass(L, &fetch_class);
   return 0;
 }

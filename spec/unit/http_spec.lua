@@ -259,6 +259,8 @@ describe("http.serve and http.request", function()
       assert.is_nil(again)
       assert.are.equal("address in use", err)
       srv:close()
+      srv:close() -- idempotent
+      assert.has_error(function() srv:addr() end, "attempt to use a closed HTTP server")
     end)
   end)
 end)
