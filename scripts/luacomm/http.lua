@@ -19,6 +19,8 @@ Server.__index = Server
 function Server:close() return self._s:close() end
 -- srv:addr() -> host, port
 function Server:addr() return self._s:addr() end
+Server.__close = Server.close
+function Server:__tostring() return tostring(self._s) end
 
 local IDLE = 5 -- seconds an idle request task waits for the next request
 
