@@ -4,7 +4,11 @@
 ** client whose calls park the calling task until the response comes.
 **
 ** evhttp parses; nothing here reads HTTP by hand. Callbacks only spawn a
-** task (a request came) or wake one (a response came), as elsewhere.
+** task (a request came) or wake one (a response came), as elsewhere. A
+** task that answered may take the next request (server:next) instead of a
+** new coroutine being made per request: requests for idle tasks wait on
+** the server's queue, anchored in the registry, until one takes them.
+** HTTPS is a bufferevent_openssl under evhttp, its SSL_CTX from tls.h.
 **
 ** Server ownership: the server is a handle (a listener, or LC_H_AUX for one
 ** that must outlive a graceful stop's first step, like /health). Each
