@@ -99,6 +99,7 @@ end
 
 local function register(kind, name, help, label_names, fn)
   if type(name) ~= "string" or not name:match(NAME) then error("bad metric name '" .. tostring(name) .. "'", 3) end
+  if name:match("^luacomm_") then error("metric names starting with luacomm_ are the runtime's: " .. name, 3) end
   if type(help) ~= "string" then error("bad argument #2 to '" .. fn .. "' (help text expected)", 3) end
   local old = user[name]
   if old then
