@@ -50,11 +50,12 @@ describe("http server under bad input", function()
           comm.sleep(0.01)
         end
       end)
-      -- none of them was answered: none finished its request
+      -- none of them was answered: none finished its request (one may
+      -- already be closed if the machine stalled it past the timeout)
       for _, c in ipairs(conns) do
         local data, err = c:read(1, 0.01)
         assert.is_nil(data)
-        assert.are.equal("timeout", err)
+        assert.is_true(err == "timeout" or err == "closed", err)
       end
       -- once they go silent, the timeout closes them all
       for _, c in ipairs(conns) do
