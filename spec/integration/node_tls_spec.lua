@@ -92,6 +92,29 @@ describe("node links over TLS", function()
     end)
   end)
 
+  it("takes a secret and TLS together: both must hold", function()
+    helpers.run(function()
+      local function pair(secret_b)
+        local a = node.new{ name = "ta", listen = "127.0.0.1:0", tls = certs.node("ta"), secret = "s",
+                            handshake_timeout = 0.5, log = quiet() }
+        assert(a:start())
+        local b = node.new{ name = "tb", peers = { a.listen_addr }, tls = certs.node("tb"), secret = secret_b,
+                            handshake_timeout = 0.5, reconnect = { min = 0.05, max = 0.1 }, log = quiet() }
+        assert(b:start())
+        return a, b
+      end
+      local a, b = pair("s")
+      assert(helpers.wait_until(function() return (b:peers().ta or {}).state == "up" end, 5))
+      a:on("echo", function(x) return x end)
+      assert.are.equal("ok", b:request("ta", "echo", "ok", { timeout = 2 }))
+      b:stop(); a:stop()
+      a, b = pair("wrong")
+      assert(helpers.wait_until(function() return a:stats().auth_failures >= 2 end, 5))
+      assert.are.equal(0, b:stats().links_up)
+      b:stop(); a:stop()
+    end)
+  end)
+
   it("raises on a bad tls option", function()
     assert.has_error(function() node.new{ name = "x", tls = "yes" } end)
     assert.has_error(function() node.new{ name = "x", tls = { key = "k" } } end)
