@@ -312,7 +312,7 @@ end
 function Node:_retire(link)
   if link.hb and link.hb ~= self._clock.running() then link.hb:cancel() end
   link:send(encode{ kind = "bye", reason = "duplicate" })
-  link.retired = true
+  link.retired, link.acked = true, nil -- no more pings: silence alone ends it
 end
 
 -- Idempotent. Reports the peer down if this was its current link.
@@ -363,8 +363,11 @@ local function heartbeat(self, link)
   end
 end
 
--- Reads the link until it ends: any frame resets the silence timer, and a
--- link silent for `timeout` is dropped.
+-- Reads the link until it ends: a link silent for `timeout` is dropped,
+-- and so is a heartbeating link (link.acked set) on which no pong has come
+-- for `timeout`: frames arriving prove only the way in, a pong proves that
+-- our pings get there too, so a node that can receive but no longer send
+-- (a one-way cut) drops the link as fast as one that hears nothing.
 function Node:_read_loop(link)
   local conn, timeout, now = link.conn, self.timeout, self._clock.now
   local yield = self._clock.yield
@@ -372,9 +375,13 @@ function Node:_read_loop(link)
   local p = self._peers[link.peer]
   local nread = 0
   while not link.ended do
-    local frame, err = conn:recv(timeout)
+    local wait, frame, err = timeout, nil, nil
+    if link.acked then wait = link.acked + timeout - now() end
+    if wait > 0 then frame, err = conn:recv(wait) else err = "no pong" end
     if frame == nil then
-      if err == "timeout" then
+      if err == "no pong" or (err == "timeout" and link.acked) then
+        err = format("no answer for %g s", timeout)
+      elseif err == "timeout" then
         err = format("silent for %g s", timeout)
       elseif err == "frame too large" then
         self:_bad("frame_too_large", link.peer, "frame announced over max_frame; link dropped")
@@ -394,6 +401,7 @@ function Node:_read_loop(link)
 end
 
 function Node:_run_link(link)
+  link.acked = self._clock.now() -- the handshake went both ways
   link.hb = self._clock.spawn(heartbeat, self, link)
   self:_read_loop(link)
 end
@@ -541,6 +549,7 @@ function K.pong(self, link, env)
   local rtt = self._clock.now() - env.t
   if rtt < 0 then return end
   link.rtt = rtt
+  if link.acked then link.acked = self._clock.now() end
   if self._up[link.peer] == link then self._peers[link.peer].rtt = rtt end
 end
 
