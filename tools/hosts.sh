@@ -2,7 +2,7 @@
 # Test hosts made of Linux network namespaces, for the multi-host specs.
 #
 #   tools/hosts.sh up PREFIX N         N hosts PREFIX-1..N at 10.77.0.1..N/24
-#   tools/hosts.sh down PREFIX         removes every namespace named PREFIX-*
+#   tools/hosts.sh down PREFIX         kills their processes, removes the namespaces
 #   tools/hosts.sh exec PREFIX I CMD…  runs CMD on host I
 #   tools/hosts.sh cut PREFIX I J WAY  host I drops traffic with host J:
 #                                      both | in (from J) | out (to J)
@@ -72,6 +72,8 @@ EOF
 down() {
   prefix=$1
   for h in $(ip netns list | awk '{print $1}' | grep -E "^$prefix-([0-9]+|br)\$" || true); do
+    # a namespace outlives its last interface while a process holds it
+    ip netns pids "$h" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "$h" 2>/dev/null || true
   done
 }
