@@ -1,7 +1,9 @@
 /*
 ** log.c — one line per record on stderr, flushed at once so a supervisor or
 ** a spec reads it as it happens. Text: "2026-11-27T14:08:33.123Z [info] msg".
-** JSON: {"ts":"…","level":"info","msg":"…"}.
+** JSON: {"ts":"…","level":"info","msg":"…"}. Under --workers each record
+** says whose it is: "[supervisor]" / "[worker N]" after the level, or a
+** "worker" field (0 for the supervisor).
 */
 #include <stdarg.h>
 #include <stdio.h>
@@ -14,6 +16,11 @@
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static int min_level = LC_INFO;
 static int as_json = 0;
+static int worker_id = -1; /* under --workers: 0 supervisor, 1.. a worker */
+
+void rt_log_set_worker (int id) {
+  worker_id = id;
+}
 
 void rt_log_configure (int level, int json) {
   min_level = level;
@@ -91,7 +98,12 @@ void rt_log_sink (void *ud, int level, const char *msg, size_t len) {
   if (as_json) {
     fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level_names[level]);
     put_json_string(stderr, msg, len);
+    if (worker_id >= 0) fprintf(stderr, ",\"worker\":%d", worker_id);
     fputs("}\n", stderr);
+  } else if (worker_id == 0) {
+    fprintf(stderr, "%s [%s] [supervisor] %.*s\n", ts, level_names[level], (int)len, msg);
+  } else if (worker_id > 0) {
+    fprintf(stderr, "%s [%s] [worker %d] %.*s\n", ts, level_names[level], worker_id, (int)len, msg);
   } else {
     fprintf(stderr, "%s [%s] %.*s\n", ts, level_names[level], (int)len, msg);
   }

@@ -18,6 +18,29 @@ end
 
 local function pack(...) return { n = select("#", ...), ... } end
 
+-- comm.worker() -> id, count: which of the `luacomm --workers N` processes
+-- this is (the host publishes it in the registry); 1, 1 otherwise.
+local worker = debug.getregistry()["luacomm.worker"]
+function M.worker()
+  if worker then return worker[1], worker[2] end
+  return 1, 1
+end
+
+-- Under --workers, every listener shares its port with the other workers
+-- (SO_REUSEPORT), whatever the script asked: the kernel spreads the
+-- connections over the workers.
+local listen = core.listen
+if worker then
+  listen = function(addr, opts)
+    if opts ~= nil and type(opts) ~= "table" then return core.listen(addr, opts) end
+    local o = { reuseport = true }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    o.reuseport = true
+    return core.listen(addr, o)
+  end
+  M.listen = listen
+end
+
 -- Output that closed connections still hold would be lost if the script
 -- ended right after comm.run: flush it first, within the time a host's
 -- graceful stop gives it by default.
@@ -72,7 +95,7 @@ end
 -- handler returns (or fails: the error is logged by the scheduler).
 function M.serve(addr, handler, opts)
   if type(handler) ~= "function" then error("bad argument #2 to 'serve' (function expected)", 2) end
-  local listener, err = core.listen(addr, opts)
+  local listener, err = listen(addr, opts)
   if not listener then return nil, err end
   core.spawn(function()
     while true do
