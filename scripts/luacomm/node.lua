@@ -375,8 +375,8 @@ function Node:_read_loop(link)
   local p = self._peers[link.peer]
   local nread = 0
   while not link.ended do
-    local wait, frame, err = timeout, nil, nil
-    if link.acked then wait = link.acked + timeout - now() end
+    local wait = link.acked and link.acked + timeout - now() or timeout
+    local frame, err
     if wait > 0 then frame, err = conn:recv(wait) else err = "no pong" end
     if frame == nil then
       if err == "no pong" or (err == "timeout" and link.acked) then

@@ -169,6 +169,48 @@ describe("luacomm --workers", function()
     end)
   end)
 
+  it("runs the cluster example: one node per worker, every write on every worker's replica", function()
+    -- two ports in a row free for each machine: worker i listens on port + i - 1
+    local function two_ports()
+      for _ = 1, 50 do
+        local l1, _, port = H.listen()
+        local l2 = comm.listen("127.0.0.1:" .. (port + 1))
+        l1:close()
+        if l2 then
+          l2:close()
+          return port
+        end
+      end
+      error("no two free ports in a row")
+    end
+    H.run(function()
+      local pa, pb = two_ports(), two_ports()
+      local A, B = "127.0.0.1:" .. pa, "127.0.0.1:" .. pb
+      local a = H.spawn_host({ "--workers", "2", "examples/cluster/node.lua", "a", A, B })
+      local b = H.spawn_host({ "--workers", "2", "examples/cluster/node.lua", "b", B, A })
+      local ok, err = pcall(function()
+        local function client(...)
+          return H.run_host({ "examples/cluster/client.lua", A, ... })
+        end
+        assert(H.wait_until(function() return client("b.2", "info") == 0 end, 15), b:stderr())
+        local st, out = client("a", "put", "colour", '"blue"')
+        assert.are.equal(0, st)
+        -- a.2, b and b.2 (and the client node itself, which ignores it)
+        assert(tonumber(out:match('"replicas":(%d+)')) >= 3, out)
+        for _, who in ipairs{ "a.2", "b", "b.2" } do
+          assert(H.wait_until(function()
+            local s, o = client(who, "get", "colour")
+            return s == 0 and o:find('"value":"blue"', 1, true)
+          end, 10), who .. " has no replica")
+        end
+        assert.matches("%[worker 2%] node b%.2: peer", b:stderr())
+      end)
+      a:kill()
+      b:kill()
+      if not ok then error(err, 0) end
+    end, 60)
+  end)
+
   it("SIGTERM stops every worker gracefully, then the supervisor exits 0 and removes its pidfile", function()
     local pidfile = H.tmpdir() .. "/pid"
     with_workers(3, function(p)
