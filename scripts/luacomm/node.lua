@@ -363,23 +363,37 @@ local function heartbeat(self, link)
   end
 end
 
--- Reads the link until it ends: a link silent for `timeout` is dropped,
--- and so is a heartbeating link (link.acked set) on which no pong has come
--- for `timeout`: frames arriving prove only the way in, a pong proves that
--- our pings get there too, so a node that can receive but no longer send
--- (a one-way cut) drops the link as fast as one that hears nothing.
+-- When the link must be dropped if no frame arrives first: once silent
+-- for `timeout`; or, on a heartbeating link (link.acked set), once none of
+-- our pings has been answered for `timeout` and the peer has also gone
+-- quiet for a heartbeat. Frames coming in prove only the way in; a pong
+-- proves our pings get there too, so a node that can receive but no
+-- longer send (a one-way cut: the peer's TCP stalls a little later) drops
+-- the link as soon as one that hears nothing. The quiet heartbeat keeps a
+-- busy link whose pongs wait behind a backlog (an overloaded node) up.
+local function link_deadline(self, link, last)
+  local d = last + self.timeout
+  local acked = link.acked
+  if acked and acked + self.timeout < d then
+    d = math.max(acked + self.timeout, last + self.heartbeat)
+  end
+  return d
+end
+
+-- Reads the link until it ends (see link_deadline).
 function Node:_read_loop(link)
   local conn, timeout, now = link.conn, self.timeout, self._clock.now
   local yield = self._clock.yield
   self._live[link] = true
   local p = self._peers[link.peer]
   local nread = 0
+  local last = now()
   while not link.ended do
-    local wait = link.acked and link.acked + timeout - now() or timeout
-    local frame, err
-    if wait > 0 then frame, err = conn:recv(wait) else err = "no pong" end
+    local wait = link_deadline(self, link, last) - now()
+    local frame, err = nil, "timeout"
+    if wait > 0 then frame, err = conn:recv(wait) end
     if frame == nil then
-      if err == "no pong" or (err == "timeout" and link.acked) then
+      if err == "timeout" and link.acked and now() - link.acked >= timeout then
         err = format("no answer for %g s", timeout)
       elseif err == "timeout" then
         err = format("silent for %g s", timeout)
@@ -388,7 +402,8 @@ function Node:_read_loop(link)
       end
       return self:_end_link(link, err)
     end
-    p.last_seen = now()
+    last = now()
+    p.last_seen = last
     -- Let the handlers of a burst's first frames run and their replies go
     -- out while the rest is read: the other end can start on them at once
     -- instead of waiting for the whole burst (a 2x gain across processes).
