@@ -50,7 +50,17 @@ local function rss_kib()
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
-local quiet = { debug = function() end, info = function() end, warn = function() end, error = comm.log.error }
+-- why links went down, from the nodes' info log
+local reasons = {}
+local quiet = {
+  debug = function() end, warn = function() end, error = comm.log.error,
+  info = function(fmt, ...)
+    if fmt:find("down", 1, true) then
+      local why = tostring(select(3, ...)):gsub("[%d.]+ s", "N s")
+      reasons[why] = (reasons[why] or 0) + 1
+    end
+  end,
+}
 
 comm.run(function()
   math.randomseed(42)
@@ -125,7 +135,7 @@ comm.run(function()
   local downs = 0
   for _, n in ipairs(nodes) do downs = downs + n:stats().links_down end
   print(comm.json.encode{
-    nodes = N, dial = DIAL, links_down_total = downs, heartbeat = HB, links = links / 2,
+    nodes = N, dial = DIAL, links_down_total = downs, down_reasons = reasons, heartbeat = HB, links = links / 2,
     convergence_s = conv_t, convergence_cpu_s = conv_cpu,
     convergence_announcements_handled = w_conv.updates, convergence_recomputes = w_conv.recomputes,
     idle_cpu_percent_per_node = 100 * (cpu1 - cpu0) / IDLE / N,

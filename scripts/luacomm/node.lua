@@ -365,17 +365,20 @@ end
 
 -- When the link must be dropped if no frame arrives first: once silent
 -- for `timeout`; or, on a heartbeating link (link.acked set), once none of
--- our pings has been answered for `timeout` and the peer has also gone
--- quiet for a heartbeat. Frames coming in prove only the way in; a pong
--- proves our pings get there too, so a node that can receive but no
--- longer send (a one-way cut: the peer's TCP stalls a little later) drops
--- the link as soon as one that hears nothing. The quiet heartbeat keeps a
--- busy link whose pongs wait behind a backlog (an overloaded node) up.
+-- our pings has been answered for `timeout` and the peer has also been
+-- quiet for half of it (at least a heartbeat). Frames coming in prove
+-- only the way in; a pong proves our pings get there too. A node that can
+-- receive but no longer send (a one-way cut) hears the peer only until
+-- the peer's TCP, unacknowledged, stops sending new data (0.2-0.6 s), and
+-- then drops the link within `timeout` of the cut instead of `timeout`
+-- after that. The quiet half keeps up a busy link whose pongs wait behind
+-- a backlog (an overloaded node): dropping those floods the cluster with
+-- link-state changes and overloads it further.
 local function link_deadline(self, link, last)
   local d = last + self.timeout
   local acked = link.acked
   if acked and acked + self.timeout < d then
-    d = math.max(acked + self.timeout, last + self.heartbeat)
+    d = math.max(acked + self.timeout, last + math.max(self.timeout / 2, self.heartbeat))
   end
   return d
 end
@@ -428,7 +431,9 @@ function Node:_own_links_frame()
 end
 
 -- Tells every neighbour (but `except`) about this node's links; they
--- flood it on.
+-- flood it on. At once, never delayed to batch changes: a request relayed
+-- to a new neighbour must not overtake the news of the link it came by,
+-- or the reply finds no route back.
 function Node:_announce(except)
   self._seq = self._seq + 1
   if not self._running then return end
