@@ -1,11 +1,11 @@
 /*
-** log.c — one line per record on stderr, flushed at once so a supervisor or
+** log.c — the host's sink: it formats and writes, nothing else (the level
+** is the core's, the names are lc_level_names). One line per record on stderr, flushed at once so a supervisor or
 ** a spec reads it as it happens. Text: "2026-11-27T14:08:33.123Z [info] msg".
 ** JSON: {"ts":"…","level":"info","msg":"…"}. Under --workers each record
 ** says whose it is: "[supervisor]" / "[worker N]" after the level, or a
 ** "worker" field (0 for the supervisor).
 */
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -13,8 +13,6 @@
 #include "lc.h"
 #include "log.h"
 
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
-static int min_level = LC_INFO;
 static int as_json = 0;
 static int worker_id = -1; /* under --workers: 0 supervisor, 1.. a worker */
 
@@ -22,16 +20,8 @@ void rt_log_set_worker (int id) {
   worker_id = id;
 }
 
-void rt_log_configure (int level, int json) {
-  min_level = level;
+void rt_log_configure (int json) {
   as_json = json;
-}
-
-int rt_log_level_from (const char *name) {
-  int i;
-  for (i = 0; i < 4; i++)
-    if (strcmp(name, level_names[i]) == 0) return i;
-  return -1;
 }
 
 static void timestamp (char *buf, size_t size) {
@@ -90,32 +80,22 @@ static void put_json_string (FILE *f, const char *msg, size_t len) {
   fputc('"', f);
 }
 
+/* The core's sink (lc_set_log): the core filtered already, this writes. */
 void rt_log_sink (void *ud, int level, const char *msg, size_t len) {
   char ts[64];
   (void)ud;
-  if (level < min_level) return;
   timestamp(ts, sizeof ts);
   if (as_json) {
-    fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level_names[level]);
+    fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, lc_level_names[level]);
     put_json_string(stderr, msg, len);
     if (worker_id >= 0) fprintf(stderr, ",\"worker\":%d", worker_id);
     fputs("}\n", stderr);
   } else if (worker_id == 0) {
-    fprintf(stderr, "%s [%s] [supervisor] %.*s\n", ts, level_names[level], (int)len, msg);
+    fprintf(stderr, "%s [%s] [supervisor] %.*s\n", ts, lc_level_names[level], (int)len, msg);
   } else if (worker_id > 0) {
-    fprintf(stderr, "%s [%s] [worker %d] %.*s\n", ts, level_names[level], worker_id, (int)len, msg);
+    fprintf(stderr, "%s [%s] [worker %d] %.*s\n", ts, lc_level_names[level], worker_id, (int)len, msg);
   } else {
-    fprintf(stderr, "%s [%s] %.*s\n", ts, level_names[level], (int)len, msg);
+    fprintf(stderr, "%s [%s] %.*s\n", ts, lc_level_names[level], (int)len, msg);
   }
   fflush(stderr);
-}
-
-void rt_logf (int level, const char *fmt, ...) {
-  char buf[1024];
-  va_list ap;
-  int n;
-  va_start(ap, fmt);
-  n = vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  if (n >= 0) rt_log_sink(NULL, level, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }

@@ -4,10 +4,8 @@
 
 #include <stddef.h>
 
-void rt_log_configure(int level, int json);
-int rt_log_level_from(const char *name); /* -1 when unknown */
+void rt_log_configure(int json);
 void rt_log_sink(void *ud, int level, const char *msg, size_t len);
-void rt_logf(int level, const char *fmt, ...);
 void rt_log_set_worker(int id); /* -1 none, 0 supervisor, N worker N */
 
 #endif

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,18 +44,18 @@
 
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
-#define STABLE_AFTER 5.0   /* seconds alive after which a death is not "keeps dying" */
+#define STABLE_AFTER 5.0    /* seconds alive after which a death is not "keeps dying" */
 #define REPORT_TIMEOUT 60.0 /* seconds a worker may take to report a reload */
-#define KILL_GRACE 5.0     /* past stop_timeout, before SIGKILL */
+#define KILL_GRACE 5.0      /* past stop_timeout, before SIGKILL */
 
 typedef struct worker {
-  int id;                    /* 1..count */
-  pid_t pid;                 /* 0 while not running */
-  int report_fd;             /* read end of its report pipe, or -1 */
-  struct event *report_ev;   /* reads report_fd; NULL with it */
-  struct event *restart_ev;  /* the backoff timer; owned here, made at start */
-  double started;            /* monotonic seconds at its last start */
-  double delay;              /* backoff of its next restart; 0 = none yet */
+  int id;                   /* 1..count */
+  pid_t pid;                /* 0 while not running */
+  int report_fd;            /* read end of its report pipe, or -1 */
+  struct event *report_ev;  /* reads report_fd; NULL with it */
+  struct event *restart_ev; /* the backoff timer; owned here, made at start */
+  double started;           /* monotonic seconds at its last start */
+  double delay;             /* backoff of its next restart; 0 = none yet */
   struct supervisor *sup;
 } worker;
 
@@ -62,14 +63,29 @@ typedef struct supervisor {
   struct event_base *base;
   rt_opts *o;
   int count;
-  worker *w;                /* count workers */
+  worker *w; /* count workers */
   int stopping;
   int rolling;              /* id of the worker reloading now; 0: no roll */
   struct event *roll_timer; /* REPORT_TIMEOUT of the worker rolling */
   struct event *kill_timer; /* SIGKILL past the stop deadline */
   struct event *sig[4];
-  int is_child;             /* set in a fork: leave the loop, be a worker */
+  int is_child; /* set in a fork: leave the loop, be a worker */
 } supervisor;
+
+/* The supervisor runs no core, so it filters its own records by level
+** (--log-level) before the host's sink formats them. */
+static int log_level = LC_INFO;
+
+static void slog (int level, const char *fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  int n;
+  if (level < log_level) return;
+  va_start(ap, fmt);
+  n = vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (n >= 0) rt_log_sink(NULL, level, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
 
 /* In a worker process: who it is, and where its reports go. */
 static int my_id, my_count, my_report_fd = -1;
@@ -125,7 +141,7 @@ static void supervisor_free (supervisor *s) {
   free(s->w);
 }
 
-static void on_report (evutil_socket_t fd, short what, void *arg);
+static void on_report(evutil_socket_t fd, short what, void *arg);
 
 /* Forks worker w. In the parent: 0, or -1 (logged) when it cannot. In
 ** the child: 0 with s->is_child set; the caller leaves the loop. */
@@ -133,13 +149,13 @@ static int start_worker (supervisor *s, worker *w) {
   int fds[2];
   pid_t pid;
   if (pipe(fds) != 0) {
-    rt_logf(LC_ERROR, "worker %d: cannot make its report pipe: %s", w->id, strerror(errno));
+    slog(LC_ERROR, "worker %d: cannot make its report pipe: %s", w->id, strerror(errno));
     return -1;
   }
   fflush(NULL); /* or the child would print the parent's buffered output again */
   pid = fork();
   if (pid < 0) {
-    rt_logf(LC_ERROR, "worker %d: cannot fork: %s", w->id, strerror(errno));
+    slog(LC_ERROR, "worker %d: cannot fork: %s", w->id, strerror(errno));
     close(fds[0]);
     close(fds[1]);
     return -1;
@@ -165,7 +181,7 @@ static int start_worker (supervisor *s, worker *w) {
   w->report_ev = event_new(s->base, fds[0], EV_READ | EV_PERSIST, on_report, w);
   if (w->report_ev) event_add(w->report_ev, NULL);
   w->started = now();
-  rt_logf(LC_INFO, "worker %d started (pid %ld)", w->id, (long)pid);
+  slog(LC_INFO, "worker %d started (pid %ld)", w->id, (long)pid);
   return 0;
 }
 
@@ -184,12 +200,16 @@ static void roll_end (supervisor *s, const char *why) {
   evtimer_del(s->roll_timer);
   s->rolling = 0;
   if (why == NULL) {
-    rt_logf(LC_INFO, "reload: all %d worker(s) reloaded", s->count);
+    slog(LC_INFO, "reload: all %d worker(s) reloaded", s->count);
   } else if (id < s->count) {
-    rt_logf(LC_ERROR, "reload failed in worker %d: %s; the roll stops: worker(s) %d-%d keep the old code", id, why,
-            id + 1, s->count);
+    slog(LC_ERROR,
+         "reload failed in worker %d: %s; the roll stops: worker(s) %d-%d keep the old code",
+         id,
+         why,
+         id + 1,
+         s->count);
   } else {
-    rt_logf(LC_ERROR, "reload failed in worker %d: %s", id, why);
+    slog(LC_ERROR, "reload failed in worker %d: %s", id, why);
   }
 }
 
@@ -206,7 +226,7 @@ static void roll_next (supervisor *s) {
     roll_end(s, "it is not running");
     return;
   }
-  rt_logf(LC_INFO, "reload: worker %d (pid %ld)", w->id, (long)w->pid);
+  slog(LC_INFO, "reload: worker %d (pid %ld)", w->id, (long)w->pid);
   kill(w->pid, SIGHUP);
   evtimer_add(s->roll_timer, &tv);
 }
@@ -225,11 +245,11 @@ static void handle_report (worker *w, char *line) {
   int ok = strncmp(line, "ok", 2) == 0;
   const char *why = strncmp(line, "fail ", 5) == 0 ? line + 5 : line;
   if (s->rolling != w->id) {
-    rt_logf(LC_DEBUG, "worker %d reported a reload outside the roll: %s", w->id, line);
+    slog(LC_DEBUG, "worker %d reported a reload outside the roll: %s", w->id, line);
     return;
   }
   if (ok) {
-    rt_logf(LC_INFO, "reload: worker %d ok", w->id);
+    slog(LC_INFO, "reload: worker %d ok", w->id);
     roll_next(s);
   } else {
     roll_end(s, why);
@@ -279,16 +299,16 @@ static void reap (supervisor *s, worker *w, int st) {
   w->pid = 0;
   if (s->rolling == w->id) roll_end(s, "the worker died");
   if (s->stopping) {
-    rt_logf(LC_INFO, "worker %d stopped (%s)", w->id, how);
+    slog(LC_INFO, "worker %d stopped (%s)", w->id, how);
     return;
   }
   if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
-    rt_logf(LC_INFO, "worker %d ended (%s); not restarted", w->id, how);
+    slog(LC_INFO, "worker %d ended (%s); not restarted", w->id, how);
     return;
   }
   if (lived >= STABLE_AFTER || w->delay == 0) w->delay = BACKOFF_MIN;
   else w->delay = w->delay * 2 > BACKOFF_MAX ? BACKOFF_MAX : w->delay * 2;
-  rt_logf(LC_WARN, "worker %d died (%s) after %.1f s; restarting in %.1f s", w->id, how, lived, w->delay);
+  slog(LC_WARN, "worker %d died (%s) after %.1f s; restarting in %.1f s", w->id, how, lived, w->delay);
   tv = tv_of(w->delay);
   evtimer_add(w->restart_ev, &tv);
 }
@@ -316,7 +336,7 @@ static void on_kill_timer (evutil_socket_t fd, short what, void *arg) {
   supervisor *s = arg;
   (void)fd;
   (void)what;
-  rt_logf(LC_WARN, "stop timeout: killing %d worker(s)", running(s));
+  slog(LC_WARN, "stop timeout: killing %d worker(s)", running(s));
   kill_all(s, SIGKILL);
 }
 
@@ -327,12 +347,12 @@ static void on_stop (evutil_socket_t sig, short what, void *arg) {
   int i;
   (void)what;
   if (s->stopping) {
-    rt_logf(LC_ERROR, "second SIG%s during the stop: killing the workers", name);
+    slog(LC_ERROR, "second SIG%s during the stop: killing the workers", name);
     kill_all(s, SIGKILL);
     return;
   }
   s->stopping = 1;
-  rt_logf(LC_INFO, "SIG%s: stopping %d worker(s)", name, running(s));
+  slog(LC_INFO, "SIG%s: stopping %d worker(s)", name, running(s));
   for (i = 0; i < s->count; i++) evtimer_del(s->w[i].restart_ev);
   if (s->rolling) roll_end(s, "stopping");
   kill_all(s, SIGTERM);
@@ -346,10 +366,10 @@ static void on_sighup (evutil_socket_t sig, short what, void *arg) {
   (void)what;
   if (s->stopping) return;
   if (s->rolling) {
-    rt_logf(LC_WARN, "SIGHUP: a reload is rolling already (worker %d); ignored", s->rolling);
+    slog(LC_WARN, "SIGHUP: a reload is rolling already (worker %d); ignored", s->rolling);
     return;
   }
-  rt_logf(LC_INFO, "SIGHUP: reloading %d worker(s) one at a time", s->count);
+  slog(LC_INFO, "SIGHUP: reloading %d worker(s) one at a time", s->count);
   roll_next(s);
 }
 
@@ -394,7 +414,7 @@ static int setup (supervisor *s) {
 static void write_pidfile (const char *path) {
   FILE *f = fopen(path, "w");
   if (f == NULL) {
-    rt_logf(LC_WARN, "cannot write pidfile %s", path);
+    slog(LC_WARN, "cannot write pidfile %s", path);
     return;
   }
   fprintf(f, "%ld\n", (long)getpid());
@@ -407,7 +427,8 @@ int rt_workers_run (rt_opts *o, int *is_worker) {
   memset(&s, 0, sizeof s);
   s.o = o;
   s.count = o->workers;
-  rt_log_configure(o->log_level, o->log_json);
+  rt_log_configure(o->log_json);
+  log_level = o->log_level;
   rt_log_set_worker(0);
   signal(SIGPIPE, SIG_IGN);
   if (setup(&s) != 0) {
@@ -416,8 +437,11 @@ int rt_workers_run (rt_opts *o, int *is_worker) {
     return 1;
   }
   if (o->pidfile) write_pidfile(o->pidfile);
-  rt_logf(LC_INFO, "supervisor (pid %ld): starting %d worker(s) of %s", (long)getpid(), s.count,
-          o->script ? o->script : "(command line)");
+  slog(LC_INFO,
+       "supervisor (pid %ld): starting %d worker(s) of %s",
+       (long)getpid(),
+       s.count,
+       o->script ? o->script : "(command line)");
   for (i = 0; i < s.count && !s.is_child; i++) start_worker(&s, &s.w[i]);
   if (!s.is_child) {
     end_if_idle(&s); /* not one worker could start */
@@ -431,7 +455,7 @@ int rt_workers_run (rt_opts *o, int *is_worker) {
     return 0;
   }
   if (o->pidfile) unlink(o->pidfile);
-  rt_logf(LC_INFO, "all workers ended");
+  slog(LC_INFO, "all workers ended");
   return 0;
 }
 
@@ -449,7 +473,7 @@ static int worker_report (lua_State *L) {
   }
   /* one short write: the supervisor reads whole lines */
   if (my_report_fd >= 0 && write(my_report_fd, line, (size_t)n) != n)
-    rt_logf(LC_WARN, "cannot report the reload to the supervisor: %s", strerror(errno));
+    slog(LC_WARN, "cannot report the reload to the supervisor: %s", strerror(errno));
   return 0;
 }
 
