@@ -84,6 +84,9 @@ describe("luacomm --workers", function()
       assert.are.equal(2, st)
       assert.matches("--workers needs a number from 1 to 256", err, 1, true)
     end
+    local st, _, err = H.run_host({ "--workers", "2", "--metrics", "127.0.0.1:0", FIX .. "service.lua", "1" })
+    assert.are.equal(2, st)
+    assert.matches("--metrics cannot be combined with --workers", err, 1, true)
   end)
 
   it("shares the listening port between the workers; --pidfile names the supervisor; logs say whose", function()
