@@ -104,6 +104,21 @@ describe("luacomm --workers", function()
     end, { "--pidfile", pidfile })
   end)
 
+  it("says whose each JSON log record is: a worker field, 0 for the supervisor", function()
+    with_workers(2, function(p)
+      local function whose()
+        local seen = {}
+        for line in p:stderr():gmatch("[^\n]+") do
+          local rec = comm.json.decode(line)
+          assert(rec, "not JSON: " .. line)
+          seen[rec.worker] = true
+        end
+        return seen[0] and seen[1] and seen[2]
+      end
+      assert(H.wait_until(whose, 10), p:stderr())
+    end, { "--log-format", "json" })
+  end)
+
   it("restarts a worker that dies, and logs it", function()
     with_workers(2, function(p, port)
       local old = pids(p)[1]
