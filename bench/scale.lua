@@ -104,6 +104,13 @@ comm.run(function()
   end
   while not converged() do comm.sleep(0.05) end
   local conv_t, conv_cpu = comm.now() - t0, os.clock() - c0
+  -- path lengths: the mean and the longest route, over every node
+  local hop_sum, hop_n, hop_max = 0, 0, 0
+  for _, n in ipairs(nodes) do
+    for _, r in pairs(n:routes()) do
+      hop_sum, hop_n, hop_max = hop_sum + r.hops, hop_n + 1, math.max(hop_max, r.hops)
+    end
+  end
   local w_conv = snapshot()
   local links = 0
   for _, n in ipairs(nodes) do links = links + n:stats().links end
@@ -136,7 +143,7 @@ comm.run(function()
   for _, n in ipairs(nodes) do downs = downs + n:stats().links_down end
   print(comm.json.encode{
     nodes = N, dial = DIAL, links_down_total = downs, down_reasons = reasons, heartbeat = HB, links = links / 2,
-    convergence_s = conv_t, convergence_cpu_s = conv_cpu,
+    convergence_s = conv_t, hops_mean = hop_sum / hop_n, hops_max = hop_max, convergence_cpu_s = conv_cpu,
     convergence_announcements_handled = w_conv.updates, convergence_recomputes = w_conv.recomputes,
     idle_cpu_percent_per_node = 100 * (cpu1 - cpu0) / IDLE / N,
     idle_rss_kib_per_node = (rss - rss0) / N, rss_kib_process = rss,
