@@ -67,6 +67,12 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	$(TEST_ENV) LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' $(SPECS)
 
+# The multi-host specs (spec/hosts) on network-namespace test hosts:
+# needs root, ip and nft; says why and skips where they are missing.
+test-hosts: deps
+	@$(MAKE) --no-print-directory all
+	OUT=$(OUT) sh tools/test-hosts.sh
+
 # The same suite against the ASan + UBSan build.
 test-asan:
 	@$(MAKE) --no-print-directory B=asan test
@@ -136,4 +142,4 @@ clean:
 	rm -rf build build-asan build-werror
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-asan valgrind demo demo-http install install-rock clean bench bench-quick
+.PHONY: all deps check test test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick

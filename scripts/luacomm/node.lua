@@ -230,6 +230,7 @@ function K.pong(self, l, env)
   local rtt = self._clock.now() - env.t
   if rtt < 0 then return end
   l.rtt = rtt
+  if l.acked then l.acked = self._clock.now() end
   if self._up[l.peer] == l then self._peers[l.peer].rtt = rtt end
 end
 

@@ -26,7 +26,9 @@ local function own_frame(node)
 end
 
 -- Tells every neighbour (but `except`) about this node's links; they
--- flood it on.
+-- flood it on. At once, never delayed to batch changes: a request relayed
+-- to a new neighbour must not overtake the news of the link it came by,
+-- or the reply finds no route back.
 function M.announce(node, except)
   node._seq = node._seq + 1
   if not node._running then return end

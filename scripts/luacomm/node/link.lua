@@ -122,7 +122,7 @@ end
 function Link:retire()
   if self.hb and self.hb ~= self.node._clock.running() then self.hb:cancel() end
   self:send(encode{ kind = "bye", reason = "duplicate" })
-  self.retired = true
+  self.retired, self.acked = true, nil -- no more pings: silence alone ends it
 end
 
 -- Ends the link; idempotent. Reports the peer down if this was its
@@ -166,8 +166,27 @@ local function heartbeat(link)
   end
 end
 
--- Reads the link until it ends: any frame resets the silence timer, and a
--- link silent for `timeout` is dropped.
+-- When the link must be dropped if no frame arrives first: once silent
+-- for `timeout`; or, on a heartbeating link (link.acked set), once none of
+-- our pings has been answered for `timeout` and the peer has also been
+-- quiet for half of it (at least a heartbeat). Frames coming in prove
+-- only the way in; a pong proves our pings get there too. A node that can
+-- receive but no longer send (a one-way cut) hears the peer only until
+-- the peer's TCP, unacknowledged, stops sending new data (0.2-0.6 s), and
+-- then drops the link within `timeout` of the cut instead of `timeout`
+-- after that. The quiet half keeps up a busy link whose pongs wait behind
+-- a backlog (an overloaded node): dropping those floods the cluster with
+-- link-state changes and overloads it further.
+local function link_deadline(node, link, last)
+  local d = last + node.timeout
+  local acked = link.acked
+  if acked and acked + node.timeout < d then
+    d = math.max(acked + node.timeout, last + math.max(node.timeout / 2, node.heartbeat))
+  end
+  return d
+end
+
+-- Reads the link until it ends (see link_deadline).
 function Link:read_loop()
   local node = self.node
   local conn, timeout, now = self.conn, node.timeout, node._clock.now
@@ -175,17 +194,23 @@ function Link:read_loop()
   node._live[self] = true
   local p = node._peers[self.peer]
   local nread = 0
+  local last = now()
   while not self.ended do
-    local frame, err = conn:recv(timeout)
+    local wait = link_deadline(node, self, last) - now()
+    local frame, err = nil, "timeout"
+    if wait > 0 then frame, err = conn:recv(wait) end
     if frame == nil then
-      if err == "timeout" then
+      if err == "timeout" and self.acked and now() - self.acked >= timeout then
+        err = format("no answer for %g s", timeout)
+      elseif err == "timeout" then
         err = format("silent for %g s", timeout)
       elseif err == "frame too large" then
         node:_bad("frame_too_large", self.peer, "frame announced over max_frame; link dropped")
       end
       return self:finish(err)
     end
-    if node._up[self.peer] == self then p.last_seen = now() end
+    last = now()
+    if node._up[self.peer] == self then p.last_seen = last end
     -- Let the handlers of a burst's first frames run and their replies go
     -- out while the rest is read: the other end can start on them at once
     -- instead of waiting for the whole burst (a 2x gain across processes).
@@ -199,6 +224,7 @@ end
 
 -- Runs an adopted link in this task: heartbeats beside it, reading here.
 function Link:run()
+  self.acked = self.node._clock.now() -- the handshake went both ways
   self.hb = self.node._clock.spawn(heartbeat, self)
   self:read_loop()
 end
