@@ -400,6 +400,25 @@ static void add_body (struct evhttp_request *req, int code, const char *body, si
   evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
 }
 
+/* Writes a plain-TCP reply now instead of after the next poll: the
+** bufferevent would arm EPOLLOUT, wait a loop turn, write, then disarm it
+** (two epoll_ctl calls and a turn per request). When the socket takes the
+** whole reply, evhttp's write-done callback runs here, from a task and so
+** outside evhttp's own frames, and the write event it armed is dropped in
+** the same turn: epoll never hears of it. A partial or failed write is left
+** to the bufferevent, which goes on as before. */
+static void flush_reply (struct evhttp_connection *evcon) {
+  struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+  struct evbuffer *out = bufferevent_get_output(bev);
+  evutil_socket_t fd = bufferevent_getfd(bev);
+  int n;
+  if (fd < 0 || evbuffer_get_length(out) == 0) return;
+  evbuffer_unfreeze(out, 1); /* a socket bufferevent drains it only itself */
+  n = evbuffer_write(out, fd);
+  evbuffer_freeze(out, 1);
+  if (n > 0 && evbuffer_get_length(out) == 0) bufferevent_trigger(bev, EV_WRITE, 0);
+}
+
 /* hreq:reply(status, [headers], [body]) -> true, or false when the
 ** request's connection is gone (the reply is dropped). */
 static int hreq_reply (lua_State *L) {
@@ -409,6 +428,7 @@ static int hreq_reply (lua_State *L) {
   const char *body = luaL_optlstring(L, 4, "", &len);
   pend *p = u->p;
   struct evhttp_request *req;
+  struct evhttp_connection *evcon;
   luaL_argcheck(L, code >= 100 && code <= 599, 2, "status must be 100..599");
   check_headers(L, 3);
   if (p == NULL) {
@@ -421,7 +441,9 @@ static int hreq_reply (lua_State *L) {
   add_body(req, (int)code, body, len);
   u->p = NULL;
   p->ud = NULL;
-  evhttp_send_reply(req, (int)code, NULL, NULL);
+  evcon = p->srv->tls ? NULL : p->evcon;
+  evhttp_send_reply(req, (int)code, NULL, NULL); /* req may be gone after flush_reply */
+  if (evcon) flush_reply(evcon);
   lua_pushboolean(L, 1);
   return 1;
 }
