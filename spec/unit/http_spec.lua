@@ -63,6 +63,28 @@ describe("http.serve and http.request", function()
     end)
   end)
 
+  it("writes a reply larger than the socket buffers whole, then the next one, and closes after Connection: close", function()
+    helpers.run(function()
+      local big = string.rep("0123456789abcdef", 512 * 1024) -- 8 MiB: the first write cannot take it all
+      local srv, addr = serve(function(req)
+        if req.path == "/big" then return 200, nil, big end
+        return 200, nil, req.path
+      end)
+      local c = assert(comm.connect(addr))
+      assert(c:write(raw.get("/big") .. raw.get("/next") .. raw.get("/last", "Connection: close\r\n")))
+      comm.sleep(0.05) -- the server writes what fits, then waits for this reader
+      local res = assert(raw.read_response(c, 10))
+      assert.are.equal(#big, #res.body)
+      assert.is_true(res.body == big, "the big body arrived intact")
+      assert.are.equal("/next", assert(raw.read_response(c, 5)).body)
+      assert.are.equal("/last", assert(raw.read_response(c, 5)).body)
+      local more, err = c:read(1, 5)
+      assert.is_nil(more)
+      assert.are.equal("closed", err)
+      srv:close()
+    end)
+  end)
+
   it("answers HEAD with the headers of a GET and no body, so the next answer is not garbled", function()
     helpers.run(function()
       local srv, addr = serve(function() return 200, nil, "twelve bytes" end)
