@@ -85,6 +85,39 @@ describe("http.serve and http.request", function()
     end)
   end)
 
+  it("dates HTTP/1.1 answers (RFC 1123, the current second) and leaves HTTP/1.0 ones undated, as evhttp does", function()
+    helpers.run(function()
+      local srv, addr = serve(function(req)
+        if req.path == "/own" then return 200, { Date = "Thu, 01 Jan 1970 00:00:00 GMT" }, "own" end
+        return 200, nil, "x"
+      end)
+      local c = assert(comm.connect(addr))
+      local before = os.time()
+      assert(c:write(raw.get("/")))
+      local date = assert(raw.read_response(c, 5)).headers.date
+      local after = os.time()
+      local d, mon, y, h, mi, sec = date:match("^%a%a%a, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+      assert.is_truthy(d, "bad Date: " .. date)
+      local months = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10,
+                       Nov = 11, Dec = 12 }
+      local utc = { year = tonumber(y), month = months[mon], day = tonumber(d), hour = tonumber(h),
+                    min = tonumber(mi), sec = tonumber(sec) }
+      -- os.time reads a table as local time: the offset of the epoch's UTC reading is the zone's
+      local t = os.time(utc) - (os.time(os.date("!*t", 0)) - 0)
+      assert.is_true(t >= before - 1 and t <= after + 1, "Date " .. date .. " is not now")
+      assert(c:write(raw.get("/own")))
+      assert.are.equal("Thu, 01 Jan 1970 00:00:00 GMT", assert(raw.read_response(c, 5)).headers.date)
+      c:close()
+      local c10 = assert(comm.connect(addr))
+      assert(c10:write("GET / HTTP/1.0\r\n\r\n"))
+      local res = assert(raw.read_response(c10, 5))
+      assert.are.equal(200, res.status)
+      assert.is_nil(res.headers.date)
+      c10:close()
+      srv:close()
+    end)
+  end)
+
   it("answers HEAD with the headers of a GET and no body, so the next answer is not garbled", function()
     helpers.run(function()
       local srv, addr = serve(function() return 200, nil, "twelve bytes" end)
