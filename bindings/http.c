@@ -426,16 +426,23 @@ static void add_body (struct evhttp_request *req, int code, const char *body, si
 ** second here instead of for every answer (gmtime and printf in evhttp). */
 static void add_date (lc_http *s, struct evhttp_request *req) {
   static const char days[][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-  static const char months[][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  static const char months[][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
   struct evkeyvalq *out = evhttp_request_get_output_headers(req);
   time_t now = time(NULL);
   if (req->major != 1 || req->minor < 1 || evhttp_find_header(out, "Date")) return;
   if (now != s->date_t || s->date[0] == '\0') {
     struct tm tm;
     gmtime_r(&now, &tm);
-    snprintf(s->date, sizeof s->date, "%s, %02d %s %4d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
-             months[tm.tm_mon], 1900 + tm.tm_year, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    snprintf(s->date,
+             sizeof s->date,
+             "%s, %02d %s %4d %02d:%02d:%02d GMT",
+             days[tm.tm_wday],
+             tm.tm_mday,
+             months[tm.tm_mon],
+             1900 + tm.tm_year,
+             tm.tm_hour,
+             tm.tm_min,
+             tm.tm_sec);
     s->date_t = now;
   }
   evhttp_add_header(out, "Date", s->date);
