@@ -61,9 +61,10 @@ struct hreq_ud {
   pend *p; /* NULL once answered, or cut with its connection */
 };
 
-/* A request handed to an idle worker: its table and handle, anchored. */
+/* A request handed to an idle worker: its handle (which holds the request
+** table as its user value), anchored. */
 typedef struct queued {
-  int tref, uref;
+  int uref;
   struct queued *next;
 } queued;
 
@@ -111,7 +112,6 @@ static void queue_flush (lc_http *s, int answer) {
         reply_now(p->req, 503, "close");
       }
     }
-    luaL_unref(L, LUA_REGISTRYINDEX, q->tref);
     luaL_unref(L, LUA_REGISTRYINDEX, q->uref);
     free(q);
   }
@@ -225,7 +225,9 @@ static const char *method_name (enum evhttp_cmd_type t) {
 ** values are joined with ", " (RFC 9110 5.3). */
 static void push_headers (lua_State *L, struct evkeyvalq *hs) {
   struct evkeyval *kv;
-  lua_newtable(L);
+  int count = 0;
+  for (kv = hs->tqh_first; kv; kv = kv->next.tqe_next) count++;
+  lua_createtable(L, 0, count); /* sized once, not grown header by header */
   for (kv = hs->tqh_first; kv; kv = kv->next.tqe_next) {
     char key[128];
     size_t i, n = strlen(kv->key);
@@ -311,15 +313,15 @@ static void reply_now (struct evhttp_request *req, int code, const char *close) 
   evhttp_send_reply(req, code, NULL, NULL);
 }
 
-/* Queues the request table and handle on top of L for an idle worker and
-** wakes it (a new task per request would cost a coroutine each). Stack:
-** dispatch, req, hreq; pops them. Returns 0, leaving them, when it cannot. */
+/* Queues the handle on top of L (its request table in it) for an idle
+** worker and wakes it (a new task per request would cost a coroutine
+** each). Stack: dispatch, req, hreq; pops them. Returns 0, leaving them,
+** when it cannot. */
 static int hand_over (lua_State *L, lc_http *s) {
   queued *q = malloc(sizeof *q);
   if (q == NULL) return 0;
   q->uref = luaL_ref(L, LUA_REGISTRYINDEX);
-  q->tref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_pop(L, 1);
+  lua_pop(L, 2);
   q->next = NULL;
   if (s->qtail) s->qtail->next = q;
   else s->qhead = q;
@@ -351,10 +353,12 @@ static void on_request (struct evhttp_request *req, void *arg) {
   evhttp_connection_set_closecb(p->evcon, on_conn_close, s);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref);
   push_request(L, req);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u = lua_newuserdatauv(L, sizeof *u, 1);
   u->p = p;
   p->ud = u;
   luaL_setmetatable(L, LC_HREQ_T);
+  lua_pushvalue(L, -2);
+  lua_setiuservalue(L, -2, 1); /* the request table rides with its handle */
   if (s->idle.head && hand_over(L, s)) return;
   lc_spawn_top(L, 2);
   lua_pop(L, 1);
@@ -688,11 +692,11 @@ static int server_next_k (lua_State *L, int status, lua_KContext kc) {
     queued *q = s->qhead;
     s->qhead = q->next;
     if (s->qhead == NULL) s->qtail = NULL;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, q->tref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, q->uref);
-    luaL_unref(L, LUA_REGISTRYINDEX, q->tref);
     luaL_unref(L, LUA_REGISTRYINDEX, q->uref);
     free(q);
+    lua_getiuservalue(L, -1, 1);
+    lua_insert(L, -2); /* req, hreq */
     return 2;
   }
   if (lc_expired(L, kc)) return 0;
