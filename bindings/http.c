@@ -25,6 +25,8 @@
 #include <string.h>
 #include <time.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <event2/bufferevent.h>
@@ -452,23 +454,49 @@ static void add_date (lc_http *s, struct evhttp_request *req) {
   evhttp_add_header(out, "Date", s->date);
 }
 
+/* One sendmsg of out's first chains, drained by what went. MSG_NOSIGNAL,
+** as conn.c: a client gone meanwhile must not kill a stock lua5.4 with
+** SIGPIPE (evbuffer_write's writev would). */
+static ssize_t send_out (evutil_socket_t fd, struct evbuffer *out) {
+  struct evbuffer_iovec v[8];
+  struct iovec iov[8];
+  struct msghdr msg;
+  int i, n = evbuffer_peek(out, -1, NULL, v, 8);
+  ssize_t w;
+  if (n > 8) n = 8;
+  for (i = 0; i < n; i++) {
+    iov[i].iov_base = v[i].iov_base;
+    iov[i].iov_len = v[i].iov_len;
+  }
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = (size_t)n;
+  do w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  while (w < 0 && errno == EINTR);
+  if (w > 0) evbuffer_drain(out, (size_t)w);
+  return w;
+}
+
 /* Writes a plain-TCP reply now instead of after the next poll: the
 ** bufferevent would arm EPOLLOUT, wait a loop turn, write, then disarm it
 ** (two epoll_ctl calls and a turn per request). When the socket takes the
 ** whole reply, evhttp's write-done callback runs here, from a task and so
 ** outside evhttp's own frames, and the write event it armed is dropped in
-** the same turn: epoll never hears of it. A partial or failed write is left
-** to the bufferevent, which goes on as before. */
+** the same turn: epoll never hears of it. What a full socket leaves is
+** written by the bufferevent as before. When the client is gone (reset),
+** the reply is dropped and evhttp moves on as if it went: its next read
+** meets the reset and closes the connection. */
 static void flush_reply (struct evhttp_connection *evcon) {
   struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
   struct evbuffer *out = bufferevent_get_output(bev);
   evutil_socket_t fd = bufferevent_getfd(bev);
-  int n;
+  ssize_t n;
   if (fd < 0 || evbuffer_get_length(out) == 0) return;
   evbuffer_unfreeze(out, 1); /* a socket bufferevent drains it only itself */
-  n = evbuffer_write(out, fd);
+  n = send_out(fd, out);
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) evbuffer_drain(out, evbuffer_get_length(out));
   evbuffer_freeze(out, 1);
-  if (n > 0 && evbuffer_get_length(out) == 0) bufferevent_trigger(bev, EV_WRITE, 0);
+  if (evbuffer_get_length(out) == 0) bufferevent_trigger(bev, EV_WRITE, 0);
 }
 
 /* hreq:reply(status, [headers], [body]) -> true, or false when the

@@ -85,6 +85,36 @@ describe("http.serve and http.request", function()
     end)
   end)
 
+  it("drops the answer of a client that reset its connection meanwhile, and serves on", function()
+    helpers.run(function()
+      local client, answered
+      local srv, _, base = serve(function(req)
+        if req.path == "/slow" then
+          answered = true
+          assert(client:wait(10), "the resetting client did not exit")
+          return 200, nil, "nobody reads this"
+        end
+        return 200, nil, req.path
+      end)
+      local _, port = srv:addr()
+      -- linger 0: close sends a reset, so the answer meets a dead socket
+      local py = helpers.writefile(helpers.tmpdir() .. "/reset.py", [[
+import socket, struct, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+time.sleep(0.2)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+]])
+      client = helpers.spawn_host(nil, { argv = { "python3", py, tostring(port) }, env = { "LD_PRELOAD=" } })
+      assert(helpers.wait_until(function() return answered end, 10), "the request never reached the handler")
+      assert.are.equal(0, client:wait(10))
+      assert(helpers.wait_until(function() return http.pending() == 0 end, 5), "the dropped answer stays pending")
+      assert.are.equal("/after", assert(http.request(base .. "/after")).body)
+      srv:close()
+    end)
+  end)
+
   it("dates HTTP/1.1 answers (RFC 1123, the current second) and leaves HTTP/1.0 ones undated, as evhttp does", function()
     helpers.run(function()
       local srv, addr = serve(function(req)
