@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # HTTP bench: wrk against nginx (one worker, `return 200 "hello"`) and
-# luacomm's http.serve with the same hello handler, then a JSON handler that
+# luacomm's http.serve with the same hello handler and the same answer from
+# C on evhttp with no Lua ("floor", bench/http_floor.c: what http.serve,
+# built on evhttp, cannot go below), then a JSON handler that
 # calls n:request on a local node: in the same process ("node": the whole
 # request, both nodes, on the server's one core) and in a process of its own
 # ("node2": the gateway of examples/http in front of a cluster node; the
@@ -16,6 +18,8 @@ if [[ -n ${QUICK:-} && ${QUICK:-} != 0 ]]; then R=${R:-1} D=${D:-2}; fi
 R=${R:-3} D=${D:-5} C=${C:-64} T=${T:-1}
 OUT=${OUT:-bench/RESULTS.md}
 BIN=build/luacomm
+FLOOR=build/bench/http_floor
+[[ -x $FLOOR ]] || make -s -f bench/bench.mk "$FLOOR" || exit 1
 TMP=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$TMP"' EXIT
 NCPU=$(nproc)
@@ -65,6 +69,7 @@ start_server() { # name port
     case $1 in
         nginx) start_nginx "$2" ;;
         hello) $(pin_server) $BIN bench/http_hello.lua "$2" & SERVER_PID=$! ;;
+        floor) $(pin_server) $FLOOR "$2" & SERVER_PID=$! ;;
         node) $(pin_server) $BIN --log-level warn bench/http_node.lua "$2" >/dev/null & SERVER_PID=$! ;;
         node2)
             local bport
@@ -110,7 +115,7 @@ to_ms() { # wrk prints 1.23ms, 456.00us or 1.02s
 
 median() { sort -g | awk '{a[NR]=$1} END { print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2 }'; }
 
-NAMES="nginx hello node node2"
+NAMES="nginx floor hello node node2"
 declare -A RPS P50 P99 CPU BCPU ERRS
 for name in $NAMES; do RPS[$name]=""; P50[$name]=""; P99[$name]=""; CPU[$name]=""; BCPU[$name]=""; ERRS[$name]=""; done
 for ((r = 1; r <= R; r++)); do
@@ -136,6 +141,9 @@ done
 cpu_ratio=$(awk -v a="${MCPU[nginx]}" -v b="${MCPU[hello]}" 'BEGIN { printf "%.2f", a / b }')
 ratio=$(awk -v a="${MRPS[hello]}" -v b="${MRPS[nginx]}" 'BEGIN { printf "%.2f", a / b }')
 p99x=$(awk -v a="${M99[hello]}" -v b="${M99[nginx]}" 'BEGIN { printf "%.2f", a / b }')
+floor_ratio=$(awk -v a="${MRPS[floor]}" -v b="${MRPS[nginx]}" 'BEGIN { printf "%.2f", a / b }')
+floor_cpu=$(awk -v a="${MCPU[nginx]}" -v b="${MCPU[floor]}" 'BEGIN { printf "%.2f", a / b }')
+hello_floor=$(awk -v a="${MCPU[floor]}" -v b="${MCPU[hello]}" 'BEGIN { printf "%.2f", a / b }')
 met() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "NOT met") }'; }
 
 {
@@ -144,14 +152,15 @@ met() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "NOT met") }'; }
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); $R run(s) of ${D} s per server, interleaved, median shown"
     echo "- nginx $(nginx -v 2>&1 | sed 's/.*nginx\///'): one worker, \`return 200 \"hello\"\`, access log off"
-    echo "- hello: \`$BIN bench/http_hello.lua PORT\`"
+    echo "- hello: \`$BIN bench/http_hello.lua PORT\`; evhttp floor: \`$FLOOR PORT\` (the same answer from C on evhttp, no Lua)"
     echo "- JSON + n:request, same process: \`$BIN bench/http_node.lua PORT\`: nodes front and back both in the server process, linked over loopback TCP; the row is HTTP, JSON and both ends of the node request on the server's one core"
     echo "- JSON + n:request, back in its own process: \`bench/http_back.lua BPORT\` (pinned with wrk) and \`bench/http_node.lua PORT 127.0.0.1:BPORT\`: the gateway of examples/http; CPU µs/req is the front's, the back node's in brackets"
     echo
     echo "| server | req/s | p50 ms | p99 ms | server CPU µs/req | vs nginx | target | |"
     echo "|---|--:|--:|--:|--:|--:|---|---|"
     echo "| nginx hello | ${MRPS[nginx]} | ${M50[nginx]} | ${M99[nginx]} | ${MCPU[nginx]} | baseline | | |"
-    echo "| luacomm hello | ${MRPS[hello]} | ${M50[hello]} | ${M99[hello]} | ${MCPU[hello]} | ${ratio} req/s (${cpu_ratio} by CPU/req), ${p99x}× p99 | ≥ 0.60 req/s, p99 ≤ 2× | $(met "$(awk -v r="$ratio" -v p="$p99x" 'BEGIN{print (r >= 0.6 && p <= 2)}')") |"
+    echo "| evhttp floor hello (C, no Lua) | ${MRPS[floor]} | ${M50[floor]} | ${M99[floor]} | ${MCPU[floor]} | ${floor_ratio} req/s (${floor_cpu} by CPU/req) | | |"
+    echo "| luacomm hello | ${MRPS[hello]} | ${M50[hello]} | ${M99[hello]} | ${MCPU[hello]} | ${ratio} req/s (${cpu_ratio} by CPU/req; ${hello_floor} of the floor's), ${p99x}× p99 | ≥ 0.60 req/s, p99 ≤ 2× | $(met "$(awk -v r="$ratio" -v p="$p99x" 'BEGIN{print (r >= 0.6 && p <= 2)}')") |"
     echo "| luacomm JSON + n:request, same process | ${MRPS[node]} | ${M50[node]} | ${M99[node]} | ${MCPU[node]} | | ≥ 30,000 req/s | $(met "$(awk -v r="${MRPS[node]}" 'BEGIN{print (r >= 30000)}')") |"
     echo "| luacomm JSON + n:request, back in its own process | ${MRPS[node2]} | ${M50[node2]} | ${M99[node2]} | ${MCPU[node2]} (back ${MBCPU[node2]}) | | ≥ 30,000 req/s | $(met "$(awk -v r="${MRPS[node2]}" 'BEGIN{print (r >= 30000)}')") |"
     for name in $NAMES; do
