@@ -124,7 +124,7 @@ include bench/bench.mk
 # Speed against a C ceiling in the same run: ceiling and examples/echo.lua
 # under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
 BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
-# HTTP rows: wrk against nginx and http.serve (bench/http.sh).
+# HTTP rows: wrk against nginx, the C-only evhttp floor and http.serve (bench/http.sh).
 bench: deps
 	@sh tools/install-deps.sh bench
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
