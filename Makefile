@@ -98,17 +98,27 @@ install: all
 
 include bench/bench.mk
 
-# Speed against a C ceiling in the same run: ceiling and examples/echo.lua
-# under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
-BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
+# Speed against C in the same run: the ceiling, the floor (one malloc and
+# copy per frame), examples/echo.lua and echo servers on the Lua runtimes
+# luv, cqueues and copas (bench/peers/), under one load generator,
+# interleaved, medians, ratios; bench/RESULTS.md. Debian's copas.lua is
+# installed for 5.1/5.2 only; it is pure Lua and runs on lua5.4 from there.
+COPAS_PATH := ;;/usr/share/lua/5.1/?.lua
+BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'floor=build/bench/floor $$PORT' \
+	'luacomm=build/luacomm examples/echo.lua $$PORT' \
+	'luv=lua5.4 bench/peers/luv_echo.lua $$PORT' \
+	'cqueues=lua5.4 bench/peers/cqueues_echo.lua $$PORT' \
+	'copas=env LUA_PATH="$(COPAS_PATH)" lua5.4 bench/peers/copas_echo.lua $$PORT'
+# Copas 1.1.7 waits with select(): no descriptor past FD_SETSIZE (1024).
+BENCH_ENV := SKIP='copas:E:select()_limit_1024_fds copas:idle:select()_limit_1024_fds'
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
-	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
+	$(BENCH_ENV) BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
-	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
+	$(BENCH_ENV) QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 
 clean:

@@ -1,8 +1,9 @@
 #!/bin/sh
-# Installs the Debian 12 packages luacomm needs to build, test and benchmark,
+# Installs the Debian 12 packages luacomm needs to build, test and benchmark
+# (lua-luv, lua-cqueues, lua-copas, lua-socket: the Lua peers in make bench),
 # and does nothing (quickly) when they are all present already.
 set -eu
-PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format"
+PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format lua-luv lua-cqueues lua-copas lua-socket"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
