@@ -15,6 +15,7 @@
 #include "host.h"
 #include "lc.h"
 #include "log.h"
+#include "pool.h"
 #include "signals.h"
 
 #ifndef LC_SHARE_DIR
@@ -182,12 +183,16 @@ void rt_host_exit_now (int status) {
 int rt_host_run (const rt_opts *o) {
   struct event_base *base = lc_event_base_new();
   lua_State *L = luaL_newstate();
+  rt_pool *pool = rt_pool_new(); /* NULL: Lua's own allocator stays */
   lc_ctx *c;
   int status;
   if (base == NULL || L == NULL) {
     fprintf(stderr, "luacomm: cannot create the event loop or the Lua state\n");
+    rt_pool_free(pool);
     return 1;
   }
+  /* luaL_newstate's panic and warning functions, the pool's allocation. */
+  if (pool != NULL) lua_setallocf(L, rt_pool_alloc, pool);
   rt_log_configure(o->log_json);
   lua_gc(L, LUA_GCSTOP);
   lc_set_base(L, base);
@@ -206,6 +211,7 @@ int rt_host_run (const rt_opts *o) {
   }
   fflush(stdout);
   lua_close(L);
+  rt_pool_free(pool);
   rt_signals_free();
   event_base_free(base);
   remove_pidfile();
