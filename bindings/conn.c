@@ -557,50 +557,57 @@ static int frame_too_large (lua_State *L, lc_hud *u) {
   return lc_fail(L, "frame too large");
 }
 
+/* Pushes the next frame when it is all in s->in (1), or sets s->want to
+** what it needs and returns 0; -1 when its header announces more than
+** max_frame. */
+static int take_frame (lua_State *L, lc_conn *s) {
+  size_t have = evbuffer_get_length(s->in);
+  struct evbuffer_iovec first;
+  const unsigned char *h;
+  unsigned char hb[4];
+  uint32_t len;
+  s->want = 4;
+  if (have < 4) return 0;
+  evbuffer_peek(s->in, -1, NULL, &first, 1);
+  if (first.iov_len >= 4) {
+    h = first.iov_base;
+  } else {
+    evbuffer_copyout(s->in, hb, 4);
+    h = hb;
+  }
+  len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+  if (len > s->max_frame) return -1;
+  if (have < 4 + (size_t)len) {
+    s->want = 4 + (size_t)len;
+    return 0;
+  }
+  if (first.iov_len >= 4 + (size_t)len) { /* the common case: one copy, no calls */
+    lua_pushlstring(L, (const char *)h + 4, len);
+    evbuffer_drain(s->in, 4 + (size_t)len);
+  } else {
+    evbuffer_drain(s->in, 4);
+    push_bytes(L, s->in, len);
+  }
+  s->frames_in++;
+  s->ctx->n.frames_in++;
+  start_reading(s);
+  return 1;
+}
+
 /* Stack: conn, deadline (slot kc). Yields until a whole frame is in. */
 static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
   lc_hud *u = argconn(L);
   lc_conn *s = udconn(u);
-  lc_ctx *c;
-  size_t have;
+  int got;
   (void)status;
   if (s == NULL) return lc_fail(L, "closed");
-  c = s->ctx;
-  have = evbuffer_get_length(s->in);
-  s->want = 4;
-  if (have >= 4) {
-    struct evbuffer_iovec first;
-    const unsigned char *h;
-    unsigned char hb[4];
-    uint32_t len;
-    evbuffer_peek(s->in, -1, NULL, &first, 1);
-    if (first.iov_len >= 4) {
-      h = first.iov_base;
-    } else {
-      evbuffer_copyout(s->in, hb, 4);
-      h = hb;
-    }
-    len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-    if (len > s->max_frame) return frame_too_large(L, u);
-    if (have >= 4 + (size_t)len) {
-      if (first.iov_len >= 4 + (size_t)len) { /* the common case: one copy, no calls */
-        lua_pushlstring(L, (const char *)h + 4, len);
-        evbuffer_drain(s->in, 4 + (size_t)len);
-      } else {
-        evbuffer_drain(s->in, 4);
-        push_bytes(L, s->in, len);
-      }
-      s->frames_in++;
-      c->n.frames_in++;
-      start_reading(s);
-      return 1;
-    }
-    s->want = 4 + (size_t)len;
-  }
-  if (s->eof || s->err) return frame_closed_error(L, s, have);
+  got = take_frame(L, s);
+  if (got > 0) return 1;
+  if (got < 0) return frame_too_large(L, u);
+  if (s->eof || s->err) return frame_closed_error(L, s, evbuffer_get_length(s->in));
   if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(c, L, &s->readers, kc, conn_recv_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_recv_k);
 }
 
 /* Common entry of the reading calls: one reader at a time. */
@@ -617,11 +624,14 @@ static int first_try (lua_State *L, double deadline, lua_KFunction k) {
 }
 
 /* conn:recv([timeout]) -> frame | nil, err. Yields until a whole frame
-** is in (conn_recv_k); results go above the arguments. */
+** is in (conn_recv_k); results go above the arguments. A frame already
+** buffered is returned at once, without the deadline slot: most calls
+** under load. */
 static int conn_recv (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
+  if (take_frame(L, s) > 0) return 1;
   lua_settop(L, 1);
   return first_try(L, deadline, conn_recv_k);
 }
@@ -657,16 +667,11 @@ static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, siz
   evbuffer_add(s->out, data, len);
 }
 
-/* Appends arg 2 (with a frame header when framed) once the output is under
-** the high-water mark. Appending the whole frame in one step is what keeps
-** frames from several tasks from interleaving. */
-static int do_send (lua_State *L, int framed, lua_KFunction k) {
-  lc_hud *u = argconn(L);
-  lc_conn *s = udconn(u);
-  size_t len;
-  const char *p = lua_tolstring(L, 2, &len);
+/* Appends p (arg 2, with a frame header when framed) once the output is
+** under the high-water mark. Appending the whole frame in one step is what
+** keeps frames from several tasks from interleaving. */
+static int append (lua_State *L, lc_conn *s, const char *p, size_t len, int framed, lua_KFunction k) {
   size_t wire = len + (framed ? 4 : 0);
-  if (s == NULL) return lc_fail(L, "closed");
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
   if (evbuffer_get_length(s->out) > s->hwm) return lc_wait(s->ctx, L, &s->writers, 0, k); /* no deadline */
   if (framed) {
@@ -692,6 +697,15 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   return 1;
 }
 
+/* A retry after waiting: the connection may have closed meanwhile. */
+static int do_send (lua_State *L, int framed, lua_KFunction k) {
+  lc_conn *s = udconn(argconn(L));
+  size_t len;
+  const char *p = lua_tolstring(L, 2, &len);
+  if (s == NULL) return lc_fail(L, "closed");
+  return append(L, s, p, len, framed, k);
+}
+
 /* Continuations of send/write: yield, without a deadline, while the
 ** output is over the high-water mark (backpressure). */
 static int conn_send_k (lua_State *L, int status, lua_KContext kc) {
@@ -708,19 +722,22 @@ static int conn_write_k (lua_State *L, int status, lua_KContext kc) {
 static int conn_send (lua_State *L) {
   lc_conn *s;
   size_t len;
+  const char *p;
   CHECKOPEN(s, L);
-  luaL_checklstring(L, 2, &len);
+  p = luaL_checklstring(L, 2, &len);
   if (len > s->max_frame) return lc_fail(L, "frame too large");
-  return conn_send_k(L, LUA_OK, 0);
+  return append(L, s, p, len, 1, conn_send_k);
 }
 
 /* conn:write(data) -> true | nil, err: raw bytes, no header. */
 static int conn_write (lua_State *L) {
   lc_conn *s;
+  size_t len;
+  const char *p;
   CHECKOPEN(s, L);
-  luaL_checkstring(L, 2);
+  p = luaL_checklstring(L, 2, &len);
   lua_settop(L, 2);
-  return conn_write_k(L, LUA_OK, 0);
+  return append(L, s, p, len, 0, conn_write_k);
 }
 
 /* ---- raw reads ---- */
