@@ -26,6 +26,8 @@
 #define ZERO_COPY_MIN (8 * 1024)
 #define SMALL_FRAME 256
 #define READ_MAX_CHUNK (1024 * 1024)
+#define READ_BLOCK (64 * 1024)
+#define READ_HANDOVER_MIN (8 * 1024)
 
 struct lc_conn {
   lc_handle h; /* first: the handle list hands us back this pointer */
@@ -56,6 +58,7 @@ typedef struct lc_conn lc_conn;
 typedef struct conn_state {
   lc_conn *dirty;   /* connections with output to flush after the pass */
   char *scratch;    /* the read buffer every connection shares */
+  char *spare;      /* READ_BLOCK bytes read into first, see read_some */
   int lingering;    /* closed by the user, still flushing */
   lc_waitq drained; /* tasks in core.drained(): woken as connections go */
 } conn_state;
@@ -212,6 +215,7 @@ static void free_state (lc_ctx *c, void *state) {
   conn_state *cs = state;
   (void)c;
   free(cs->scratch);
+  free(cs->spare);
 }
 
 static void flush_dirty (lc_ctx *c) {
@@ -258,10 +262,49 @@ static ssize_t read_tls (lc_conn *s, size_t cap) {
   return n;
 }
 
+/* libevent's cleanup for a block handed over by read_into_spare. */
+static void free_block (const void *data, size_t len, void *arg) {
+  (void)len, (void)arg;
+  free((void *)data);
+}
+
+/* The common read: into the spare block, then the scratch buffer, in one
+** readv. A large read hands the block itself to the input buffer, cut to
+** size, instead of copying it (libevent frees it once drained); a small
+** one is copied and the block stays for the next read. Either way the
+** input buffer holds what came, not a power-of-two chain around it. */
+static ssize_t read_into_spare (lc_conn *s, conn_state *cs) {
+  struct iovec vec[2];
+  size_t first;
+  char *b;
+  ssize_t n;
+  if (cs->spare == NULL && (cs->spare = malloc(READ_BLOCK)) == NULL) return -1;
+  vec[0].iov_base = cs->spare;
+  vec[0].iov_len = READ_BLOCK;
+  vec[1].iov_base = cs->scratch;
+  vec[1].iov_len = READ_SCRATCH;
+  n = readv(s->fd, vec, 2);
+  if (n <= 0) return n;
+  first = (size_t)n < READ_BLOCK ? (size_t)n : READ_BLOCK;
+  if (first < READ_HANDOVER_MIN) {
+    if (evbuffer_add(s->in, cs->spare, first) != 0) return errno = ENOMEM, -1;
+  } else {
+    b = first < READ_BLOCK ? realloc(cs->spare, first) : cs->spare; /* shrinks in place */
+    if (b == NULL) b = cs->spare;
+    cs->spare = NULL;
+    if (evbuffer_add_reference(s->in, b, first, free_block, NULL) != 0) {
+      free(b);
+      return errno = ENOMEM, -1;
+    }
+  }
+  if ((size_t)n > first && evbuffer_add(s->in, cs->scratch, (size_t)n - first) != 0) return errno = ENOMEM, -1;
+  return n;
+}
+
 /* Reads straight into the input buffer when a large frame is expected (one
-** copy); otherwise into the shared scratch buffer and appends what came:
-** a big chain reserved per read and freed once drained would make malloc
-** grow and trim the heap on every readiness event. */
+** copy); otherwise through read_into_spare: a big chain reserved per read
+** and freed once drained would make malloc grow and trim the heap on every
+** readiness event. */
 static ssize_t read_some (lc_conn *s) {
   lc_ctx *c = s->ctx;
   conn_state *cs = cstate(c);
@@ -279,6 +322,8 @@ static ssize_t read_some (lc_conn *s) {
     if (evbuffer_reserve_space(s->in, (ev_ssize_t)rest, vec, 1) < 1) return -1;
     vec[0].iov_len = rest;
     direct = 1;
+  } else if (cap == SIZE_MAX) {
+    return read_into_spare(s, cs);
   }
   vec[direct].iov_base = cs->scratch;
   vec[direct].iov_len = READ_SCRATCH;
