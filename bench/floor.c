@@ -9,8 +9,8 @@
  *
  * Otherwise it is as lean as the ceiling: per readiness event one read()
  * into a shared buffer, every complete frame copied out into its own
- * allocation, that copy appended to the output buffer and freed, then one
- * write for all of them. Reading
+ * allocation, which is written from (8 KiB and up) or copied into the
+ * output buffer (smaller), then freed; one write for all of them. Reading
  * stops while the unsent output is large, so a client that does not read
  * cannot make us buffer without end.
  *
@@ -36,6 +36,7 @@
 #define RBUF_SIZE (256 * 1024)
 #define MAX_FRAME (16u << 20)
 #define OUT_HIGH (4u << 20)     /* stop reading above this much unsent */
+#define BY_REFERENCE_MIN (8 * 1024)
 
 struct conn {
     int fd;
@@ -78,9 +79,32 @@ static void conn_update_interest(struct conn *c)
     c->events = want;
 }
 
+static void free_payload(const void *data, size_t len, void *arg)
+{
+    (void)len, (void)arg;
+    free((void *)data);
+}
+
+/* Appends a malloc'ed payload and owns it from then on: a large one is
+ * written from where it is and freed once written, a small one is copied
+ * into the output and freed now (a buffer chain per small frame would cost
+ * more than the copy). */
+static int add_payload(struct conn *c, char *p, size_t len)
+{
+    if (len >= BY_REFERENCE_MIN) {
+        if (evbuffer_add_reference(c->out, p, len, free_payload, NULL) == 0)
+            return 0;
+        free(p);
+        return -1;
+    }
+    int rc = evbuffer_add(c->out, p, len);
+    free(p);
+    return rc;
+}
+
 /* Echoes the complete frames at the start of buf, each payload through
- * its own malloc'ed copy (the "string" a script would get), which is
- * appended to the output and freed. Returns the bytes used, or SIZE_MAX on
+ * its own malloc'ed copy (the "string" a script would get), handed to
+ * add_payload. Returns the bytes used, or SIZE_MAX on
  * a frame over MAX_FRAME or out of memory. */
 static size_t echo_frames(struct conn *c, const uint8_t *buf, size_t len)
 {
@@ -96,9 +120,7 @@ static size_t echo_frames(struct conn *c, const uint8_t *buf, size_t len)
         if (!p)
             return SIZE_MAX;
         memcpy(p, h + 4, flen);
-        int bad = evbuffer_add(c->out, h, 4) != 0 || evbuffer_add(c->out, p, flen) != 0;
-        free(p);
-        if (bad)
+        if (evbuffer_add(c->out, h, 4) != 0 || add_payload(c, p, flen) != 0)
             return SIZE_MAX;
         off += 4 + (size_t)flen;
     }

@@ -11,7 +11,8 @@
 #   "floor" is listed, a second column gives the ratio to it.
 #
 # Env: R runs per scenario (3), D measured seconds (5), WARMUP seconds (1),
-#   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000), IDLE_HOLD seconds (3),
+#   QUICK=1 (1 run of 1 s), SCENARIOS ("A B C D E"), IDLE_CONNS (10000),
+#   IDLE_HOLD seconds (3),
 #   OUT report file (bench/RESULTS.md), BENCH_PORT_BASE, BENCH_NO_BUILD=1,
 #   SKIP="NAME:WHAT:why ..." runs left out, WHAT a scenario letter or "idle",
 #   with why (printed in the report; use _ for spaces): for a server that
@@ -33,7 +34,8 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 OUT=${OUT:-bench/RESULTS.md}
 LOADGEN=build/bench/loadgen
 
-SCENARIOS=(A B C D E)
+# shellcheck disable=SC2206 # a list of letters, split on purpose
+SCENARIOS=(${SCENARIOS:-A B C D E})
 declare -A SCEN_DESC=(
     [A]="1 conn, window 1, 64 B"
     [B]="64 conns, window 1, 64 B"
