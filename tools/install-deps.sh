@@ -3,7 +3,7 @@
 # (lua-luv, lua-cqueues, lua-copas, lua-socket: the Lua peers in make bench),
 # and does nothing (quickly) when they are all present already.
 set -eu
-PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format lua-luv lua-cqueues lua-copas lua-socket"
+PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db lua-luv lua-cqueues lua-copas lua-socket"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
