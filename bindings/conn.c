@@ -26,8 +26,9 @@
 #define ZERO_COPY_MIN (8 * 1024)
 #define SMALL_FRAME 256
 #define READ_MAX_CHUNK (1024 * 1024)
-#define READ_BLOCK (64 * 1024)
+#define READ_BLOCK (128 * 1024 - 256) /* under malloc's mmap threshold */
 #define READ_HANDOVER_MIN (8 * 1024)
+#define READ_CARRY_MAX (32 * 1024)
 
 struct lc_conn {
   lc_handle h; /* first: the handle list hands us back this pointer */
@@ -285,20 +286,30 @@ static void free_block (const void *data, size_t len, void *arg) {
 ** readv. A large read hands the block itself to the input buffer, cut to
 ** size, instead of copying it (libevent frees it once drained); a small
 ** one is copied and the block stays for the next read. Either way the
-** input buffer holds what came, not a power-of-two chain around it. */
-static ssize_t read_into_spare (lc_conn *s, conn_state *cs) {
+** input buffer holds what came, not a power-of-two chain around it.
+** carry: bytes of s->in (all of it) moved to the block's start first, so
+** that a frame begun in an earlier read ends up in one piece: a frame
+** split over two chains costs recv two copies (luaL_Buffer) instead of
+** one, and with large frames that is every other frame. */
+static ssize_t read_into_spare (lc_conn *s, conn_state *cs, size_t carry) {
   struct iovec vec[2];
   size_t first;
   char *b;
   ssize_t n;
   if (cs->spare == NULL && (cs->spare = malloc(READ_BLOCK)) == NULL) return -1;
-  vec[0].iov_base = cs->spare;
-  vec[0].iov_len = READ_BLOCK;
+  if (carry > 0) evbuffer_remove(s->in, cs->spare, carry);
+  vec[0].iov_base = cs->spare + carry;
+  vec[0].iov_len = READ_BLOCK - carry;
   vec[1].iov_base = cs->scratch;
   vec[1].iov_len = READ_SCRATCH;
   n = readv(s->fd, vec, 2);
-  if (n <= 0) return n;
-  first = (size_t)n < READ_BLOCK ? (size_t)n : READ_BLOCK;
+  if (n <= 0) {
+    int err = errno;
+    if (carry > 0 && evbuffer_add(s->in, cs->spare, carry) != 0) return errno = ENOMEM, -1; /* put back */
+    errno = err;
+    return n;
+  }
+  first = carry + ((size_t)n < READ_BLOCK - carry ? (size_t)n : READ_BLOCK - carry);
   if (first < READ_HANDOVER_MIN) {
     if (evbuffer_add(s->in, cs->spare, first) != 0) return errno = ENOMEM, -1;
   } else {
@@ -310,7 +321,8 @@ static ssize_t read_into_spare (lc_conn *s, conn_state *cs) {
       return errno = ENOMEM, -1;
     }
   }
-  if ((size_t)n > first && evbuffer_add(s->in, cs->scratch, (size_t)n - first) != 0) return errno = ENOMEM, -1;
+  if (carry + (size_t)n > first && evbuffer_add(s->in, cs->scratch, carry + (size_t)n - first) != 0)
+    return errno = ENOMEM, -1;
   return n;
 }
 
@@ -328,6 +340,10 @@ static ssize_t read_some (lc_conn *s) {
   errno = ENOMEM; /* for the allocation failures below */
   if (cs->scratch == NULL && (cs->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
   if (s->tls) return read_tls(s, cap);
+  /* A reader waits for more than is in: all of it is the start of what it
+  ** waits for (see read_into_spare). */
+  if (cap == SIZE_MAX && s->readers.head && have > 0 && have <= READ_CARRY_MAX && s->want <= READ_BLOCK)
+    return read_into_spare(s, cs, have);
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
     ** follows it into the scratch buffer, in one readv. */
@@ -336,7 +352,7 @@ static ssize_t read_some (lc_conn *s) {
     vec[0].iov_len = rest;
     direct = 1;
   } else if (cap == SIZE_MAX) {
-    return read_into_spare(s, cs);
+    return read_into_spare(s, cs, 0);
   }
   vec[direct].iov_base = cs->scratch;
   vec[direct].iov_len = READ_SCRATCH;
