@@ -632,31 +632,43 @@ static int frame_too_large (lua_State *L, lc_hud *u) {
   return lc_fail(L, "frame too large");
 }
 
+/* Whether the next frame is all in s->in (1, its payload length in *len),
+** or not yet (0, s->want set to what it needs); -1 when its header
+** announces more than max_frame. *h: the header, in place or copied to hb;
+** *contiguous: the bytes readable at *h. */
+static int frame_in (lc_conn *s, unsigned char hb[4], const unsigned char **h, size_t *contiguous, uint32_t *len) {
+  size_t have = evbuffer_get_length(s->in);
+  struct evbuffer_iovec first;
+  s->want = 4;
+  if (have < 4) return 0;
+  evbuffer_peek(s->in, -1, NULL, &first, 1);
+  *contiguous = first.iov_len;
+  if (first.iov_len >= 4) {
+    *h = first.iov_base;
+  } else {
+    evbuffer_copyout(s->in, hb, 4);
+    *h = hb;
+  }
+  *len = (uint32_t)(*h)[0] << 24 | (uint32_t)(*h)[1] << 16 | (uint32_t)(*h)[2] << 8 | (*h)[3];
+  if (*len > s->max_frame) return -1;
+  if (have < 4 + (size_t)*len) {
+    s->want = 4 + (size_t)*len;
+    return 0;
+  }
+  return 1;
+}
+
 /* Pushes the next frame when it is all in s->in (1), or sets s->want to
 ** what it needs and returns 0; -1 when its header announces more than
 ** max_frame. */
 static int take_frame (lua_State *L, lc_conn *s) {
-  size_t have = evbuffer_get_length(s->in);
-  struct evbuffer_iovec first;
-  const unsigned char *h;
   unsigned char hb[4];
+  const unsigned char *h;
+  size_t contiguous;
   uint32_t len;
-  s->want = 4;
-  if (have < 4) return 0;
-  evbuffer_peek(s->in, -1, NULL, &first, 1);
-  if (first.iov_len >= 4) {
-    h = first.iov_base;
-  } else {
-    evbuffer_copyout(s->in, hb, 4);
-    h = hb;
-  }
-  len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-  if (len > s->max_frame) return -1;
-  if (have < 4 + (size_t)len) {
-    s->want = 4 + (size_t)len;
-    return 0;
-  }
-  if (first.iov_len >= 4 + (size_t)len) { /* the common case: one copy, no calls */
+  int got = frame_in(s, hb, &h, &contiguous, &len);
+  if (got <= 0) return got;
+  if (contiguous >= 4 + (size_t)len) { /* the common case: one copy, no calls */
     lua_pushlstring(L, (const char *)h + 4, len);
     evbuffer_drain(s->in, 4 + (size_t)len);
   } else {
@@ -716,6 +728,53 @@ static int conn_recv (lua_State *L) {
   lua_settop(L, 1);
   if (turn) return lua_yieldk(L, 0, lc_push_deadline(L, deadline), conn_recv_k);
   return first_try(L, NULL, deadline, conn_recv_k);
+}
+
+/* Stack: src, dst, deadline (slot kc). Yields until a whole frame is in
+** src and dst is under its high-water mark, then moves the frame. */
+static int conn_forward_k (lua_State *L, int status, lua_KContext kc) {
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u), *d = udconn((lc_hud *)lua_touserdata(L, 2));
+  unsigned char hb[4];
+  const unsigned char *h;
+  size_t contiguous;
+  uint32_t len;
+  int got;
+  (void)status;
+  if (s == NULL) return lc_fail(L, "closed");
+  if (d == NULL || d->err || d->closed) return lc_fail(L, "destination closed");
+  got = frame_in(s, hb, &h, &contiguous, &len);
+  if (got < 0) return frame_too_large(L, u);
+  if (got > 0 && len > d->max_frame) return lc_fail(L, "frame too large"); /* left for recv */
+  if (got > 0 && evbuffer_get_length(d->out) <= d->hwm) {
+    evbuffer_remove_buffer(s->in, d->out, 4 + (size_t)len); /* whole chains move, no copy */
+    s->frames_in++, d->frames_out++;
+    s->ctx->n.frames_in++, s->ctx->n.frames_out++;
+    d->bytes_out += 4 + (size_t)len;
+    s->ctx->n.bytes_out += 4 + (size_t)len;
+    mark_dirty(d);
+    start_reading(s);
+    lua_pushinteger(L, (lua_Integer)len);
+    return 1;
+  }
+  if (got == 0 && (s->eof || s->err)) return frame_closed_error(L, s, evbuffer_get_length(s->in));
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  if (got > 0) return lc_wait(s->ctx, L, &d->writers, kc, conn_forward_k); /* dst backpressure */
+  start_reading(s);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_forward_k);
+}
+
+/* conn:forward(dst, [timeout]) -> payload size | nil, err. Receives the
+** next frame and sends it on dst unchanged, never as a Lua string: the
+** bytes move between the two connections' buffers. */
+static int conn_forward (lua_State *L) {
+  lc_conn *s, *d;
+  CHECKOPEN(s, L);
+  d = (lc_conn *)lc_checkopen(L, 2, &conn_class);
+  double deadline = begin_read(L, s, 3);
+  luaL_argcheck(L, d != s, 2, "a connection cannot forward to itself");
+  lua_settop(L, 2);
+  return first_try(L, s->ctx, deadline, conn_forward_k);
 }
 
 /* Whether recv would return without waiting: a whole frame (or an
@@ -1108,6 +1167,7 @@ static const luaL_Reg conn_methods[] = {
   {"send", conn_send},
   {"try_send", conn_try_send},
   {"recv", conn_recv},
+  {"forward", conn_forward},
   {"readable", conn_readable},
   {"write", conn_write},
   {"read", conn_read},
