@@ -142,8 +142,15 @@ bench-quick: deps
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
 
+# Instructions per echoed message (callgrind, a fixed number of frames per
+# scenario): luacomm's echo example and the floor, stable on a busy machine.
+bench-callgrind: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	bash bench/callgrind.sh | sed 's/^/luacomm /'
+	SERVER='build/bench/floor $$PORT' bash bench/callgrind.sh | sed 's/^/floor /'
+
 clean:
 	rm -rf build build-asan build-werror
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-asan valgrind demo demo-http install install-rock clean bench bench-quick
+.PHONY: all deps check test test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind
