@@ -150,10 +150,18 @@ bench-quick: deps
 
 # Instructions per echoed message (callgrind, a fixed number of frames per
 # scenario): luacomm's echo example and the floor, stable on a busy machine.
+# A markdown table on stdout (append it to bench/RESULTS.md after make bench).
 bench-callgrind: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
-	bash bench/callgrind.sh | sed 's/^/luacomm /'
-	SERVER='build/bench/floor $$PORT' bash bench/callgrind.sh | sed 's/^/floor /'
+	@bash bench/callgrind.sh >build/bench/callgrind.luacomm
+	@SERVER='build/bench/floor $$PORT' bash bench/callgrind.sh >build/bench/callgrind.floor
+	@echo; echo '## Instructions per echoed message (callgrind, `make bench-callgrind`)'; echo
+	@echo '| scenario | luacomm | floor | luacomm / floor |'; echo '|---|--:|--:|--:|'
+	@for f in luacomm floor; do \
+	  sed 's/.*scen=\([A-E]\).*ir_per_msg=\([0-9]*\).*/\1 \2/' build/bench/callgrind.$$f >build/bench/callgrind.$$f.col; \
+	done
+	@join build/bench/callgrind.luacomm.col build/bench/callgrind.floor.col | \
+	  awk '{ printf "| %s | %d | %d | %.1f |\n", $$1, $$2, $$3, $$2 / $$3 }'
 
 clean:
 	rm -rf build build-asan build-werror
