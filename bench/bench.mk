@@ -1,5 +1,6 @@
-# Benchmark tools: load generator/verifier, the libevent "ceiling" server and
-# the C-only evhttp "hello" server (the HTTP floor).
+# Benchmark tools: load generator/verifier, the libevent "ceiling" server,
+# the "floor" (the same echo paying one malloc and copy per frame) and the
+# C-only evhttp "hello" server (the HTTP floor).
 #
 # Included from the top-level Makefile (which defines CC and uses build/ for
 # output), or used standalone from the repository root:
@@ -12,13 +13,13 @@ BENCH_CFLAGS ?= -std=c11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wpedantic \
 BENCH_EVENT_CFLAGS := $(shell pkg-config --cflags libevent_core)
 BENCH_EVENT_LIBS := $(shell pkg-config --libs libevent_core)
 BENCH_EVHTTP_LIBS := $(shell pkg-config --libs libevent_extra) $(BENCH_EVENT_LIBS)
-BENCH_BINS := build/bench/loadgen build/bench/ceiling build/bench/http_floor
+BENCH_BINS := build/bench/loadgen build/bench/ceiling build/bench/floor build/bench/http_floor
 
 build/bench/loadgen: bench/loadgen.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -o $@ $<
 
-build/bench/ceiling: bench/ceiling.c bench/bench.mk
+build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS)
 
