@@ -1,0 +1,427 @@
+-- luacomm.sim.world: virtual time and the task scheduler of a simulation.
+--
+-- One world per sim.run. Tasks are plain coroutines resumed by this
+-- scheduler only; the clock is a number that moves only when no task is
+-- ready, to the time of the earliest pending event (a timer, a timeout, a
+-- frame's delivery). Events at the same time run in the order they were
+-- scheduled, ready tasks in the order they became ready, so a run is a
+-- pure function of its seed.
+--
+-- Each task and timer belongs to a process (luacomm.sim.proc), which
+-- counts them and ends them all when it crashes.
+local rng = require "luacomm.sim.rng"
+
+local create, resume, yield, close = coroutine.create, coroutine.resume, coroutine.yield, coroutine.close
+local costatus, corunning, isyieldable = coroutine.status, coroutine.running, coroutine.isyieldable
+local pack, unpack, select = table.pack, table.unpack, select
+local format, traceback, tostring, setmetatable = string.format, debug.traceback, tostring, setmetatable
+
+local M = {}
+
+local World = {}
+World.__index = World
+
+-- opts: seed (integer), max_time (virtual seconds a run may last).
+function M.new(seed, opts)
+  opts = opts or {}
+  return setmetatable({
+    seed = seed, now = 0, seq = 0,
+    heap = {}, hn = 0,                -- events: { time, seq, fn, a, b, dead }
+    ready = {}, rh = 1, rt = 0,       -- the ready queue
+    current = nil,                    -- the task running now
+    random = rng.new(seed),
+    ids = setmetatable({}, { __mode = "k" }), nextid = 0,
+    lines = {}, nlines = 0,           -- the trace
+    max_time = opts.max_time or 3600,
+    spin = 0,                         -- events run since the clock last moved
+  }, World)
+end
+
+-- A number for an object, in creation order: what deterministic `pairs`
+-- sorts table keys by.
+function World:id(obj)
+  local ids = self.ids
+  local i = ids[obj]
+  if i == nil then
+    i = self.nextid + 1
+    self.nextid = i
+    ids[obj] = i
+  end
+  return i
+end
+
+-- One trace line: virtual time, then the text.
+function World:trace(fmt, ...)
+  local n = self.nlines + 1
+  self.nlines = n
+  self.lines[n] = format("%.6f ", self.now) .. (select("#", ...) > 0 and format(fmt, ...) or fmt)
+end
+
+---------------------------------------------------------------- events
+
+local function earlier(x, y)
+  return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2])
+end
+
+-- Schedules fn(a, b) at virtual time t; returns the event (cancel with
+-- World.cancel).
+function World:at(t, fn, a, b)
+  local seq = self.seq + 1
+  self.seq = seq
+  local e = { t, seq, fn, a, b, false }
+  local heap, i = self.heap, self.hn + 1
+  self.hn = i
+  while i > 1 do
+    local p = i // 2
+    local pe = heap[p]
+    if not earlier(e, pe) then break end
+    heap[i] = pe
+    i = p
+  end
+  heap[i] = e
+  return e
+end
+
+function World.cancel(e)
+  if e then e[6] = true end
+end
+
+local function pop(self)
+  local heap, n = self.heap, self.hn
+  if n == 0 then return nil end
+  local top, last = heap[1], heap[n]
+  heap[n] = nil
+  n = n - 1
+  self.hn = n
+  if n > 0 then
+    local i = 1
+    while true do
+      local c = i * 2
+      if c > n then break end
+      if c < n and earlier(heap[c + 1], heap[c]) then c = c + 1 end
+      if not earlier(heap[c], last) then break end
+      heap[i] = heap[c]
+      i = c
+    end
+    heap[i] = last
+  end
+  return top
+end
+
+---------------------------------------------------------------- tasks
+
+local Task = {}
+Task.__index = Task
+Task.__name = "luacomm.task"
+function Task.__tostring(t) return format("luacomm.task: sim %d", t.id) end
+
+local function push_ready(self, t)
+  local n = self.rt + 1
+  self.rt = n
+  self.ready[n] = t
+end
+
+-- The message handler of every task: the traceback is kept for the log,
+-- join gets the error itself.
+local last_tb
+local function handler(e)
+  last_tb = traceback(tostring(e), 2)
+  return e
+end
+
+-- Starts fn(...) in a new task of proc; it runs once the caller waits or
+-- yields. Returns the task.
+function World:spawn(proc, fn, ...)
+  if type(fn) ~= "function" then error("bad argument #1 to 'spawn' (function expected)", 3) end
+  local t = setmetatable({ world = self, proc = proc, status = "ready", gen = 0, args = pack(...) }, Task)
+  t.id = self:id(t)
+  t.co = create(function(...)
+    local r = pack(xpcall(fn, handler, ...))
+    if not r[1] then r.tb = last_tb end
+    return r
+  end)
+  proc:add_task(t)
+  push_ready(self, t)
+  return t
+end
+
+local function wake_joiners(t)
+  local j = t.joiners
+  if j then
+    t.joiners = nil
+    for i = 1, #j, 2 do
+      local w = j[i]
+      if w.gen == j[i + 1] then t.world:wake(w, true) end
+    end
+  end
+end
+
+local function finish(t, r)
+  t.results = r
+  if r[1] then
+    t.status = "done"
+  else
+    t.status = "failed"
+    t.proc:task_failed(t, r.tb or tostring(r[2]))
+  end
+  t.proc:remove_task(t)
+  wake_joiners(t)
+end
+
+function World:resume_task(t)
+  local co = t.co
+  self.current = t
+  t.status = "running"
+  local ok, r
+  local args = t.args
+  if args then
+    t.args = nil
+    ok, r = resume(co, unpack(args, 1, args.n))
+  else
+    local v = t.wake
+    t.wake = nil
+    ok, r = resume(co, v)
+  end
+  self.current = nil
+  if costatus(co) == "dead" then
+    if t.status == "cancelled" then return end
+    if not ok then r = { n = 2, false, tostring(r), tb = tostring(r) } end
+    finish(t, r)
+  elseif t.status == "cancelled" then
+    close(co) -- it cancelled itself: runs its pending <close> variables
+  elseif t.status == "running" then
+    t.status = "ready" -- a plain yield
+    push_ready(self, t)
+  end
+end
+
+-- Raises unless called from a task's own coroutine, where blocking works.
+function World:current_task(level)
+  local t = self.current
+  if t == nil then error("luacomm: blocking call outside a task (use comm.spawn or comm.run)", level + 1) end
+  if corunning() ~= t.co then error("luacomm: blocking call from a nested coroutine", level + 1) end
+  if not isyieldable() then
+    error("luacomm: cannot block across a C-call boundary (a metamethod or C function called from Lua)", level + 1)
+  end
+  return t
+end
+
+local function on_timeout(t)
+  t.timer = nil
+  t.world:wake(t, false)
+end
+
+-- Parks the current task until wake (-> its value) or timeout seconds
+-- (-> false). A task waits for one thing at a time: t.gen tells a waker
+-- whether the task still waits for what it registered for.
+function World:block(timeout, level)
+  local t = self:current_task((level or 1) + 1)
+  t.status = "waiting"
+  t.gen = t.gen + 1
+  if timeout then
+    if timeout < 0 then timeout = 0 end
+    t.timer = self:at(self.now + timeout, on_timeout, t)
+  end
+  return yield()
+end
+
+-- Makes a waiting task ready; resume hands it v. false if it was not waiting.
+function World:wake(t, v)
+  if t.status ~= "waiting" then return false end
+  local tm = t.timer
+  if tm then
+    tm[6] = true
+    t.timer = nil
+  end
+  t.status = "ready"
+  t.wake = v
+  push_ready(self, t)
+  return true
+end
+
+function World:yield()
+  self:current_task(2)
+  yield()
+end
+
+function World:sleep(s)
+  if type(s) ~= "number" then error("bad argument #1 to 'sleep' (number expected)", 2) end
+  self:block(s, 2)
+end
+
+function Task:join(timeout)
+  local w = self.world
+  if w.current == self then error("luacomm: a task cannot join itself", 2) end
+  if self.results == nil then
+    if timeout and timeout <= 0 then return false, "timeout" end
+    local cur = w:current_task(2)
+    local j = self.joiners or {}
+    self.joiners = j
+    j[#j + 1] = cur
+    j[#j + 1] = cur.gen + 1 -- the gen block() is about to give it
+    if not w:block(timeout, 2) then return false, "timeout" end
+  end
+  local r = self.results
+  if r[1] then return true, unpack(r, 2, r.n) end
+  return false, r[2]
+end
+
+function Task:cancel()
+  local st = self.status
+  if st == "done" or st == "failed" or st == "cancelled" then return end
+  local w = self.world
+  self.status = "cancelled"
+  if self.timer then
+    self.timer[6] = true
+    self.timer = nil
+  end
+  self.results = { n = 2, false, "cancelled" }
+  self.proc:remove_task(self)
+  wake_joiners(self)
+  if w.current == self then
+    yield() -- never resumed: the scheduler closes the coroutine
+  elseif costatus(self.co) == "suspended" then
+    close(self.co)
+  end
+end
+
+function Task:status() return self.status end
+
+---------------------------------------------------------------- wait queues
+
+-- A FIFO of waiting tasks, each with the gen it waits under.
+local Queue = {}
+Queue.__index = Queue
+
+function M.queue() return setmetatable({ h = 1, t = 0 }, Queue) end
+
+-- Waits on the queue: true when woken, false on timeout.
+function Queue:wait(w, timeout, level)
+  local cur = w:current_task((level or 1) + 1)
+  local n = self.t + 1
+  self.t = n
+  self[2 * n - 1], self[2 * n] = cur, cur.gen + 1 -- the gen block() is about to give it
+  return w:block(timeout, (level or 1) + 1)
+end
+
+-- Wakes the first task still waiting on this queue, with v (default
+-- true); true if there was one.
+function Queue:wake_one(w, v)
+  local h = self.h
+  while h <= self.t do
+    local t, g = self[2 * h - 1], self[2 * h]
+    self[2 * h - 1], self[2 * h] = nil, nil
+    h = h + 1
+    self.h = h
+    if t.gen == g and t.status == "waiting" then
+      w:wake(t, v == nil and true or v)
+      return true
+    end
+  end
+  self.h, self.t = 1, 0
+  return false
+end
+
+function Queue:wake_all(w, v)
+  while self:wake_one(w, v) do end
+end
+
+---------------------------------------------------------------- conds
+
+local Cond = {}
+Cond.__index = Cond
+Cond.__name = "luacomm.cond"
+
+function World:cond()
+  return setmetatable({ world = self, q = M.queue() }, Cond)
+end
+
+-- cond:wait([timeout]) -> true | nil, "timeout"
+function Cond:wait(timeout)
+  if self.q:wait(self.world, timeout, 2) then return true end
+  return nil, "timeout"
+end
+
+function Cond:signal() return self.q:wake_one(self.world) end
+function Cond:broadcast() self.q:wake_all(self.world) end
+
+---------------------------------------------------------------- timers
+
+local Timer = {}
+Timer.__index = Timer
+Timer.__name = "luacomm.timer"
+
+local function fire(timer)
+  if not timer.on then return end
+  local w = timer.world
+  if timer.period then
+    timer.due = timer.due + timer.period
+    timer.ev = w:at(timer.due, fire, timer)
+  else
+    timer.on = false
+    timer.proc:timer_done(timer)
+  end
+  local args = timer.args
+  timer.task = w:spawn(timer.proc, timer.fn, unpack(args, 1, args.n))
+end
+
+-- A one-shot (period nil) or repeating timer of proc.
+function World:timer(proc, s, period, fn, ...)
+  if type(s) ~= "number" or s ~= s or s < 0 then error("bad argument #1 (non-negative number expected)", 3) end
+  if type(fn) ~= "function" then error("bad argument #2 (function expected)", 3) end
+  if period and period <= 0 then error("bad argument #1 to 'every' (positive number expected)", 3) end
+  local t = setmetatable({ world = self, proc = proc, fn = fn, args = pack(...), period = period,
+                           due = self.now + s, on = true }, Timer)
+  self:id(t)
+  t.ev = self:at(t.due, fire, t)
+  proc:timer_started(t)
+  return t
+end
+
+function Timer:cancel()
+  local task = self.task
+  if task and task.args then task:cancel() end -- fired, but its callback has not started
+  if not self.on then return end
+  self.on = false
+  self.ev[6] = true
+  self.proc:timer_done(self)
+end
+
+function Timer:active() return self.on end
+
+---------------------------------------------------------------- the loop
+
+-- Runs until done() is true after the ready tasks ran: true; false when
+-- nothing is left to happen. Raises past max_time, or when events keep
+-- running without the clock ever moving (a livelock).
+function World:loop(done)
+  local ready = self.ready
+  while true do
+    while self.rh <= self.rt do
+      local h = self.rh
+      local t = ready[h]
+      ready[h] = nil
+      self.rh = h + 1
+      if t.status == "ready" then self:resume_task(t) end
+    end
+    self.rh, self.rt = 1, 0
+    if done() then return true end
+    local e
+    repeat e = pop(self) until e == nil or not e[6]
+    if e == nil then return false end
+    if e[1] > self.now then
+      self.now = e[1]
+      self.spin = 0
+      if self.now > self.max_time then
+        error(format("virtual time passed max_time (%g s)", self.max_time), 0)
+      end
+    else
+      self.spin = self.spin + 1
+      if self.spin > 2000000 then error("livelock: 2000000 events without the clock moving", 0) end
+    end
+    e[3](e[4], e[5])
+  end
+end
+
+M.Task, M.Timer, M.Cond = Task, Timer, Cond
+return M
