@@ -316,11 +316,21 @@ end
 
 function Sim:now() return self.world.now end
 
--- The event trace, one event a line.
-function Sim:trace()
-  local w = self.world
-  return concat(w.lines, "\n", 1, w.nlines) .. "\n"
+-- net:task(fn, ...): runs fn(...) in a task of the spec's own, beside
+-- the spec (e.g. several client requests at once); returns the task
+-- (task:join([timeout]) as in luacomm).
+function Sim:task(fn, ...)
+  return self.world:spawn(self.driver, fn, ...)
 end
+
+-- net:random([m, [n]]): from the simulation's seeded generator, as
+-- math.random — for scenarios that pick their faults from the seed.
+function Sim:random(m, n)
+  return self.world.random(m, n)
+end
+
+-- The event trace, one event a line.
+function Sim:trace() return self.world:render() end
 
 -- A process's log lines ("time [level] msg"), oldest first.
 function Sim:logs(name)

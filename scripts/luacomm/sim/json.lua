@@ -6,8 +6,8 @@
 -- the same value.
 local cjson = require "cjson"
 
-local type, tostring, error, sort, concat = type, tostring, error, table.sort, table.concat
-local mtype, huge, find = math.type, math.huge, string.find
+local type, tostring, error, sort, concat, ipairs, next = type, tostring, error, table.sort, table.concat, ipairs, next
+local mtype, find = math.type, string.find
 
 local M = {}
 
@@ -18,100 +18,125 @@ local null = scalar.null
 
 local MAX_DEPTH = 1000
 
-local encode
+local SPECIAL = '[%c"\\/\128-\255]'
 
-local function key_text(k)
-  local tk = type(k)
-  if tk == "string" then return k end
-  if tk == "number" then return encode_scalar(k) end
-  error("Cannot serialise table: table key must be a number or string", 0)
+local encode_value
+
+local function quote(s)
+  if find(s, SPECIAL) then return encode_scalar(s) end
+  return '"' .. s .. '"'
+end
+
+-- Objects whose keys are all strings are encoded by a function made for
+-- their key set ("shape"), found by the keys in iteration order: a
+-- node's envelopes come in a few dozen shapes, and a straight-line
+-- function per shape writes one in a single concatenation, without
+-- sorting. Up to MAX_SHAPES shapes of at most 40 keys; others take the
+-- general path.
+local MAX_SHAPES, MAX_SHAPE_KEYS = 4096, 40
+local shapes, nshapes = {}, 0
+
+local function compile_shape(sorted)
+  local src = { "local enc = ...", "return function(t, depth)" }
+  local expr = {}
+  for i, k in ipairs(sorted) do
+    src[#src + 1] = ("local v%d = enc(t[%q], depth)"):format(i, k)
+    expr[i] = ("%q .. v%d"):format((i > 1 and "," or "{") .. quote(k) .. ":", i)
+  end
+  src[#src + 1] = "return " .. concat(expr, " .. ") .. ' .. "}"'
+  src[#src + 1] = "end"
+  return assert(load(concat(src, "\n"), "=json shape", "t", {}))(encode_value)
+end
+
+local function encode_object(t, depth, keys, m, texts)
+  sort(keys)
+  local parts = {}
+  for i = 1, m do
+    local s = keys[i]
+    local k = texts and texts[s] or s
+    parts[i] = quote(s) .. ":" .. encode_value(t[k], depth)
+  end
+  return "{" .. concat(parts, ",") .. "}"
 end
 
 -- An array when every key is a positive integer (as lua-cjson decides,
--- with its default sparseness limit: over 10 and over twice the count).
-local function array_size(t)
-  local max, n = 0, 0
-  for k in next, t do
-    if mtype(k) ~= "integer" or k < 1 then
-      if type(k) == "number" and k >= 1 and k < huge and k == k // 1 then
-        k = k // 1
-      else
-        return nil
-      end
-    end
-    if k > max then max = k end
-    n = n + 1
-  end
-  if max > 10 and max > n * 2 then error("Cannot serialise table: excessively sparse array", 0) end
-  return max
-end
-
-local function encode_table(t, depth, buf, n)
+-- with its default sparseness limit: over 10 and over twice the count);
+-- else an object, keys written in sorted order.
+local function encode_table(t, depth)
   if depth > MAX_DEPTH then error(("Cannot serialise, excessive nesting (%d)"):format(depth), 0) end
-  local size = array_size(t)
-  if size and size > 0 then
-    n = n + 1
-    buf[n] = "["
-    for i = 1, size do
-      if i > 1 then n = n + 1; buf[n] = "," end
-      n = encode(t[i], depth + 1, buf, n)
-    end
-    n = n + 1
-    buf[n] = "]"
-    return n
-  end
-  if size == 0 then
-    n = n + 1
-    buf[n] = "{}"
-    return n
-  end
-  local keys, texts, m = {}, {}, 0
+  depth = depth + 1
+  local keys, m, max, kind = {}, 0, 0, nil -- kind: "s" all strings, "i" all positive integers, false mixed
   for k in next, t do
     m = m + 1
-    local s = key_text(k)
-    keys[m], texts[s] = s, k
+    keys[m] = k
+    if type(k) == "string" then
+      if kind == nil then kind = "s" elseif kind == "i" then kind = false end
+    elseif mtype(k) == "integer" and k >= 1 then
+      if kind == nil then kind = "i" elseif kind == "s" then kind = false end
+      if k > max then max = k end
+    else
+      kind = false
+    end
   end
-  sort(keys)
-  n = n + 1
-  buf[n] = "{"
+  if m == 0 then return "{}" end
+  if kind == "s" then
+    if m > MAX_SHAPE_KEYS then return encode_object(t, depth, keys, m, nil) end
+    local sig = concat(keys, "\0", 1, m)
+    local f = shapes[sig]
+    if f == nil then
+      if nshapes >= MAX_SHAPES then return encode_object(t, depth, keys, m, nil) end
+      local sorted = {}
+      for i = 1, m do sorted[i] = keys[i] end
+      sort(sorted)
+      f = compile_shape(sorted)
+      shapes[sig] = f
+      nshapes = nshapes + 1
+    end
+    return f(t, depth)
+  end
+  if kind == "i" then
+    if max > 10 and max > m * 2 then error("Cannot serialise table: excessively sparse array", 0) end
+    local parts = {}
+    for i = 1, max do parts[i] = encode_value(t[i], depth) end
+    return "[" .. concat(parts, ",") .. "]"
+  end
+  local texts = {}
   for i = 1, m do
-    local s = keys[i]
-    if i > 1 then n = n + 1; buf[n] = "," end
-    n = n + 1
-    buf[n] = encode_scalar(s) .. ":"
-    n = encode(t[texts[s]], depth + 1, buf, n)
+    local k = keys[i]
+    local tk = type(k)
+    local s = k
+    if tk == "number" then
+      s = encode_scalar(k)
+    elseif tk ~= "string" then
+      error("Cannot serialise table: table key must be a number or string", 0)
+    end
+    keys[i], texts[s] = s, k
   end
-  n = n + 1
-  buf[n] = "}"
-  return n
+  return encode_object(t, depth, keys, m, texts)
 end
 
-encode = function(v, depth, buf, n)
+encode_value = function(v, depth)
   local tv = type(v)
-  n = n + 1
   if tv == "string" then
-    if find(v, '[%c"\\/\128-\255]') then buf[n] = encode_scalar(v) else buf[n] = '"' .. v .. '"' end
+    if find(v, SPECIAL) then return encode_scalar(v) end
+    return '"' .. v .. '"'
   elseif tv == "number" then
-    if mtype(v) == "integer" and v < 1e14 and v > -1e14 then buf[n] = tostring(v) else buf[n] = encode_scalar(v) end
+    if mtype(v) == "integer" and v < 1e14 and v > -1e14 then return tostring(v) end
+    return encode_scalar(v)
   elseif tv == "boolean" then
-    buf[n] = v and "true" or "false"
+    return v and "true" or "false"
   elseif v == nil or v == null then
-    buf[n] = "null"
+    return "null"
   elseif tv == "table" then
-    return encode_table(v, depth, buf, n - 1)
-  else
-    error("Cannot serialise " .. tv .. ": type not supported", 0)
+    return encode_table(v, depth)
   end
-  return n
+  error("Cannot serialise " .. tv .. ": type not supported", 0)
 end
 
 -- M.encode(v) -> JSON text; raises (with lua-cjson's words) on a value
 -- JSON cannot hold.
 function M.encode(v)
-  local buf = {}
-  local n = encode(v, 1, buf, 0)
-  if n == 1 then return buf[1] end
-  return concat(buf, "", 1, n)
+  return encode_value(v, 1)
 end
 
 return M

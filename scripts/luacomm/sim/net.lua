@@ -42,11 +42,13 @@ end
 ---------------------------------------------------------------- faults
 
 function Net:is_cut(from, to)
+  if not self.anycut then return false end
   local c = self.cuts[from]
   return c ~= nil and c[to] == true
 end
 
 function Net:cut(from, to)
+  self.anycut = true
   local c = self.cuts[from]
   if c == nil then
     c = {}
@@ -55,7 +57,7 @@ function Net:cut(from, to)
   c[to] = true
 end
 
-function Net:heal() self.cuts = {} end
+function Net:heal() self.cuts, self.anycut = {}, false end
 
 function Net:delay()
   local lo, hi = self.lat_min, self.lat_max
@@ -107,7 +109,7 @@ local function transmit(net, c, item, kind)
   local peer = c.peer
   local src, dst = c.proc.name, peer.proc.name
   local w = net.world
-  if net:is_cut(src, dst) then
+  if net.anycut and net:is_cut(src, dst) then
     if net.trace_frames then w:trace("drop cut %s>%s %s", src, dst, kind) end
     return
   end
@@ -128,17 +130,11 @@ local function transmit(net, c, item, kind)
   end
 end
 
-local function trace_frame(w, src, dst, frame)
-  local n = #frame
-  if n > 72 then frame = frame:sub(1, 72) .. "..." end
-  w:trace("%s>%s %d %s", src, dst, n, (frame:gsub("[%c\128-\255]", "?")))
-end
-
 deliver = function(c, item)
   local net, peer = c.net, c.peer
   local w = net.world
   if c.gone then return end -- its process died without a trace (a silent crash)
-  if net:is_cut(peer.proc.name, c.proc.name) then
+  if net.anycut and net:is_cut(peer.proc.name, c.proc.name) then
     if net.trace_frames then w:trace("drop cut %s>%s %s", peer.proc.name, c.proc.name, item == EOF and "eof" or #item) end
     return
   end
@@ -155,7 +151,7 @@ deliver = function(c, item)
   end
   if c.eof then return end -- already reset: nothing after it arrives
   net.delivered = net.delivered + 1
-  if net.trace_frames then trace_frame(w, peer.proc.name, c.proc.name, item) end
+  if net.trace_frames then w:trace_frame(peer.proc.name, c.proc.name, item) end
   if #item > c.max_frame then
     c.too_large = true
     c.proc:log("warn", format("connection closed: frame announced over max_frame (%d)", c.max_frame))
@@ -330,26 +326,36 @@ end
 ---------------------------------------------------------------- connect
 
 -- net:connect(proc, addr, opts) -> conn | nil, err. Blocks the calling
--- task for a round trip (or opts.timeout across a cut).
+-- task for a round trip (up to opts.timeout, default 10, across a cut).
 function Net:connect(proc, addr, opts)
   local host, port = M.parse(addr, 3)
   opts = check_opts(opts, 3)
   local w = self.world
   local timeout = opts.timeout or 10
-  local l = self.listeners[join(host, port)]
-  local there = l and l.proc.name
-  if there and (self:is_cut(proc.name, there) or self:is_cut(there, proc.name)) then
-    w:block(timeout, 3)
-    w:trace("connect %s>%s timeout", proc.name, addr)
-    return nil, "timeout"
+  local deadline = w.now + timeout
+  -- Across a cut the SYN is lost and retransmitted after 1, 2, 4 ... s,
+  -- as TCP does: a cut that heals meanwhile lets the connect through.
+  local retry = 1
+  while true do
+    local l = self.listeners[join(host, port)]
+    local there = l and l.proc.name
+    if not (there and (self:is_cut(proc.name, there) or self:is_cut(there, proc.name))) then break end
+    local left = deadline - w.now
+    if left <= 0 then
+      w:trace("connect %s>%s timeout", proc.name, addr)
+      return nil, "timeout"
+    end
+    w:block(math.min(retry, left), 3)
+    retry = retry * 2
   end
+  timeout = deadline - w.now
   local out = self:delay()
   if out > timeout then
     w:block(timeout, 3)
     return nil, "timeout"
   end
   w:block(out, 3)
-  l = self.listeners[join(host, port)]
+  local l = self.listeners[join(host, port)]
   if l == nil or l.shut then
     w:block(self:delay(), 3)
     w:trace("connect %s>%s refused", proc.name, addr)

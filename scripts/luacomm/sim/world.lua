@@ -13,7 +13,7 @@ local rng = require "luacomm.sim.rng"
 
 local create, resume, yield, close = coroutine.create, coroutine.resume, coroutine.yield, coroutine.close
 local costatus, corunning, isyieldable = coroutine.status, coroutine.running, coroutine.isyieldable
-local pack, unpack, select = table.pack, table.unpack, select
+local pack, unpack, concat = table.pack, table.unpack, table.concat
 local format, traceback, tostring, setmetatable = string.format, debug.traceback, tostring, setmetatable
 
 local M = {}
@@ -32,8 +32,10 @@ function M.new(seed, opts)
     random = rng.new(seed),
     ids = setmetatable({}, { __mode = "k" }), nextid = 0,
     lines = {}, nlines = 0,           -- the trace
+    ftime = {}, fsrc = {}, fdst = {}, -- the trace's frame lines
     max_time = opts.max_time or 3600,
     spin = 0,                         -- events run since the clock last moved
+    ndead = 0,                        -- cancelled events still in the heap
   }, World)
 end
 
@@ -50,11 +52,42 @@ function World:id(obj)
   return i
 end
 
--- One trace line: virtual time, then the text.
+-- One trace line: virtual time, then format(fmt, ...). Kept unformatted
+-- (formatting every frame's line as it happens was a third of the
+-- simulation's time) and rendered by World:render.
 function World:trace(fmt, ...)
   local n = self.nlines + 1
   self.nlines = n
-  self.lines[n] = format("%.6f ", self.now) .. (select("#", ...) > 0 and format(fmt, ...) or fmt)
+  self.lines[n] = { self.now, fmt, ... }
+end
+
+-- A frame's line: the first bytes of the frame, printable.
+local function frame_text(frame)
+  local n = #frame
+  if n > 72 then frame = frame:sub(1, 72) .. "..." end
+  if frame:find("[%c\128-\255]") then frame = frame:gsub("[%c\128-\255]", "?") end
+  return n, frame
+end
+
+-- A delivered frame: kept in flat arrays, no table per frame.
+function World:trace_frame(src, dst, frame)
+  local n = self.nlines + 1
+  self.nlines = n
+  self.lines[n], self.ftime[n], self.fsrc[n], self.fdst[n] = frame, self.now, src, dst
+end
+
+-- The trace as text, one event a line.
+function World:render()
+  local out, lines = {}, self.lines
+  for i = 1, self.nlines do
+    local l = lines[i]
+    if type(l) == "table" then
+      out[i] = format("%.6f ", l[1]) .. format(l[2], unpack(l, 3))
+    else
+      out[i] = format("%.6f %s>%s %d %s", self.ftime[i], self.fsrc[i], self.fdst[i], frame_text(l))
+    end
+  end
+  return concat(out, "\n") .. "\n"
 end
 
 ---------------------------------------------------------------- events
@@ -64,7 +97,8 @@ local function earlier(x, y)
 end
 
 -- Schedules fn(a, b) at virtual time t; returns the event (cancel with
--- World.cancel).
+-- World.cancel). The heap orders by (time, seq), compared inline: this
+-- is the simulation's hottest code.
 function World:at(t, fn, a, b)
   local seq = self.seq + 1
   self.seq = seq
@@ -74,7 +108,8 @@ function World:at(t, fn, a, b)
   while i > 1 do
     local p = i // 2
     local pe = heap[p]
-    if not earlier(e, pe) then break end
+    local pt = pe[1]
+    if pt < t or (pt == t and pe[2] < seq) then break end
     heap[i] = pe
     i = p
   end
@@ -82,8 +117,25 @@ function World:at(t, fn, a, b)
   return e
 end
 
-function World.cancel(e)
-  if e then e[6] = true end
+-- Cancelled events stay in the heap until their time comes (most are
+-- timeouts that never fire); past half the heap they are swept out.
+function World:cancel(e)
+  if e and not e[6] then
+    e[6] = true
+    local d = self.ndead + 1
+    self.ndead = d
+    if d > 256 and d * 2 > self.hn then self:_sweep() end
+  end
+end
+
+function World:_sweep()
+  local heap, live, n = self.heap, {}, 0
+  for i = 1, self.hn do
+    local e = heap[i]
+    if not e[6] then n = n + 1; live[n] = e end
+  end
+  table.sort(live, earlier)
+  self.heap, self.hn, self.ndead = live, n, 0
 end
 
 local function pop(self)
@@ -94,17 +146,25 @@ local function pop(self)
   n = n - 1
   self.hn = n
   if n > 0 then
+    local lt, ls = last[1], last[2]
     local i = 1
     while true do
       local c = i * 2
       if c > n then break end
-      if c < n and earlier(heap[c + 1], heap[c]) then c = c + 1 end
-      if not earlier(heap[c], last) then break end
-      heap[i] = heap[c]
+      local ce = heap[c]
+      if c < n then
+        local de = heap[c + 1]
+        local dt, ct = de[1], ce[1]
+        if dt < ct or (dt == ct and de[2] < ce[2]) then c, ce = c + 1, de end
+      end
+      local ct = ce[1]
+      if lt < ct or (lt == ct and ls < ce[2]) then break end
+      heap[i] = ce
       i = c
     end
     heap[i] = last
   end
+  if top[6] then self.ndead = self.ndead - 1 end
   return top
 end
 
@@ -214,8 +274,8 @@ end
 -- Parks the current task until wake (-> its value) or timeout seconds
 -- (-> false). A task waits for one thing at a time: t.gen tells a waker
 -- whether the task still waits for what it registered for.
-function World:block(timeout, level)
-  local t = self:current_task((level or 1) + 1)
+function World:block(timeout, level, t)
+  t = t or self:current_task((level or 1) + 1)
   t.status = "waiting"
   t.gen = t.gen + 1
   if timeout then
@@ -230,7 +290,7 @@ function World:wake(t, v)
   if t.status ~= "waiting" then return false end
   local tm = t.timer
   if tm then
-    tm[6] = true
+    self:cancel(tm)
     t.timer = nil
   end
   t.status = "ready"
@@ -259,7 +319,7 @@ function Task:join(timeout)
     self.joiners = j
     j[#j + 1] = cur
     j[#j + 1] = cur.gen + 1 -- the gen block() is about to give it
-    if not w:block(timeout, 2) then return false, "timeout" end
+    if not w:block(timeout, nil, cur) then return false, "timeout" end
   end
   local r = self.results
   if r[1] then return true, unpack(r, 2, r.n) end
@@ -272,7 +332,7 @@ function Task:cancel()
   local w = self.world
   self.status = "cancelled"
   if self.timer then
-    self.timer[6] = true
+    w:cancel(self.timer)
     self.timer = nil
   end
   self.results = { n = 2, false, "cancelled" }
@@ -301,7 +361,7 @@ function Queue:wait(w, timeout, level)
   local n = self.t + 1
   self.t = n
   self[2 * n - 1], self[2 * n] = cur, cur.gen + 1 -- the gen block() is about to give it
-  return w:block(timeout, (level or 1) + 1)
+  return w:block(timeout, nil, cur)
 end
 
 -- Wakes the first task still waiting on this queue, with v (default
@@ -383,7 +443,7 @@ function Timer:cancel()
   if task and task.args then task:cancel() end -- fired, but its callback has not started
   if not self.on then return end
   self.on = false
-  self.ev[6] = true
+  self.world:cancel(self.ev)
   self.proc:timer_done(self)
 end
 
