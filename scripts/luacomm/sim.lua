@@ -69,7 +69,7 @@ end
 
 local function new_sim(seed, opts)
   local world = world_mod.new(seed, opts)
-  local self = setmetatable({ seed = seed, world = world, procs = {}, order = {},
+  local self = setmetatable({ seed = seed, world = world, procs = {}, order = {}, skews = {},
                               print = opts.print ~= false, echo_logs = opts.echo_logs,
                               log_level = opts.log_level }, Sim)
   self.net = net_mod.new(world, opts)
@@ -300,6 +300,20 @@ function Sim:cut(from, to)
   return self
 end
 
+-- net:skew(name, seconds): steps the wall clock (comm.time, os.time) of
+-- the machine `name` runs on by `seconds` (negative: backwards, as an NTP
+-- correction may); it stays stepped across restarts. comm.now is
+-- monotonic and unaffected.
+function Sim:skew(name, seconds)
+  check_name(name, 2)
+  if type(seconds) ~= "number" then error("bad argument #2 to 'skew' (number expected)", 2) end
+  self.skews[name] = (self.skews[name] or 0) + seconds
+  self.world:trace("skew %s %g", name, seconds)
+  return self
+end
+
+function Sim:skew_of(name) return self.skews[name] or 0 end
+
 function Sim:heal()
   self.net:heal()
   self.world:trace("heal")
@@ -321,6 +335,13 @@ function Sim:now() return self.world.now end
 -- (task:join([timeout]) as in luacomm).
 function Sim:task(fn, ...)
   return self.world:spawn(self.driver, fn, ...)
+end
+
+-- net:comm(): the spec's own simulated luacomm module (tasks, timers,
+-- channels, listen/connect on the simulated network), as a script's
+-- `require "luacomm"` is.
+function Sim:comm()
+  return self.driver.require("luacomm")
 end
 
 -- net:random([m, [n]]): from the simulation's seeded generator, as

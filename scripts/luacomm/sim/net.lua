@@ -74,8 +74,9 @@ function M.parse(addr, level)
   if addr:match("^unix:") then error("not simulated: unix sockets (" .. addr .. ")", level + 1) end
   local host, port = addr:match("^%[(.+)%]:(%d+)$")
   if not host then host, port = addr:match("^([^:]+):(%d+)$") end
-  if not host then error("malformed address '" .. addr .. "' (expected host:port)", level + 1) end
-  return host, math.tointeger(tonumber(port))
+  port = math.tointeger(tonumber(port))
+  if not host or port > 65535 then error("malformed address '" .. addr .. "' (expected host:port)", level + 1) end
+  return host, port
 end
 
 local function join(host, port)
@@ -89,7 +90,10 @@ M.join = join
 local Conn = {}
 Conn.__index = Conn
 Conn.__name = "luacomm.conn"
-function Conn.__tostring(c) return format("luacomm.conn: %s -> %s", join(c.lhost, c.lport), join(c.rhost, c.rport)) end
+function Conn.__tostring(c)
+  if c.shut then return "luacomm.conn (closed)" end
+  return format("luacomm.conn: %s -> %s", join(c.lhost, c.lport), join(c.rhost, c.rport))
+end
 function Conn:__close() self:close() end
 
 local function new_conn(net, proc, lhost, lport, rhost, rport, max_frame)
@@ -106,7 +110,7 @@ local deliver
 
 -- Puts item (a frame, or EOF) on the wire from endpoint c to its peer.
 local function transmit(net, c, item, kind)
-  local peer = c.peer
+  local peer = c.other
   local src, dst = c.proc.name, peer.proc.name
   local w = net.world
   if net.anycut and net:is_cut(src, dst) then
@@ -131,7 +135,7 @@ local function transmit(net, c, item, kind)
 end
 
 deliver = function(c, item)
-  local net, peer = c.net, c.peer
+  local net, peer = c.net, c.other
   local w = net.world
   if c.gone then return end -- its process died without a trace (a silent crash)
   if net.anycut and net:is_cut(peer.proc.name, c.proc.name) then
@@ -219,7 +223,7 @@ function Conn:_shut(silent)
   self.proc:remove_conn(self)
   if silent then
     self.gone = true
-  elseif not self.peer.gone then
+  elseif not self.other.gone then
     transmit(self.net, self, EOF, "eof")
   end
   self.readers:wake_all(self.net.world)
@@ -233,8 +237,18 @@ function Conn:close()
 end
 
 function Conn:closed() return self.shut == true end
-function Conn:peer() return self.rhost, self.rport end
-function Conn:addr() return self.lhost, self.lport end
+-- Once closed: nil, "closed" (closed by the peer or the core), or an
+-- error (closed by the caller), as the real connections do.
+function Conn:peer()
+  check_open(self, 2)
+  if self.shut then return nil, "closed" end
+  return self.rhost, self.rport
+end
+function Conn:addr()
+  check_open(self, 2)
+  if self.shut then return nil, "closed" end
+  return self.lhost, self.lport
+end
 function Conn:stats()
   local s = self.st
   return { frames_in = s.frames_in, frames_out = s.frames_out, bytes_in = s.bytes_in, bytes_out = s.bytes_out }
@@ -256,9 +270,14 @@ local function check_opts(opts, level)
   if opts == nil then return {} end
   if type(opts) ~= "table" then error("bad argument #2 (options table expected)", level + 1) end
   if opts.tls ~= nil then error("not simulated: tls", level + 1) end
-  local mf = opts.max_frame
-  if mf ~= nil and (math.type(mf) ~= "integer" or mf < 0) then
-    error("bad option max_frame (non-negative integer expected)", level + 1)
+  for _, k in ipairs{ "max_frame", "backlog", "hwm", "max_conns" } do
+    local v = opts[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v < (k == "max_frame" and 0 or 1)) then
+      error(("bad option %s (%s integer expected)"):format(k, k == "max_frame" and "non-negative" or "positive"), level + 1)
+    end
+  end
+  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout < 0) then
+    error("bad option timeout (non-negative number expected)", level + 1)
   end
   return opts
 end
@@ -365,7 +384,7 @@ function Net:connect(proc, addr, opts)
   local cport = self.next_port
   local mine = new_conn(self, proc, proc.name, cport, l.host, l.port, opts.max_frame)
   local theirs = new_conn(self, l.proc, l.host, l.port, proc.name, cport, l.max_frame)
-  mine.peer, theirs.peer = theirs, mine
+  mine.other, theirs.other = theirs, mine
   w:trace("connect %s>%s ok", proc.name, addr)
   if l.max_conns and l.proc:count_conns() > l.max_conns then
     theirs:_shut() -- accepted and closed at once

@@ -173,7 +173,7 @@ function Proc:_make_core()
     return nil
   end
   function core.now() return w.now end
-  function core.time() return M.EPOCH + w.now end
+  function core.time() return M.EPOCH + w.now + proc.sim:skew_of(proc.name) end
   function core.after(s, fn, ...) return w:timer(proc, s, nil, fn, ...) end
   function core.every(s, fn, ...) return w:timer(proc, s, s, fn, ...) end
   function core.cond() return w:cond() end
@@ -261,10 +261,10 @@ function Proc:_make_env()
   local o = copy(os)
   o.time = function(t)
     if t ~= nil then return os.time(t) end
-    return floor(M.EPOCH + w.now)
+    return floor(M.EPOCH + w.now + proc.sim:skew_of(proc.name))
   end
   o.clock = function() return w.now end
-  o.date = function(fmt, t) return os.date(fmt, t or floor(M.EPOCH + w.now)) end
+  o.date = function(fmt, t) return os.date(fmt, t or floor(M.EPOCH + w.now + proc.sim:skew_of(proc.name))) end
   o.exit = not_simulated("os.exit")
   o.execute = not_simulated("os.execute")
   env.os = o

@@ -175,6 +175,17 @@ Task.__index = Task
 Task.__name = "luacomm.task"
 function Task.__tostring(t) return format("luacomm.task: sim %d", t.id) end
 
+-- A yield lets every other ready task run, and the events due by then:
+-- it costs a microsecond of virtual time, as a turn of the real loop
+-- costs some, so a task polling in a yield loop (for a timer, a frame)
+-- sees time move instead of spinning forever at one instant.
+local YIELD_QUANTUM = 1e-6
+
+local function on_timeout(t)
+  t.timer = nil
+  t.world:wake(t, false)
+end
+
 local function push_ready(self, t)
   local n = self.rt + 1
   self.rt = n
@@ -193,7 +204,7 @@ end
 -- yields. Returns the task.
 function World:spawn(proc, fn, ...)
   if type(fn) ~= "function" then error("bad argument #1 to 'spawn' (function expected)", 3) end
-  local t = setmetatable({ world = self, proc = proc, status = "ready", gen = 0, args = pack(...) }, Task)
+  local t = setmetatable({ world = self, proc = proc, state = "ready", gen = 0, args = pack(...) }, Task)
   t.id = self:id(t)
   t.co = create(function(...)
     local r = pack(xpcall(fn, handler, ...))
@@ -219,9 +230,9 @@ end
 local function finish(t, r)
   t.results = r
   if r[1] then
-    t.status = "done"
+    t.state = "done"
   else
-    t.status = "failed"
+    t.state = "failed"
     t.proc:task_failed(t, r.tb or tostring(r[2]))
   end
   t.proc:remove_task(t)
@@ -231,7 +242,7 @@ end
 function World:resume_task(t)
   local co = t.co
   self.current = t
-  t.status = "running"
+  t.state = "running"
   local ok, r
   local args = t.args
   if args then
@@ -244,14 +255,16 @@ function World:resume_task(t)
   end
   self.current = nil
   if costatus(co) == "dead" then
-    if t.status == "cancelled" then return end
+    if t.state == "cancelled" then return end
     if not ok then r = { n = 2, false, tostring(r), tb = tostring(r) } end
     finish(t, r)
-  elseif t.status == "cancelled" then
+  elseif t.state == "cancelled" then
     close(co) -- it cancelled itself: runs its pending <close> variables
-  elseif t.status == "running" then
-    t.status = "ready" -- a plain yield
-    push_ready(self, t)
+  elseif t.state == "running" then
+    -- a plain coroutine.yield: as comm.yield
+    t.state = "waiting"
+    t.gen = t.gen + 1
+    t.timer = self:at(self.now + YIELD_QUANTUM, on_timeout, t)
   end
 end
 
@@ -266,17 +279,12 @@ function World:current_task(level)
   return t
 end
 
-local function on_timeout(t)
-  t.timer = nil
-  t.world:wake(t, false)
-end
-
 -- Parks the current task until wake (-> its value) or timeout seconds
 -- (-> false). A task waits for one thing at a time: t.gen tells a waker
 -- whether the task still waits for what it registered for.
 function World:block(timeout, level, t)
   t = t or self:current_task((level or 1) + 1)
-  t.status = "waiting"
+  t.state = "waiting"
   t.gen = t.gen + 1
   if timeout then
     if timeout < 0 then timeout = 0 end
@@ -287,21 +295,21 @@ end
 
 -- Makes a waiting task ready; resume hands it v. false if it was not waiting.
 function World:wake(t, v)
-  if t.status ~= "waiting" then return false end
+  if t.state ~= "waiting" then return false end
   local tm = t.timer
   if tm then
     self:cancel(tm)
     t.timer = nil
   end
-  t.status = "ready"
+  t.state = "ready"
   t.wake = v
   push_ready(self, t)
   return true
 end
 
 function World:yield()
-  self:current_task(2)
-  yield()
+  local t = self:current_task(2)
+  self:block(YIELD_QUANTUM, nil, t)
 end
 
 function World:sleep(s)
@@ -327,10 +335,10 @@ function Task:join(timeout)
 end
 
 function Task:cancel()
-  local st = self.status
+  local st = self.state
   if st == "done" or st == "failed" or st == "cancelled" then return end
   local w = self.world
-  self.status = "cancelled"
+  self.state = "cancelled"
   if self.timer then
     w:cancel(self.timer)
     self.timer = nil
@@ -345,7 +353,7 @@ function Task:cancel()
   end
 end
 
-function Task:status() return self.status end
+function Task:status() return self.state end
 
 ---------------------------------------------------------------- wait queues
 
@@ -373,7 +381,7 @@ function Queue:wake_one(w, v)
     self[2 * h - 1], self[2 * h] = nil, nil
     h = h + 1
     self.h = h
-    if t.gen == g and t.status == "waiting" then
+    if t.gen == g and t.state == "waiting" then
       w:wake(t, v == nil and true or v)
       return true
     end
@@ -462,7 +470,7 @@ function World:loop(done)
       local t = ready[h]
       ready[h] = nil
       self.rh = h + 1
-      if t.status == "ready" then self:resume_task(t) end
+      if t.state == "ready" then self:resume_task(t) end
     end
     self.rh, self.rt = 1, 0
     if done() then return true end
