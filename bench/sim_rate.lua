@@ -23,5 +23,6 @@ local net, requests = sim.run({ seed = 1, print = false, latency = { 0.0005, 0.0
 end)
 local real = os.clock() - clock0
 local msgs = net:delivered()
-print(("| sim rate | 5 nodes, %d workers each, %g virtual s | %d messages, %d requests in %.2f s CPU | %.0f messages/s (target >= 50000) %s |")
+print(("| sim rate | 5 nodes, %d workers each, %g virtual s | %d messages, %d requests in %.2f s CPU |"
+       .. " %.0f messages/s (target >= 50000) %s |")
   :format(workers, seconds, msgs, requests, real, msgs / real, msgs / real >= 50000 and "met" or "NOT MET"))

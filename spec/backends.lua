@@ -9,7 +9,7 @@
 --       it("works", function() b.run(function(comm, host) ... end) end)
 --     end)
 --   end
-local comm = require "luacomm"
+local real_comm = require "luacomm"
 local helpers = require "helpers"
 local sim = require "luacomm.sim"
 
@@ -17,9 +17,9 @@ local B = {
   {
     name = "luacomm",
     -- fn(comm, host) in a task of the real loop; host is loopback
-    run = function(fn) return helpers.run(function() return fn(comm, "127.0.0.1") end) end,
+    run = function(fn) return helpers.run(function() return fn(real_comm, "127.0.0.1") end) end,
     -- the module, for calls made outside any task
-    module = function() return comm end,
+    module = function() return real_comm end,
   },
   {
     name = "luacomm.sim",
