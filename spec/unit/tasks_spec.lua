@@ -9,7 +9,7 @@ local core = require "luacomm.core"
 local helpers = require "helpers"
 local backends = require "backends"
 -- bodies take the module under test as their own `comm` (and `host`)
--- luacheck: ignore 412 421 423 431 432 212/host
+-- luacheck: ignore 412 421 423 431 432 433 212/host
 
 local run_lua = helpers.run_lua
 

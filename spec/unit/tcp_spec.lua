@@ -13,7 +13,7 @@ local suffix = BYTEWISE and " [1-byte I/O]" or ""
 
 local backends = require "backends"
 -- bodies take the module under test as their own `comm` (and `host`)
--- luacheck: ignore 412 421 423 431 432 212/host
+-- luacheck: ignore 412 421 423 431 432 433 212/host
 local close_all = helpers.close_all
 
 -- The big-ish payload of a test: distinct bytes, so a shift or a lost
