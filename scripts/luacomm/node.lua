@@ -733,7 +733,9 @@ function Node:_dial_loop(addr)
       if ok then bo:reset()
       else self._log.debug("node %s: dial %s: %s", self.name, addr, tostring(why)) end
       if not self._running then return end
-      clock.sleep(bo:next())
+      -- a dial that timed out has waited handshake_timeout already: try
+      -- again at once, so a healed network is found within that time
+      if why ~= "timeout" then clock.sleep(bo:next()) end
     end
   end
 end

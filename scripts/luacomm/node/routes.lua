@@ -50,25 +50,44 @@ function Routes:local_links()
   return list
 end
 
-local function newer(old, epoch, seq)
+-- Does anything this node knows name `inc` as name's incarnation: its
+-- own link, or a stored announcement of a neighbour of name's?
+function Routes:_vouched(name, inc)
+  if self.own[name] == inc then return true end
+  for _, e in pairs(self.db) do
+    if e.set[name] == inc then return true end
+  end
+  return false
+end
+
+-- Is an announcement (epoch, seq) from origin news over the stored one?
+-- A later incarnation is, by its number (a wall-clock stamp). An earlier
+-- number is news too when the nodes linked to origin name that
+-- incarnation and none names the stored one: origin restarted with its
+-- clock stepped back, and the stored entry is the dead one's.
+function Routes:_newer(origin, old, epoch, seq)
   if old == nil then return true end
-  if epoch ~= old.epoch then return epoch > old.epoch end
-  return seq > old.seq
+  if epoch == old.epoch then return seq > old.seq end
+  if epoch > old.epoch then return true end
+  return self:_vouched(origin, epoch) and not self:_vouched(origin, old.epoch)
 end
 
 -- Applies an announcement (links: { {node =, inc =} }); true if it was
 -- newer than what the table had (the caller then floods it on), false for
--- a stale one or one about this node. News of a newer incarnation of a
--- neighbour makes that neighbour's own stored announcement worthless.
+-- a stale one or one about this node. News of another incarnation of a
+-- neighbour makes that neighbour's own stored announcement worthless when
+-- it is older, or when nothing names the stored incarnation any more.
 function Routes:update(origin, epoch, seq, links)
-  if origin == self.name or not newer(self.db[origin], epoch, seq) then return false end
+  if origin == self.name or not self:_newer(origin, self.db[origin], epoch, seq) then return false end
   local set = {}
-  for _, l in ipairs(links) do
-    set[l.node] = l.inc
-    local e = self.db[l.node]
-    if e and e.epoch < l.inc then self.db[l.node] = nil end
-  end
+  for _, l in ipairs(links) do set[l.node] = l.inc end
   self.db[origin] = { epoch = epoch, seq = seq, links = links, set = set }
+  for _, l in ipairs(links) do
+    local e = self.db[l.node]
+    if e and e.epoch ~= l.inc and (e.epoch < l.inc or not self:_vouched(l.node, e.epoch)) then
+      self.db[l.node] = nil
+    end
+  end
   self.dirty = true
   return true
 end
