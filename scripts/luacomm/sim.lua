@@ -67,8 +67,16 @@ local function pick_seed(opts)
   return math.random(1, 2 ^ 31 - 1)
 end
 
+-- Called from a task of the real luacomm loop (in the host, or under
+-- comm.run), a simulation yields to that loop now and then.
+local function host_yield()
+  local ok, core = pcall(require, "luacomm.core")
+  if ok and core.running() then return core.yield end
+  return nil
+end
+
 local function new_sim(seed, opts)
-  local world = world_mod.new(seed, opts)
+  local world = world_mod.new(seed, { max_time = opts.max_time, breathe = host_yield() })
   local self = setmetatable({ seed = seed, world = world, procs = {}, order = {}, skews = {},
                               print = opts.print ~= false, echo_logs = opts.echo_logs,
                               log_level = opts.log_level }, Sim)

@@ -36,6 +36,9 @@ function M.new(seed, opts)
     max_time = opts.max_time or 3600,
     spin = 0,                         -- events run since the clock last moved
     ndead = 0,                        -- cancelled events still in the heap
+    -- Inside the luacomm host, a run lets the host's loop turn now and
+    -- then (its other tasks, signals, the runaway guard's clock).
+    breathe = opts.breathe, nevents = 0,
   }, World)
 end
 
@@ -488,6 +491,11 @@ function World:loop(done)
       if self.spin > 2000000 then error("livelock: 2000000 events without the clock moving", 0) end
     end
     e[3](e[4], e[5])
+    local b = self.breathe
+    if b then
+      self.nevents = self.nevents + 1
+      if self.nevents % 4096 == 0 then b() end
+    end
   end
 end
 
