@@ -33,19 +33,22 @@ end
 -- function per shape writes one in a single concatenation, without
 -- sorting. Up to MAX_SHAPES shapes of at most 40 keys; others take the
 -- general path.
-local MAX_SHAPES, MAX_SHAPE_KEYS = 4096, 40
+local MAX_SHAPES, MAX_SHAPE_KEYS = 4096, 40 -- trie nodes, keys
 local shapes, nshapes = {}, 0
 
+local QSTR = {} -- quoted short strings seen so far (node names, message types, kinds)
+
 local function compile_shape(sorted)
-  local src = { "local enc = ...", "return function(t, depth)" }
+  local src = { "local enc, Q = ...", "return function(t, depth)" }
   local expr = {}
   for i, k in ipairs(sorted) do
-    src[#src + 1] = ("local v%d = enc(t[%q], depth)"):format(i, k)
+    src[#src + 1] = ("local v%d = t[%q]"):format(i, k)
+    src[#src + 1] = ("v%d = Q[v%d] or enc(v%d, depth)"):format(i, i, i)
     expr[i] = ("%q .. v%d"):format((i > 1 and "," or "{") .. quote(k) .. ":", i)
   end
   src[#src + 1] = "return " .. concat(expr, " .. ") .. ' .. "}"'
   src[#src + 1] = "end"
-  return assert(load(concat(src, "\n"), "=json shape", "t", {}))(encode_value)
+  return assert(load(concat(src, "\n"), "=json shape", "t", {}))(encode_value, QSTR)
 end
 
 local function encode_object(t, depth, keys, m, texts)
@@ -65,7 +68,41 @@ end
 local function encode_table(t, depth)
   if depth > MAX_DEPTH then error(("Cannot serialise, excessive nesting (%d)"):format(depth), 0) end
   depth = depth + 1
-  local keys, m, max, kind = {}, 0, 0, nil -- kind: "s" all strings, "i" all positive integers, false mixed
+  local keys, m = {}, 0
+  if type(next(t)) == "string" then
+    -- the common case, an object with string keys: its shape's encoder,
+    -- found in a trie of keys in iteration order
+    local node = shapes
+    for k in next, t do
+      if type(k) ~= "string" then goto general end
+      m = m + 1
+      keys[m] = k
+      if node then
+        local nx = node[k]
+        if nx == nil and nshapes < MAX_SHAPES and m <= MAX_SHAPE_KEYS then
+          nx = {}
+          node[k] = nx
+          nshapes = nshapes + 1
+        end
+        node = nx
+      end
+    end
+    if node then
+      local f = node[1] -- an integer key: never one of the strings
+      if f == nil then
+        local sorted = {}
+        for i = 1, m do sorted[i] = keys[i] end
+        sort(sorted)
+        f = compile_shape(sorted)
+        node[1] = f
+      end
+      return f(t, depth)
+    end
+    return encode_object(t, depth, keys, m, nil)
+  end
+  ::general::
+  keys, m = {}, 0
+  local max, kind = 0, nil -- kind: "s" all strings, "i" all positive integers, false mixed
   for k in next, t do
     m = m + 1
     keys[m] = k
@@ -79,21 +116,6 @@ local function encode_table(t, depth)
     end
   end
   if m == 0 then return "{}" end
-  if kind == "s" then
-    if m > MAX_SHAPE_KEYS then return encode_object(t, depth, keys, m, nil) end
-    local sig = concat(keys, "\0", 1, m)
-    local f = shapes[sig]
-    if f == nil then
-      if nshapes >= MAX_SHAPES then return encode_object(t, depth, keys, m, nil) end
-      local sorted = {}
-      for i = 1, m do sorted[i] = keys[i] end
-      sort(sorted)
-      f = compile_shape(sorted)
-      shapes[sig] = f
-      nshapes = nshapes + 1
-    end
-    return f(t, depth)
-  end
   if kind == "i" then
     if max > 10 and max > m * 2 then error("Cannot serialise table: excessively sparse array", 0) end
     local parts = {}
@@ -115,11 +137,20 @@ local function encode_table(t, depth)
   return encode_object(t, depth, keys, m, texts)
 end
 
+-- How many QSTR holds (at most 4096, each at most 32 bytes).
+local nqstr = 0
+
 encode_value = function(v, depth)
   local tv = type(v)
   if tv == "string" then
-    if find(v, SPECIAL) then return encode_scalar(v) end
-    return '"' .. v .. '"'
+    local q = QSTR[v]
+    if q then return q end
+    if find(v, SPECIAL) then q = encode_scalar(v) else q = '"' .. v .. '"' end
+    if nqstr < 4096 and #v <= 32 then
+      nqstr = nqstr + 1
+      QSTR[v] = q
+    end
+    return q
   elseif tv == "number" then
     if mtype(v) == "integer" and v < 1e14 and v > -1e14 then return tostring(v) end
     return encode_scalar(v)

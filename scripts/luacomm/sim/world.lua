@@ -184,9 +184,33 @@ function Task.__tostring(t) return format("luacomm.task: sim %d", t.id) end
 -- sees time move instead of spinning forever at one instant.
 local YIELD_QUANTUM = 1e-6
 
-local function on_timeout(t)
-  t.timer = nil
-  t.world:wake(t, false)
+-- Timeouts. A task keeps at most one timeout event in the heap: a wake
+-- leaves it there, and a later wait with a later deadline reuses it (it
+-- moves itself on when it fires early), so a reader that waits on every
+-- frame with a timeout costs no heap work per frame.
+local on_timeout
+
+local function arm(self, t, deadline)
+  t.deadline = deadline
+  local ev = t.tev
+  if ev == nil or ev[1] > deadline then
+    ev = self:at(deadline, on_timeout, t)
+    ev[5] = ev
+    t.tev = ev
+  end
+end
+
+on_timeout = function(t, ev)
+  if t.tev == ev then t.tev = nil end
+  local d = t.deadline
+  if d == nil or t.state ~= "waiting" then return end
+  local w = t.world
+  if d <= w.now then
+    t.deadline = nil
+    w:wake(t, false)
+  elseif t.tev == nil then
+    arm(w, t, d)
+  end
 end
 
 local function push_ready(self, t)
@@ -267,7 +291,7 @@ function World:resume_task(t)
     -- a plain coroutine.yield: as comm.yield
     t.state = "waiting"
     t.gen = t.gen + 1
-    t.timer = self:at(self.now + YIELD_QUANTUM, on_timeout, t)
+    arm(self, t, self.now + YIELD_QUANTUM)
   end
 end
 
@@ -291,7 +315,7 @@ function World:block(timeout, level, t)
   t.gen = t.gen + 1
   if timeout then
     if timeout < 0 then timeout = 0 end
-    t.timer = self:at(self.now + timeout, on_timeout, t)
+    arm(self, t, self.now + timeout)
   end
   return yield()
 end
@@ -299,11 +323,7 @@ end
 -- Makes a waiting task ready; resume hands it v. false if it was not waiting.
 function World:wake(t, v)
   if t.state ~= "waiting" then return false end
-  local tm = t.timer
-  if tm then
-    self:cancel(tm)
-    t.timer = nil
-  end
+  t.deadline = nil
   t.state = "ready"
   t.wake = v
   push_ready(self, t)
@@ -342,10 +362,7 @@ function Task:cancel()
   if st == "done" or st == "failed" or st == "cancelled" then return end
   local w = self.world
   self.state = "cancelled"
-  if self.timer then
-    w:cancel(self.timer)
-    self.timer = nil
-  end
+  self.deadline = nil
   self.results = { n = 2, false, "cancelled" }
   self.proc:remove_task(self)
   wake_joiners(self)
