@@ -68,15 +68,27 @@ local function pick_seed(opts)
 end
 
 -- Called from a task of the real luacomm loop (in the host, or under
--- comm.run), a simulation yields to that loop now and then.
+-- comm.run), simulations yield to that loop every 50 ms of CPU or so —
+-- across runs too, as sim.check makes many short ones — so the host's
+-- other tasks and signals are served, and its runaway guard (a task
+-- that never yields) is not tripped by a long check.
+local last_breath = os.clock()
 local function host_yield()
   local ok, core = pcall(require, "luacomm.core")
-  if ok and core.running() then return core.yield end
-  return nil
+  if not (ok and core.running()) then return nil end
+  return function()
+    local now = os.clock()
+    if now - last_breath >= 0.05 then
+      last_breath = now
+      core.yield()
+    end
+  end
 end
 
 local function new_sim(seed, opts)
-  local world = world_mod.new(seed, { max_time = opts.max_time, breathe = host_yield() })
+  local breathe = host_yield()
+  if breathe then breathe() end
+  local world = world_mod.new(seed, { max_time = opts.max_time, breathe = breathe })
   local self = setmetatable({ seed = seed, world = world, procs = {}, order = {}, skews = {},
                               print = opts.print ~= false, echo_logs = opts.echo_logs,
                               log_level = opts.log_level }, Sim)
@@ -93,6 +105,8 @@ end
 -- sim.run(opts, fn): runs fn(net) as the spec's task in a new simulation
 -- and returns net (for net:trace() and the rest) and fn's results. A
 -- failure raises an error whose message starts "luacomm.sim: seed N:".
+-- With LUACOMM_SIM_TRACE=FILE in the environment, the trace of the run
+-- (failed or not) is written to FILE.
 function M.run(opts, fn)
   if type(opts) == "function" then opts, fn = {}, opts end
   opts = opts or {}
@@ -113,8 +127,19 @@ function M.run(opts, fn)
   elseif not task.results[1] then
     why = task.results.tb or tostring(task.results[2])
   end
+  local trace_file = os.getenv("LUACOMM_SIM_TRACE")
+  if trace_file and trace_file ~= "" then
+    local f = io.open(trace_file, "w")
+    if f then
+      f:write(self:trace())
+      f:close()
+    else
+      trace_file = nil
+    end
+  end
   if why then
-    error(format("luacomm.sim: seed %d: %s (replay: LUACOMM_SIM_SEED=%d)", seed, why, seed), 2)
+    error(format("luacomm.sim: seed %d: %s (replay: LUACOMM_SIM_SEED=%d%s)", seed, why, seed,
+                 trace_file and ("; trace in " .. trace_file) or ""), 2)
   end
   local r = task.results
   return self, unpack(r, 2, r.n)

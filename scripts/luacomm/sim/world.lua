@@ -511,7 +511,7 @@ function World:loop(done)
     local b = self.breathe
     if b then
       self.nevents = self.nevents + 1
-      if self.nevents % 4096 == 0 then b() end
+      if self.nevents % 256 == 0 then b() end
     end
   end
 end
