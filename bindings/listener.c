@@ -17,16 +17,18 @@
 #include <event2/listener.h>
 
 #include "lc.h"
+#include "tls.h"
 
 #define ACCEPT_QUEUE 64
 
 typedef struct lc_listener {
   lc_handle h;
   lc_ctx *ctx;
-  struct lc_listener **owner; /* the userdata's pointer to us, cleared on destroy */
   struct evconnlistener *lev;
   lc_waitq accepters;
   evutil_socket_t queue[ACCEPT_QUEUE];
+  lc_tls *tqueue[ACCEPT_QUEUE]; /* each queued socket's TLS session, or NULL */
+  lc_tls_server *tls;           /* NULL on plain TCP */
   int head, count;
   int enabled;
   uint32_t max_frame;
@@ -34,22 +36,23 @@ typedef struct lc_listener {
   char *unix_path; /* unlinked at close */
 } lc_listener;
 
-typedef struct {
-  lc_listener *l; /* NULL once closed */
-} listener_ud;
+static const lc_class listener_class;
 
-static lc_listener *checkopen (lua_State *L, int i) {
-  listener_ud *u = luaL_checkudata(L, i, LC_LISTENER_T);
-  if (u->l == NULL) luaL_error(L, "attempt to use a closed listener");
-  return u->l;
-}
+/* The listener at i, raising when closed by close(); NULL when the core
+** closed it (a graceful stop): the caller answers nil, "closed". */
+#define checkopen(L, i) ((lc_listener *)lc_checkopen(L, i, &listener_class))
 
+/* Frees the listener at once: the accepted sockets nobody took yet are
+** closed (they were never handed to Lua), a unix socket's file is
+** removed, and tasks parked in accept() wake to find it gone ("closed").
+** Ends the loop if this was the last thing pending. */
 static void destroy (lc_listener *l) {
   lc_ctx *c = l->ctx;
-  if (l->owner) *l->owner = NULL;
-  lc_handle_remove(c, &l->h);
+  lc_handle_unlink(c, &l->h);
   if (l->lev) evconnlistener_free(l->lev);
+  lc_tls_server_free(l->tls); /* handshakes under way end here */
   while (l->count > 0) {
+    lc_tls_free(l->tqueue[l->head], 0);
     evutil_closesocket(l->queue[l->head]);
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
@@ -63,12 +66,41 @@ static void destroy (lc_listener *l) {
   lc_maybe_idle(c);
 }
 
+/* lc_handle.destroy and .close: a listener has nothing to flush. */
 static void handle_destroy (lc_handle *h) {
   destroy((lc_listener *)h);
 }
 
-static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-                       int socklen, void *arg) {
+/* Accepting pauses while the queue, with the TLS handshakes that will
+** land in it, is full; it resumes once a task takes from it. */
+static void throttle (lc_listener *l) {
+  int busy = l->count + (l->tls ? lc_tls_server_inflight(l->tls) : 0) >= ACCEPT_QUEUE;
+  if (busy && l->enabled) evconnlistener_disable(l->lev);
+  else if (!busy && !l->enabled) evconnlistener_enable(l->lev);
+  l->enabled = !busy;
+}
+
+static void enqueue (lc_listener *l, evutil_socket_t fd, lc_tls *t) {
+  int i = (l->head + l->count) % ACCEPT_QUEUE;
+  l->queue[i] = fd;
+  l->tqueue[i] = t;
+  l->count++;
+  throttle(l);
+  lc_wake_one(l->ctx, &l->accepters);
+}
+
+/* A TLS handshake ended: a connection for the queue, or (t NULL) one the
+** handshake refused, which frees a place. */
+static void on_tls_accepted (evutil_socket_t fd, lc_tls *t, void *arg) {
+  lc_listener *l = arg;
+  if (t != NULL) enqueue(l, fd, t);
+  else throttle(l);
+}
+
+/* libevent's accept callback: the new fd is ours until a task takes it
+** (then the connection owns it) or destroy() closes it. Only queues and
+** wakes: no Lua runs here. */
+static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg) {
   lc_listener *l = arg;
   (void)lev, (void)sa, (void)socklen;
   evutil_make_socket_nonblocking(fd);
@@ -76,13 +108,13 @@ static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct so
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  l->queue[(l->head + l->count) % ACCEPT_QUEUE] = fd;
-  l->count++;
-  if (l->count == ACCEPT_QUEUE) {
-    evconnlistener_disable(l->lev);
-    l->enabled = 0;
+  if (l->tls == NULL) {
+    enqueue(l, fd, NULL);
+    return;
   }
-  lc_wake_one(l->ctx, &l->accepters);
+  /* The handshake runs before any task sees the connection. */
+  lc_tls_accept(l->tls, l->ctx, fd, on_tls_accepted, l);
+  throttle(l);
 }
 
 static void on_listen_error (struct evconnlistener *lev, void *arg) {
@@ -92,56 +124,54 @@ static void on_listen_error (struct evconnlistener *lev, void *arg) {
   lc_logf(l->ctx, LC_WARN, "accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
+/* Stack: listener, deadline (slot kc). Yields while the queue is empty. The
+** connection it returns owns the fd (and TLS session) taken from the queue. */
 static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  lc_listener *l = u->l;
-  (void)status, (void)kc;
+  lc_listener *l = (lc_listener *)lc_tohud(L, 1, &listener_class)->h;
+  (void)status;
   if (l == NULL) return lc_fail(L, "closed");
   if (l->count > 0) {
     evutil_socket_t fd = l->queue[l->head];
+    lc_tls *t = l->tqueue[l->head];
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
-    if (!l->enabled) {
-      evconnlistener_enable(l->lev);
-      l->enabled = 1;
-    }
+    throttle(l);
     lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
+    if (t != NULL) lc_conn_set_tls(L, -1, t);
     return 1;
   }
-  if (lc_timedout(l->ctx)) return lc_fail(L, "timeout");
-  return lc_wait(l->ctx, L, &l->accepters, lc_wait_deadline(l->ctx), listener_accept_k);
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  return lc_wait(l->ctx, L, &l->accepters, kc, listener_accept_k);
 }
 
 /* listener:accept([timeout]) -> conn | nil, err */
 static int listener_accept (lua_State *L) {
   lc_listener *l = checkopen(L, 1);
   double deadline = lc_deadline(L, 2);
+  if (l == NULL) return lc_fail(L, "closed");
   lua_settop(L, 1);
-  lc_set_wait_deadline(l->ctx, deadline);
-  return listener_accept_k(L, LUA_OK, 0);
+  return listener_accept_k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
+/* close(), __close, __gc: idempotent (object.c). */
 static int listener_close (lua_State *L) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  if (u->l) destroy(u->l);
-  u->l = NULL;
-  return 0;
+  return lc_hud_close(L, &listener_class);
 }
 
+/* listener:addr() -> host, port (for unix:, the path). */
 static int listener_addr (lua_State *L) {
   lc_listener *l = checkopen(L, 1);
   lc_addr a;
+  if (l == NULL) return lc_fail(L, "closed");
   a.len = sizeof a.ss;
   if (getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&a.ss, &a.len) != 0)
     return lc_fail(L, strerror(errno));
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
-static int listener_tostring (lua_State *L) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  if (u->l == NULL) lua_pushliteral(L, "luacomm.listener (closed)");
-  else lua_pushfstring(L, "luacomm.listener (fd %d)", (int)evconnlistener_get_fd(u->l->lev));
-  return 1;
+/* For __tostring. */
+static evutil_socket_t listener_fd (lc_handle *h) {
+  return evconnlistener_get_fd(((lc_listener *)h)->lev);
 }
 
 /* A unix socket file left by a dead process is removed; a live one is not. */
@@ -152,8 +182,7 @@ static void clear_stale_unix (const lc_addr *a) {
   if (stat(un->sun_path, &st) != 0 || !S_ISSOCK(st.st_mode)) return;
   probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (probe < 0) return;
-  if (connect(probe, (const struct sockaddr *)&a->ss, a->len) != 0 && errno == ECONNREFUSED)
-    unlink(un->sun_path);
+  if (connect(probe, (const struct sockaddr *)&a->ss, a->len) != 0 && errno == ECONNREFUSED) unlink(un->sun_path);
   close(probe);
 }
 
@@ -170,8 +199,7 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog, int reuseport
   } else {
     clear_stale_unix(a);
   }
-  if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 && listen(fd, backlog) == 0)
-    return fd;
+  if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 && listen(fd, backlog) == 0) return fd;
   err = errno;
   close(fd);
   errno = err;
@@ -187,10 +215,12 @@ static int listener_listen (lua_State *L) {
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   int reuseport = 0;
   const char *bad;
-  listener_ud *u;
+  lc_hud *u;
   lc_listener *l;
   lc_addr a;
   evutil_socket_t fd;
+  lc_tls_server *tls;
+  char why[256];
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "reuseport");
     reuseport = lua_toboolean(L, -1);
@@ -199,24 +229,28 @@ static int listener_listen (lua_State *L) {
   bad = lc_parse_addr(where, SOCK_STREAM, &a);
   if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad) return lc_fail(L, bad);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->l = NULL;
-  luaL_setmetatable(L, LC_LISTENER_T);
+  tls = lc_tls_server_new(L, 2, why, sizeof why); /* files are read now */
+  if (tls == NULL && why[0] != '\0') return lc_fail(L, why);
+  u = lc_newhud(L, &listener_class);
   fd = bind_listen(&a, backlog, reuseport);
   if (fd < 0) {
     char buf[128];
+    lc_tls_server_free(tls);
     return lc_fail(L, lc_strerror(errno, buf, sizeof buf));
   }
   l = calloc(1, sizeof *l);
   if (l == NULL) {
     close(fd);
+    lc_tls_server_free(tls);
     return luaL_error(L, "luacomm: out of memory");
   }
+  l->tls = tls;
   l->ctx = c;
   l->max_frame = max_frame;
   l->hwm = hwm;
   l->enabled = 1;
   l->h.destroy = handle_destroy;
+  l->h.close = handle_destroy;
   if (a.ss.ss_family == AF_UNIX) l->unix_path = strdup(((struct sockaddr_un *)&a.ss)->sun_path);
   lc_handle_add(c, &l->h, LC_H_LISTENER);
   l->lev = evconnlistener_new(c->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, -1, fd);
@@ -226,8 +260,7 @@ static int listener_listen (lua_State *L) {
     return luaL_error(L, "luacomm: cannot create a listener");
   }
   evconnlistener_set_error_cb(l->lev, on_listen_error);
-  u->l = l;
-  l->owner = &u->l;
+  lc_hud_attach(u, &l->h);
   return 1;
 }
 
@@ -235,25 +268,25 @@ static const luaL_Reg listener_methods[] = {
   {"accept", listener_accept},
   {"addr", listener_addr},
   {"close", listener_close},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
-static const luaL_Reg listener_metameth[] = {
-  {"__index", NULL},
-  {"__gc", listener_close},
-  {"__close", listener_close},
-  {"__tostring", listener_tostring},
-  {NULL, NULL}
+static const luaL_Reg listener_funcs[] = {
+  {"listen", listener_listen},
+  {NULL, NULL},
 };
 
+static const lc_class listener_class = {
+  .name = LC_LISTENER_T,
+  .what = "listener",
+  .methods = listener_methods,
+  .funcs = listener_funcs,
+  .close = listener_close,
+  .fd = listener_fd,
+};
+
+/* Module table at -2, ctx at -1; both stay. */
 int lc_listener_open (lua_State *L) {
-  luaL_newmetatable(L, LC_LISTENER_T);
-  luaL_setfuncs(L, listener_metameth, 0);
-  luaL_newlibtable(L, listener_methods);
-  luaL_setfuncs(L, listener_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, listener_listen);
-  lua_setfield(L, -3, "listen");
+  lc_newclass(L, &listener_class);
   return 0;
 }

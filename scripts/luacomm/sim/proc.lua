@@ -85,13 +85,17 @@ function M.new(sim, name, script, args, opts)
     tasks = {}, ntasks = 0, timers = {}, ntimers = 0, conns = {}, nconns = 0, listeners = {}, nlisteners = 0,
     logs = {}, level = sim.log_level or "info",
     counters = { frames_in = 0, frames_out = 0, bytes_in = 0, bytes_out = 0, reloads = 0,
-                 reload_failures = 0, task_errors = 0, refused = 0 },
+                 reload_failures = 0, task_errors = 0, refused = 0, tasks_spawned = 0 },
   }, Proc)
   self:_make_env()
   return self
 end
 
-function Proc:add_task(t) self.tasks[t] = true; self.ntasks = self.ntasks + 1 end
+function Proc:add_task(t)
+  self.tasks[t] = true
+  self.ntasks = self.ntasks + 1
+  self.counters.tasks_spawned = self.counters.tasks_spawned + 1
+end
 function Proc:remove_task(t)
   if self.tasks[t] then self.tasks[t] = nil; self.ntasks = self.ntasks - 1 end
 end
@@ -123,7 +127,7 @@ function Proc:stats()
   return { tasks = self.ntasks, timers = self.ntimers, conns = self.nconns, listeners = self.nlisteners,
            frames_in = c.frames_in, frames_out = c.frames_out, bytes_in = c.bytes_in, bytes_out = c.bytes_out,
            reloads = c.reloads, reload_failures = c.reload_failures, task_errors = c.task_errors,
-           refused = c.refused, lingering = 0, udp = 0, tls_failures = 0 }
+           refused = c.refused, tasks_spawned = c.tasks_spawned, lingering = 0, udp = 0, tls_failures = 0 }
 end
 
 -- A log record: kept with the process and in the trace, at virtual time.
@@ -189,13 +193,25 @@ function Proc:_make_core()
     if LEVELS[level] == nil then error("bad argument #1 to 'log' (invalid option '" .. tostring(level) .. "')", 2) end
     proc:log(level, tostring(msg))
   end
+  -- the level's name and its rank in log_levels()
   function core.log_level(l)
     if l ~= nil then
       if LEVELS[l] == nil then error("bad argument #1 to 'log_level' (invalid option '" .. tostring(l) .. "')", 2) end
       proc.level = l
     end
-    return proc.level
+    return proc.level, LEVELS[proc.level] + 1
   end
+  function core.log_levels() return { "debug", "info", "warn", "error" } end
+  -- The host's hooks (core.set_host in the real core): this process's.
+  local hooks = {
+    stop = function(status) proc:stop(status) end,
+    stopping = function() return proc.stopping == true end,
+    reload = function() return proc:reload() end,
+  }
+  function core.host(name) return hooks[name] end
+  core.set_host = not_simulated("core.set_host (the simulation is the host)")
+  -- core.drained(what, [timeout]): nothing lingers on the simulated wire
+  function core.drained() return true end
   function core.versions() return VERSION, _VERSION, "simulated" end
   function core.loop() error("luacomm: the loop is already running (a simulated process runs inside sim.run)", 2) end
   function core.stop(status) proc:stop(status) end
@@ -208,25 +224,21 @@ function Proc:_make_core()
     end
     return 0
   end
-  function core.task_budget() end
   function core.max_io() return 0 end
   return core
 end
 
 -- The process's `require "luacomm"`: the real scripts/luacomm.lua over the
--- simulated core, with the host's hooks and a deterministic encoder.
+-- simulated core (whose host hooks are this process's), with a
+-- deterministic encoder.
 function Proc:_load_comm()
   local file = assert(outer_package.searchpath("luacomm", outer_package.path))
   local comm = assert(loadfile(file, "bt", self.env))("luacomm", file)
-  local proc = self
   comm.json.encode = function(v)
     local ok, s = pcall(simjson.encode, v)
     if ok then return s end
     error("json.encode: " .. tostring(s):gsub("^.-:%d+: ", ""), 2)
   end
-  comm._stop = function(status) proc:stop(status) end
-  comm.stopping = function() return proc.stopping == true end
-  comm.reload = function() return proc:reload() end
   comm.worker = function() return 1, 1 end
   comm.metrics = setmetatable({}, { __index = function(_, k) return not_simulated("comm.metrics." .. k) end })
   return comm
