@@ -1,6 +1,8 @@
 -- Simulated messages per real second: a five-node cluster on luacomm.sim,
 -- every node keeping requests in flight to the others (bench/sim_node.lua).
--- Prints one line for bench/RESULTS.md.
+-- Prints one line for bench/RESULTS.md. Messages are frames delivered;
+-- the time is the process's CPU time. SIM_TRACE=events leaves frames out
+-- of the trace (sim.run's trace option).
 --   lua5.4 bench/sim_rate.lua [VIRTUAL_SECONDS] [WORKERS]
 package.path = "scripts/?.lua;scripts/?/init.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath
@@ -8,7 +10,6 @@ local sim = require "luacomm.sim"
 
 local seconds, workers = tonumber(arg[1]) or 20, tonumber(arg[2]) or 8
 local names = { "a", "b", "c", "d", "e" }
-if os.getenv("GEN") then collectgarbage("generational") end
 local clock0 = os.clock()
 local net, requests = sim.run({ seed = 1, print = false, latency = { 0.0005, 0.002 }, trace = os.getenv("SIM_TRACE") }, function(net)
   for _, n in ipairs(names) do

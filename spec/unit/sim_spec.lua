@@ -101,6 +101,26 @@ describe("luacomm.sim", function()
     assert.are.equal(t1, out)
   end)
 
+  it("runs inside the luacomm host too, with the same trace", function()
+    local code = [[
+      local sim = require "luacomm.sim"
+      local net = sim.run({ seed = 21, print = false }, function(net)
+        net:spawn("a", "spec/fixtures/sim/counter.lua", "a", "a:1", "b:1")
+        net:spawn("b", "spec/fixtures/sim/counter.lua", "b", "b:1")
+        net:sleep(30)
+      end)
+      io.write(net:trace())
+    ]]
+    local st, out, err = helpers.run_host({ "-e", code })
+    assert.are.equal(0, st, err)
+    local here = sim.run({ seed = 21, print = false }, function(net)
+      net:spawn("a", COUNTER, "a", "a:1", "b:1")
+      net:spawn("b", COUNTER, "b", "b:1")
+      net:sleep(30)
+    end)
+    assert.are.equal(here:trace(), out)
+  end)
+
   it("a failing run raises with its seed, and LUACOMM_SIM_SEED replays it", function()
     local function scenario(net)
       net:spawn("a", COUNTER, "a", "a:1")
