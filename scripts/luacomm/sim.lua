@@ -17,6 +17,8 @@
 local world_mod = require "luacomm.sim.world"
 local net_mod = require "luacomm.sim.net"
 local proc_mod = require "luacomm.sim.proc"
+local simjson = require "luacomm.sim.json"
+local canon_decode = require("cjson").new().decode
 
 local type, ipairs, error, tostring, format = type, ipairs, error, tostring, string.format
 local pack, unpack, concat = table.pack, table.unpack, table.concat
@@ -93,6 +95,14 @@ local function new_sim(seed, opts)
                               print = opts.print ~= false, echo_logs = opts.echo_logs,
                               log_level = opts.log_level }, Sim)
   self.net = net_mod.new(world, opts)
+  -- frames in the trace: JSON with sorted keys (see luacomm.sim.proc)
+  world.canon = function(frame)
+    if frame:byte(1) ~= 123 then return nil end -- "{"
+    local ok, v = pcall(canon_decode, frame)
+    if not ok or type(v) ~= "table" then return nil end
+    local fine, text = pcall(simjson.encode, v)
+    return fine and text or nil
+  end
   self.driver = proc_mod.new(self, DRIVER, nil)
   world:trace("seed %d", seed)
   return self

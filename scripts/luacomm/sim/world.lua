@@ -13,7 +13,7 @@ local rng = require "luacomm.sim.rng"
 
 local create, resume, yield, close = coroutine.create, coroutine.resume, coroutine.yield, coroutine.close
 local costatus, corunning, isyieldable = coroutine.status, coroutine.running, coroutine.isyieldable
-local pack, unpack, concat = table.pack, table.unpack, table.concat
+local pack, unpack, concat, select = table.pack, table.unpack, table.concat, select
 local format, traceback, tostring, setmetatable = string.format, debug.traceback, tostring, setmetatable
 
 local M = {}
@@ -87,7 +87,8 @@ function World:render()
     if type(l) == "table" then
       out[i] = format("%.6f ", l[1]) .. format(l[2], unpack(l, 3))
     else
-      out[i] = format("%.6f %s>%s %d %s", self.ftime[i], self.fsrc[i], self.fdst[i], frame_text(l))
+      local canon = self.canon and self.canon(l)
+      out[i] = format("%.6f %s>%s %d %s", self.ftime[i], self.fsrc[i], self.fdst[i], #l, select(2, frame_text(canon or l)))
     end
   end
   return concat(out, "\n") .. "\n"
