@@ -122,7 +122,8 @@ local function transmit(net, c, item, kind)
     if net.trace_frames then w:trace("drop loss %s>%s %d", src, dst, #item) end
     return
   end
-  local at = w.now + net:delay()
+  local lo, hi = net.lat_min, net.lat_max
+  local at = w.now + (hi > lo and lo + (hi - lo) * w.random() or lo)
   if not (data and net.reorder > 0 and w.random() < net.reorder) then
     at = math_max(at, c.last_at)
     c.last_at = at
@@ -163,9 +164,9 @@ deliver = function(c, item)
     c.readers:wake_all(w)
     return
   end
-  local st = c.st
+  local st, pc = c.st, c.proc.counters
   st.frames_in, st.bytes_in = st.frames_in + 1, st.bytes_in + #item + 4
-  c.proc:count_in(#item + 4)
+  pc.frames_in, pc.bytes_in = pc.frames_in + 1, pc.bytes_in + #item + 4
   local n = c.qt + 1
   c.qt = n
   c.q[n] = item
@@ -183,9 +184,9 @@ function Conn:send(frame)
   if type(frame) ~= "string" then error("bad argument #1 to 'send' (string expected, got " .. type(frame) .. ")", 2) end
   if self.shut or self.eof then return nil, "closed" end
   if #frame > self.max_frame then return nil, "frame too large" end
-  local st = self.st
+  local st, pc = self.st, self.proc.counters
   st.frames_out, st.bytes_out = st.frames_out + 1, st.bytes_out + #frame + 4
-  self.proc:count_out(#frame + 4)
+  pc.frames_out, pc.bytes_out = pc.frames_out + 1, pc.bytes_out + #frame + 4
   transmit(self.net, self, frame, "frame")
   return true
 end

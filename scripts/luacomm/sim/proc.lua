@@ -112,14 +112,6 @@ function Proc:add_listener(l) self.listeners[l] = true; self.nlisteners = self.n
 function Proc:remove_listener(l)
   if self.listeners[l] then self.listeners[l] = nil; self.nlisteners = self.nlisteners - 1 end
 end
-function Proc:count_in(bytes)
-  local c = self.counters
-  c.frames_in, c.bytes_in = c.frames_in + 1, c.bytes_in + bytes
-end
-function Proc:count_out(bytes)
-  local c = self.counters
-  c.frames_out, c.bytes_out = c.frames_out + 1, c.bytes_out + bytes
-end
 
 -- comm.stats() of this process.
 function Proc:stats()

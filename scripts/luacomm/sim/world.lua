@@ -195,10 +195,24 @@ local function arm(self, t, deadline)
   t.deadline = deadline
   local ev = t.tev
   if ev == nil or ev[1] > deadline then
+    if ev then self:cancel(ev) end -- superseded: swept with the dead
     ev = self:at(deadline, on_timeout, t)
     ev[5] = ev
     t.tev = ev
   end
+end
+
+-- A yield's wake-up: an event of its own, so the task's timeout event
+-- stays where it is for its next wait.
+local function on_yield(t, gen)
+  if t.gen == gen and t.state == "waiting" then t.world:wake(t, false) end
+end
+
+local function park_yield(self, t)
+  t.state = "waiting"
+  local gen = t.gen + 1
+  t.gen = gen
+  self:at(self.now + YIELD_QUANTUM, on_yield, t, gen)
 end
 
 on_timeout = function(t, ev)
@@ -289,10 +303,7 @@ function World:resume_task(t)
   elseif t.state == "cancelled" then
     close(co) -- it cancelled itself: runs its pending <close> variables
   elseif t.state == "running" then
-    -- a plain coroutine.yield: as comm.yield
-    t.state = "waiting"
-    t.gen = t.gen + 1
-    arm(self, t, self.now + YIELD_QUANTUM)
+    park_yield(self, t) -- a plain coroutine.yield: as comm.yield
   end
 end
 
@@ -332,8 +343,8 @@ function World:wake(t, v)
 end
 
 function World:yield()
-  local t = self:current_task(2)
-  self:block(YIELD_QUANTUM, nil, t)
+  park_yield(self, self:current_task(2))
+  yield()
 end
 
 function World:sleep(s)
