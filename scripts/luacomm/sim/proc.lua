@@ -31,6 +31,29 @@ local outer_package = package
 
 local LEVELS = { debug = 0, info = 1, warn = 2, error = 3 }
 
+-- loadfile with env, compiling each distinct file text once: every
+-- process of every run loads the same library (a thousand seeds of a
+-- five-node cluster compiled it twenty thousand times). Bytecode loads in
+-- a twentieth of the time; keyed by the text, so an edited file is
+-- compiled again.
+local compiled, ncompiled = {}, 0
+local function load_file(file, env)
+  local f, err = io.open(file, "rb")
+  if not f then return nil, "cannot open " .. tostring(err) end
+  local text = f:read("a")
+  f:close()
+  local code = compiled[text]
+  if code then return load(code, "@" .. file, "b", env) end
+  local chunk, lerr = load(text, "@" .. file, "t", env)
+  if not chunk then return nil, lerr end
+  if ncompiled < 256 then
+    ncompiled = ncompiled + 1
+    compiled[text] = string.dump(chunk)
+  end
+  return chunk
+end
+M.load_file = load_file
+
 local Proc = {}
 Proc.__index = Proc
 
@@ -225,7 +248,7 @@ end
 -- deterministic encoder.
 function Proc:_load_comm()
   local file = assert(outer_package.searchpath("luacomm", outer_package.path))
-  local comm = assert(loadfile(file, "bt", self.env))("luacomm", file)
+  local comm = assert(load_file(file, self.env))("luacomm", file)
   comm.json.encode = function(v)
     local ok, s = pcall(simjson.encode, v)
     if ok then return s end
@@ -253,6 +276,7 @@ local function fast_encode(v)
 end
 -- module name -> the field of it that encodes frames
 local WIRE_ENCODERS = { ["luacomm.node.envelope"] = "encode" }
+
 
 ---------------------------------------------------------------- globals and require
 
@@ -354,7 +378,7 @@ function Proc:_make_package()
     function(name)
       local file, err = outer_package.searchpath(name, pkg.path)
       if not file then return "\n\t" .. err:gsub("^\n\t", "") end
-      local chunk, lerr = loadfile(file, "bt", env)
+      local chunk, lerr = load_file(file, env)
       if not chunk then
         error(format("error loading module '%s' from file '%s':\n\t%s", name, file, lerr), 3)
       end
@@ -404,7 +428,7 @@ function Proc:boot()
     local loader = self.require("luacomm.loader")
     self.loader = loader.new(self.dirs)
     self.loader:install()
-    local chunk, err = loadfile(self.script, "bt", self.env)
+    local chunk, err = load_file(self.script, self.env)
     if not chunk then return self:fail(err) end
     local r = pack(xpcall(chunk, traceback, unpack(self.args, 1, self.args.n)))
     if not r[1] then return self:fail(r[2]) end
