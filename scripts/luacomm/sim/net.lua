@@ -128,10 +128,10 @@ local function transmit(net, c, item, kind)
     at = math_max(at, c.last_at)
     c.last_at = at
   end
-  w:at(at, deliver, peer, item)
+  w:post(at, deliver, peer, item)
   if data and net.dup > 0 and w.random() < net.dup then
     if net.trace_frames then w:trace("dup %s>%s %d", src, dst, #item) end
-    w:at(at + net:delay(), deliver, peer, item)
+    w:post(at + net:delay(), deliver, peer, item)
   end
 end
 

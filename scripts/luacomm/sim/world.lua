@@ -39,6 +39,7 @@ function M.new(seed, opts)
     -- Inside the luacomm host, a run lets the host's loop turn now and
     -- then (its other tasks, signals, the runaway guard's clock).
     breathe = opts.breathe, nevents = 0,
+    pool = {}, npool = 0,             -- posted events' tables, for reuse
   }, World)
 end
 
@@ -119,6 +120,34 @@ function World:at(t, fn, a, b)
   end
   heap[i] = e
   return e
+end
+
+-- World:post(t, fn, a, b): as World:at, for an event nobody keeps to
+-- cancel (a delivery, a yield's wake-up): its table is reused once run.
+function World:post(t, fn, a, b)
+  local pool, n = self.pool, self.npool
+  if n == 0 then
+    local e = self:at(t, fn, a, b)
+    e[7] = true
+    return
+  end
+  local e = pool[n]
+  pool[n] = nil
+  self.npool = n - 1
+  local seq = self.seq + 1
+  self.seq = seq
+  e[1], e[2], e[3], e[4], e[5], e[6] = t, seq, fn, a, b, false
+  local heap, i = self.heap, self.hn + 1
+  self.hn = i
+  while i > 1 do
+    local p = i // 2
+    local pe = heap[p]
+    local pt = pe[1]
+    if pt < t or (pt == t and pe[2] < seq) then break end
+    heap[i] = pe
+    i = p
+  end
+  heap[i] = e
 end
 
 -- Cancelled events stay in the heap until their time comes (most are
@@ -212,7 +241,7 @@ local function park_yield(self, t)
   t.state = "waiting"
   local gen = t.gen + 1
   t.gen = gen
-  self:at(self.now + YIELD_QUANTUM, on_yield, t, gen)
+  self:post(self.now + YIELD_QUANTUM, on_yield, t, gen)
 end
 
 on_timeout = function(t, ev)
@@ -520,6 +549,12 @@ function World:loop(done)
       if self.spin > 2000000 then error("livelock: 2000000 events without the clock moving", 0) end
     end
     e[3](e[4], e[5])
+    if e[7] then -- a posted event: back to the pool
+      e[3], e[4], e[5] = nil, nil, nil
+      local n = self.npool + 1
+      self.npool = n
+      self.pool[n] = e
+    end
     local b = self.breathe
     if b then
       self.nevents = self.nevents + 1
