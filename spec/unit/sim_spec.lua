@@ -211,6 +211,25 @@ describe("luacomm.sim", function()
     end)
   end)
 
+  it("stop is a graceful stop: the service's stop runs, its peers hear bye at once", function()
+    sim.run({ seed = 12, print = false }, function(net)
+      cluster(net, { "a", "b" })
+      net:sleep(1)
+      local a = net:state("a").node
+      assert.are.equal("up", a:peers().b.state)
+      -- each process has its own copy of the node library
+      assert.are.equal(net:require("a", "luacomm.node").Node, getmetatable(a))
+      assert.are_not.equal(net:require("a", "luacomm.node"), net:require("b", "luacomm.node"))
+      assert.are.equal("v1", net:service("b").VERSION)
+      net:stop("b")
+      net:sleep(0.1) -- far less than the cluster's timeout (1 s): the bye, not the silence
+      assert.are.equal("down", a:peers().b.state)
+      local procs = net:processes()
+      assert.are.same({ { name = "a", running = true }, { name = "b", running = false } }, procs)
+      assert.is_true(net:delivered() > 0)
+    end)
+  end)
+
   it("reload runs the file's current code in place, as SIGHUP does; a broken file changes nothing", function()
     local dir = os.tmpname()
     os.remove(dir)
