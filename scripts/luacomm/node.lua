@@ -505,7 +505,7 @@ local function run_request(self, fn, env, deadline)
   local msg = { from = env.src, to = env.dst, type = env.type, id = env.id, hops = env.hops,
                 deadline = deadline }
   local ok, r = xpcall(fn, handler_error, env.body, msg)
-  local rep = { kind = "rep", src = self.name, dst = env.src, id = env.id, type = env.type, hops = 0 }
+  local rep = { kind = "rep", src = self.name, dst = env.src, id = env.id, inc = env.inc, type = env.type, hops = 0 }
   if ok then
     rep.body = r == nil and null or r
   else
@@ -526,7 +526,7 @@ end
 -- it (then `src` still names the destination, which is whom the requester
 -- waits for, and `by` names the relay).
 function Node:_reply(env, body, err)
-  local frame = encode{ kind = "rep", src = env.dst, dst = env.src, id = env.id, type = env.type,
+  local frame = encode{ kind = "rep", src = env.dst, dst = env.src, id = env.id, inc = env.inc, type = env.type,
                         hops = 0, body = body, err = err, by = env.dst ~= self.name and self.name or nil }
   return self:_send_frame(env.src, frame)
 end
@@ -595,7 +595,11 @@ end
 function K.rep(self, link, env)
   if env.dst ~= self.name then return self:_relay(link, env) end
   local p = self._pending[env.id]
-  if p == nil or p.done or p.to ~= env.src then return count(self, "late_replies") end
+  -- ids restart with each incarnation: a reply to this node's previous
+  -- life (it names that life's inc) must not answer a request of this one
+  if p == nil or p.done or p.to ~= env.src or (env.inc ~= nil and env.inc ~= self._inc) then
+    return count(self, "late_replies")
+  end
   p.done, p.body, p.err = true, env.body, env.err
   p.cond:signal()
 end

@@ -81,4 +81,24 @@ function S.clock_back_scenario(net)
   assert(ok, "5 s after the restart: " .. tostring(why))
 end
 
+S.ASKER = "spec/fixtures/sim/asker.lua"
+
+-- x asks y (through r) for a key of its own, y's handler takes 0.5 s; x
+-- crashes while it runs and restarts at once, and asks again for a new
+-- key with the same request id (ids start again at 1): it must get the
+-- reply to its own request, never the one to its previous life's.
+function S.restarted_requester_scenario(net)
+  net:spawn("r", S.COUNTER, "r", "r:1")
+  net:spawn("y", S.COUNTER, "y", "y:1", "r:1")
+  net:spawn("x", S.ASKER, "x", "y", "r:1")
+  net:sleep(0.2 + net:random() * 0.2)
+  net:crash("x", { silent = net:random() < 0.5 })
+  net:sleep(net:random() * 0.05)
+  net:restart("x")
+  net:sleep(3)
+  local st = net:state("x")
+  assert(st.got, "no reply: " .. tostring(st.err))
+  assert(st.got.key == st.key, ("x asked for %s and got the reply for %s"):format(st.key, tostring(st.got.key)))
+end
+
 return S

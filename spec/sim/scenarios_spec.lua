@@ -45,6 +45,10 @@ describe("sim scenarios (" .. S.SEEDS .. " seeds each)", function()
     S.assert_no_failures(sim.check{ seeds = S.SEEDS, scenario = S.clock_back_scenario })
   end)
 
+  it("a restarted requester never gets the reply meant for its previous life", function()
+    S.assert_no_failures(sim.check{ seeds = S.SEEDS, scenario = S.restarted_requester_scenario })
+  end)
+
   it("no task, timer or connection leaks across crashes and restarts", function()
     local names = { "a", "b", "c" }
     S.assert_no_failures(sim.check{ seeds = S.SEEDS, scenario = function(net)

@@ -51,7 +51,7 @@ M.KINDS = {
   msg = { src = "name", dst = "name", type = "string", hops = "count" },
   req = { src = "name", dst = "name", type = "string", hops = "count", id = "id",
           ttl = "number", inc = "number" },
-  rep = { src = "name", dst = "name", hops = "count", id = "id", err = "?string", type = "?string",
+  rep = { src = "name", dst = "name", hops = "count", id = "id", inc = "?number", err = "?string", type = "?string",
           by = "?string" },
 }
 
