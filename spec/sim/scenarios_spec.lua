@@ -49,6 +49,11 @@ describe("sim scenarios (" .. S.SEEDS .. " seeds each)", function()
     S.assert_no_failures(sim.check{ seeds = S.SEEDS, scenario = S.restarted_requester_scenario })
   end)
 
+  it("after a storm of faults heals, the cluster converges and every node answers", function()
+    S.assert_no_failures(sim.check{ seeds = S.SEEDS, opts = { latency = { 0.001, 0.03 } },
+                                    scenario = S.chaos_scenario })
+  end)
+
   it("no task, timer or connection leaks across crashes and restarts", function()
     local names = { "a", "b", "c" }
     S.assert_no_failures(sim.check{ seeds = S.SEEDS, scenario = function(net)

@@ -26,6 +26,7 @@ function M.new(self_name)
     name = self_name,
     own = {},       -- neighbour -> its incarnation, for this node's live links
     db = {},        -- origin -> { epoch, seq, links = { {node, inc} }, set = { node -> inc } }
+    over = {},      -- origin -> an incarnation of it known to be over (see _newer)
     dirty = true,
     hop = {},       -- destination -> first hop (a neighbour's name)
     dist = {},      -- destination -> hops
@@ -64,12 +65,20 @@ end
 -- A later incarnation is, by its number (a wall-clock stamp). An earlier
 -- number is news too when the nodes linked to origin name that
 -- incarnation and none names the stored one: origin restarted with its
--- clock stepped back, and the stored entry is the dead one's.
+-- clock stepped back, and the stored entry is the dead one's — which is
+-- then remembered as over, so that its announcements, still flooding
+-- around, are not taken back by their bigger number (the two would chase
+-- each other round the cluster for ever).
 function Routes:_newer(origin, old, epoch, seq)
+  if self.over[origin] == epoch and not self:_vouched(origin, epoch) then return false end
   if old == nil then return true end
   if epoch == old.epoch then return seq > old.seq end
   if epoch > old.epoch then return true end
-  return self:_vouched(origin, epoch) and not self:_vouched(origin, old.epoch)
+  if self:_vouched(origin, epoch) and not self:_vouched(origin, old.epoch) then
+    self.over[origin] = old.epoch
+    return true
+  end
+  return false
 end
 
 -- Applies an announcement (links: { {node =, inc =} }); true if it was
@@ -84,7 +93,8 @@ function Routes:update(origin, epoch, seq, links)
   self.db[origin] = { epoch = epoch, seq = seq, links = links, set = set }
   for _, l in ipairs(links) do
     local e = self.db[l.node]
-    if e and e.epoch ~= l.inc and (e.epoch < l.inc or not self:_vouched(l.node, e.epoch)) then
+    if e and e.epoch ~= l.inc and ((e.epoch < l.inc and self.over[l.node] ~= l.inc)
+                                   or not self:_vouched(l.node, e.epoch)) then
       self.db[l.node] = nil
     end
   end

@@ -520,6 +520,10 @@ function Timer:active() return self.on end
 
 ---------------------------------------------------------------- the loop
 
+-- A run with more events pending than this has a runaway (messages
+-- that beget messages): it fails rather than eat the memory.
+local MAX_PENDING = 1000000
+
 -- Runs until done() is true after the ready tasks ran: true; false when
 -- nothing is left to happen. Raises past max_time, or when events keep
 -- running without the clock ever moving (a livelock).
@@ -549,6 +553,9 @@ function World:loop(done)
       if self.spin > 2000000 then error("livelock: 2000000 events without the clock moving", 0) end
     end
     e[3](e[4], e[5])
+    if self.hn > MAX_PENDING then
+      error(format("event storm: %d events pending at %.6f s (frames multiplying without end?)", self.hn, self.now), 0)
+    end
     if e[7] then -- a posted event: back to the pool
       e[3], e[4], e[5] = nil, nil, nil
       local n = self.npool + 1
