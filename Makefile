@@ -2,21 +2,24 @@
 PREFIX   ?= /usr/local
 CC       ?= cc
 CFLAGS   ?= -O2 -g
-PKGS     := lua5.4 libevent_core libevent_extra libssl libcrypto
+PKGS     := lua5.4 libevent_core libevent_extra libevent_openssl libssl libcrypto
 WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wundef -Wwrite-strings \
             -Wmissing-prototypes -Wstrict-prototypes -Wold-style-definition
 CPPFLAGS += -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ibindings -Iruntime \
             $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) -MMD -MP
-LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libssl libcrypto)
+LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libevent_openssl libssl libcrypto)
 LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4
 LUA_LIB   = $(PREFIX)/lib/lua/5.4
+BINDIR    = $(PREFIX)/bin
+MANDIR    = $(PREFIX)/share/man
+DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/tls.c bindings/tls_conn.c
+        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).
@@ -70,6 +73,12 @@ test-sim: deps
 	@$(MAKE) --no-print-directory all
 	LUACOMM_SIM_SEEDS=1000 LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' spec/sim
 
+# The multi-host specs (spec/hosts) on network-namespace test hosts:
+# needs root, ip and nft; says why and skips where they are missing.
+test-hosts: deps
+	@$(MAKE) --no-print-directory all
+	OUT=$(OUT) sh tools/test-hosts.sh
+
 # The same suite against the ASan + UBSan build.
 test-asan:
 	@$(MAKE) --no-print-directory B=asan test
@@ -92,35 +101,53 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@lua5.4 tools/demo.lua
 
+# The HTTP gateway of examples/http in front of the cluster, driven by curl.
+demo-http: deps
+	@$(MAKE) --no-print-directory all
+	@lua5.4 tools/demo_http.lua
+
 # Every .lua under scripts/ keeps its path below share/lua/5.4.
 LUA_FILES := $(shell find scripts -name '*.lua')
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_LIB)/luacomm
-	install -m 755 $(OUT)/luacomm $(DESTDIR)$(PREFIX)/bin/luacomm
+# install-rock: the command and the modules (what luarocks installs, see
+# the rockspec); install adds the man page, the docs and the examples.
+install-rock: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_LIB)/luacomm
+	install -m 755 $(OUT)/luacomm $(DESTDIR)$(BINDIR)/luacomm
 	for f in $(LUA_FILES:scripts/%=%); do \
 	  install -D -m 644 scripts/$$f $(DESTDIR)$(LUA_SHARE)/$$f || exit 1; \
 	done
 	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
+
+DOC_FILES := README.md CHANGELOG.md $(wildcard docs/*.md) $(shell find examples -type f)
+install: install-rock
+	install -D -m 644 docs/luacomm.1 $(DESTDIR)$(MANDIR)/man1/luacomm.1
+	for f in $(DOC_FILES); do \
+	  install -D -m 644 $$f $(DESTDIR)$(DOCDIR)/$$f || exit 1; \
+	done
 
 include bench/bench.mk
 
 # Speed against a C ceiling in the same run: ceiling and examples/echo.lua
 # under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
 BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
+# HTTP rows: wrk against nginx and http.serve (bench/http.sh).
 bench: deps
+	@sh tools/install-deps.sh bench
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
+	bash bench/http.sh
 	lua5.4 bench/sim_rate.lua | tee -a bench/RESULTS.md
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
+	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
 	lua5.4 bench/sim_rate.lua 5 | tee -a build/bench/RESULTS-quick.md
 
 clean:
 	rm -rf build build-asan build-werror
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-sim test-asan valgrind demo install clean bench bench-quick
+.PHONY: all deps check test test-sim test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick

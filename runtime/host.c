@@ -16,6 +16,7 @@
 #include "lc.h"
 #include "log.h"
 #include "signals.h"
+#include "workers.h"
 
 #ifndef LC_SHARE_DIR
 #define LC_SHARE_DIR "/usr/local/share/lua/5.4"
@@ -109,6 +110,7 @@ static int pmain (lua_State *L) {
   lc_ctx *c;
   int i, nargs = o->argc - o->script_index - 1;
   luaL_openlibs(L);
+  rt_workers_publish(L); /* comm.worker() and the reload report, under --workers */
   c = lc_getctx(L);
   c->task_budget = o->task_budget;
   preload_core(L);
@@ -131,6 +133,9 @@ static int pmain (lua_State *L) {
   lua_setfield(L, -2, "stop_timeout");
   lua_pushboolean(L, o->log_json);
   lua_setfield(L, -2, "log_json");
+  if (o->metrics) lua_pushstring(L, o->metrics);
+  else lua_pushnil(L);
+  lua_setfield(L, -2, "metrics");
   lua_createtable(L, nargs, 1);
   for (i = 0; i < nargs; i++) {
     lua_pushstring(L, o->argv[o->script_index + 1 + i]);

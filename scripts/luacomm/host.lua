@@ -41,6 +41,8 @@ local function graceful_stop(opts)
   end
   core.shutdown("conns")
   core.drained("conns", math.max(0, deadline - core.now())) -- signalled by the core
+  -- HTTP requests still in handlers are answered too (their replies are output)
+  while core.http_pending() > 0 and core.now() < deadline do core.sleep(0.01) end
   local left = core.stats()
   if left.conns > 0 then
     comm.log.warn("stop timeout (%gs): cutting %d connection(s) with unsent output",
@@ -115,14 +117,46 @@ end
 local signal_actions = {
   HUP = function(opts)
     comm.log.info("SIGHUP: reloading")
-    return reload(opts)
+    local ok, err = reload(opts)
+    -- under --workers the supervisor waits for this before the next worker
+    local report = debug.getregistry()["luacomm.worker.report"]
+    if report then report(ok, err) end
+    return ok, err
   end,
   TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
   INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
 }
 
+-- Names that look like a hook but are not one (M.Start, M.relaod): the
+-- service would silently never have it called.
+local HOOKS = { start = true, reload = true, stop = true }
+local function letters(s)
+  local t = {}
+  for c in s:gmatch(".") do t[#t + 1] = c end
+  table.sort(t)
+  return table.concat(t)
+end
+local function lookalike(key)
+  if type(key) ~= "string" or HOOKS[key] then return nil end
+  local low = key:lower()
+  for hook in pairs(HOOKS) do
+    if low == hook or low == "on_" .. hook or (#low == #hook and letters(low) == letters(hook)) then return hook end
+  end
+end
+
+local function warn_lookalikes(service)
+  for k, v in pairs(service) do
+    local hook = lookalike(k)
+    if hook and type(v) == "function" then
+      comm.log.warn("service: M.%s looks like the hook M.%s, which luacomm calls; M.%s is never called "
+                    .. "(hooks are start, reload and stop, lower case)", k, hook, k)
+    end
+  end
+end
+
 -- A script that returned a table is a service: start(state, ...) runs once.
 local function start_service(opts, service)
+  warn_lookalikes(service)
   H.service, H.state = service, {}
   -- looked up at stop time: a reload may have added or changed it
   H.on_stop = function()
@@ -155,6 +189,10 @@ function H.main(opts)
     stopping = function() return H.stopping end,
     reload = function() return reload(opts) end,
   }
+  if opts.metrics then
+    local srv, why = comm.metrics.serve(opts.metrics)
+    if not srv then return fail(opts, "luacomm: --metrics " .. opts.metrics .. ": " .. why) end
+  end
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
   if not r[1] then return fail(opts, r[2]) end
   if type(r[2]) == "table" and not H.stopping then

@@ -87,6 +87,26 @@ local function host_yield()
   end
 end
 
+-- A JSON text with its object keys sorted, or nil if it is not JSON.
+local function sorted_json(text)
+  local ok, v = pcall(canon_decode, text)
+  if not ok then return nil end
+  local fine, out = pcall(simjson.encode, v)
+  return fine and out or nil
+end
+
+-- A frame as the trace shows it: a node envelope (a JSON header, and a
+-- body after a line feed when it has one) with its keys sorted; other
+-- frames as they are.
+local function canon(frame)
+  if frame:byte(1) ~= 123 then return nil end -- "{"
+  local nl = frame:find("\n", 1, true)
+  if not nl then return sorted_json(frame) end
+  local head, body = sorted_json(frame:sub(1, nl - 1)), sorted_json(frame:sub(nl + 1))
+  if head and body then return head .. "\n" .. body end
+  return nil
+end
+
 local function new_sim(seed, opts)
   local breathe = host_yield()
   if breathe then breathe() end
@@ -96,13 +116,7 @@ local function new_sim(seed, opts)
                               log_level = opts.log_level }, Sim)
   self.net = net_mod.new(world, opts)
   -- frames in the trace: JSON with sorted keys (see luacomm.sim.proc)
-  world.canon = function(frame)
-    if frame:byte(1) ~= 123 then return nil end -- "{"
-    local ok, v = pcall(canon_decode, frame)
-    if not ok or type(v) ~= "table" then return nil end
-    local fine, text = pcall(simjson.encode, v)
-    return fine and text or nil
-  end
+  world.canon = canon
   self.driver = proc_mod.new(self, DRIVER, nil)
   world:trace("seed %d", seed)
   return self

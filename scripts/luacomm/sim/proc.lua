@@ -240,6 +240,28 @@ function Proc:_make_core()
     return 0
   end
   function core.max_io() return 0 end
+  -- core.turn(): a task whose calls never wait yields once every few
+  -- dozen of them (channels, select), so the others run
+  local turns = 0
+  function core.turn()
+    turns = turns + 1
+    if turns % 32 == 0 and w.current and coroutine.running() == w.current.co and coroutine.isyieldable() then
+      w:yield()
+    end
+  end
+  -- Crypto: the real module's functions (pure), but random bytes come
+  -- from the simulation's generator.
+  local ok, real = pcall(outer_require, "luacomm.core")
+  core.hmac_sha256 = ok and real.hmac_sha256 or not_simulated("hmac_sha256 (no luacomm.core)")
+  core.equal_consttime = ok and real.equal_consttime or function(a, b) return a == b end
+  function core.random_bytes(n)
+    if math.type(n) ~= "integer" or n < 0 or n > 1024 then
+      error("bad argument #1 to 'random_bytes' (0..1024 expected)", 2)
+    end
+    local t = {}
+    for i = 1, n do t[i] = string.char(w.random(0, 255)) end
+    return concat(t)
+  end
   return core
 end
 
@@ -263,9 +285,11 @@ end
 -- follows the hash layout (so it may differ from one process to the
 -- next): their text never decides anything — every receiver decodes
 -- them — and the trace shows each JSON frame with its keys sorted
--- (World:render). What a script encodes itself goes through the
+-- (luacomm.sim's canon). What a script encodes itself goes through the
 -- deterministic encoder. Sorting the keys of every frame was a fifth of
--- the simulation's time.
+-- the simulation's time. The node library's modules take the encoder
+-- when they load (`local encode = json.encode`): while one of them loads,
+-- comm.json.encode is the wire's.
 local wire = require("cjson").new()
 wire.encode_invalid_numbers(false)
 local wire_encode = wire.encode
@@ -274,9 +298,10 @@ local function fast_encode(v)
   if ok then return s end
   error("json.encode: " .. tostring(s):gsub("^.-:%d+: ", ""), 2)
 end
--- module name -> the field of it that encodes frames
-local WIRE_ENCODERS = { ["luacomm.node.envelope"] = "encode" }
 
+local function is_node_module(name)
+  return name == "luacomm.node" or name:sub(1, 13) == "luacomm.node."
+end
 
 ---------------------------------------------------------------- globals and require
 
@@ -392,7 +417,8 @@ function Proc:_make_package()
     end,
   }
   local loaded = pkg.loaded
-  local function req(name)
+  local req
+  function req(name)
     if type(name) ~= "string" then error("bad argument #1 to 'require' (string expected)", 2) end
     local v = loaded[name]
     if v ~= nil then return v end
@@ -400,11 +426,16 @@ function Proc:_make_package()
     for _, searcher in ipairs(pkg.searchers) do
       local loader, extra = searcher(name)
       if type(loader) == "function" then
-        local r = loader(name, extra)
+        local json, det
+        if is_node_module(name) then
+          json = req("luacomm").json
+          det = json.encode
+          json.encode = fast_encode
+        end
+        local ok, r = pcall(loader, name, extra)
+        if json then json.encode = det end
+        if not ok then error(r, 0) end
         if r ~= nil then loaded[name] = r elseif loaded[name] == nil then loaded[name] = true end
-        local field = WIRE_ENCODERS[name]
-        r = loaded[name]
-        if field and type(r) == "table" and type(r[field]) == "function" then r[field] = fast_encode end
         return loaded[name], extra
       elseif type(loader) == "string" then
         msg[#msg + 1] = loader
