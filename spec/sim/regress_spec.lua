@@ -9,7 +9,7 @@ describe("sim regressions", function()
   -- one, so after the heal a link could take handshake_timeout plus the
   -- backoff to return: routes converged 1.2-1.4 s after the heal in 28
   -- seeds of 1000 (bound: timeout + heartbeat = 1.2 s). Fixed in
-  -- node.lua: no backoff after a dial that timed out (it waited
+  -- node/link.lua: no backoff after a dial that timed out (it waited
   -- handshake_timeout already).
   it("seed 128: routes converge after a heal within timeout + heartbeat", function()
     sim.run({ seed = 128, print = false }, S.heal_scenario)
@@ -29,7 +29,8 @@ describe("sim regressions", function()
   -- Request ids start again at 1 when a node restarts, and a reply did not
   -- say which life of the requester it answered: a restarted node's first
   -- request took the reply meant for its previous life's first request,
-  -- still on its way through a relay (every seed). Fixed in node.lua: a
+  -- still on its way through a relay (every seed). Fixed in
+  -- node/request.lua: a
   -- reply echoes the request's inc, and one for another incarnation is
   -- dropped as late.
   it("seed 47: a restarted requester never gets its previous life's reply", function()
