@@ -86,7 +86,7 @@ S.ASKER = "spec/fixtures/sim/asker.lua"
 -- Five cluster nodes in a partial mesh (each dials the next two) through
 -- eight seeded faults — partitions and one-way cuts, crashes (silent or
 -- not) and restarts, restarts with the clock stepped (when `steps`),
--- loss, duplication, reordering, long latency, heals — then every fault
+-- long latency, heals — then every fault
 -- healed: within 6 s every node routes to every other and answers a
 -- request. (With clock steps it does not always: a node restarted with its
 -- clock stepped back while stale news still names its previous life can
@@ -117,7 +117,12 @@ function S.chaos_scenario(net, _, steps)
       net:crash(victim)
       net:restart(victim)
     elseif r < 0.7 then
-      net:loss(net:random() * 0.2):duplicate(net:random() * 0.1):reorder(net:random() * 0.1)
+      -- loss, duplication and reordering inside a link are not what TCP
+      -- does, and the node library floods each route announcement once,
+      -- relying on its link: a lost one can leave a node without a route
+      -- for good (seed 109 did). So here only what a link can do: a
+      -- reordering across links, a burst of delay.
+      net:latency(0.001, 0.001 + net:random() * 0.5)
     elseif r < 0.85 then
       net:heal()
     else
