@@ -67,6 +67,12 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	$(TEST_ENV) LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' $(SPECS)
 
+# The simulation scenarios over 1000 seeds each (`make test` runs them
+# over 50): CONTRACT §10 used on the node library and the cluster example.
+test-sim: deps
+	@$(MAKE) --no-print-directory all
+	LUACOMM_SIM_SEEDS=1000 LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' spec/sim
+
 # The multi-host specs (spec/hosts) on network-namespace test hosts:
 # needs root, ip and nft; says why and skips where they are missing.
 test-hosts: deps
@@ -141,12 +147,14 @@ bench: deps
 	$(BENCH_ENV) BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
 	bash bench/http.sh
+	lua5.4 bench/sim_rate.lua | tee -a bench/RESULTS.md
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	$(BENCH_ENV) QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
+	lua5.4 bench/sim_rate.lua 5 | tee -a build/bench/RESULTS-quick.md
 
 # Instructions per echoed message (callgrind, a fixed number of frames per
 # scenario): luacomm's echo example and the floor, stable on a busy machine.
@@ -167,4 +175,4 @@ clean:
 	rm -rf build build-asan build-werror
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind
+.PHONY: all deps check test test-sim test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind
