@@ -60,7 +60,7 @@ local COUNTERS = {
   "sent", "received", "broadcasts", "requests", "served", "replies", "retries", "timeouts",
   "late_replies", "dup_requests", "relayed", "expired", "hop_limit", "unroutable",
   "no_handler", "handler_errors", "links_up", "links_down", "rejected", "auth_failures",
-  "throttled", "over_limit",
+  "throttled", "over_limit", "resyncs",
   -- bad input from peers; bad_input is their sum
   "bad_input", "bad_json", "bad_envelope", "unknown_kind", "frame_too_large",
   "bad_handshake", "handshake_timeout",
@@ -222,8 +222,9 @@ end
 -- frame); link is nil for what this node sent itself.
 local K = {}
 
-function K.ping(_, l, env)
+function K.ping(self, l, env)
   l:send(encode{ kind = "pong", t = env.t })
+  flood.on_ping(self, l, env)
 end
 
 function K.pong(self, l, env)

@@ -136,4 +136,40 @@ describe("node routing table", function()
     assert.is_nil(r:next_hop("c"))
     assert.are.same(links{ "b" }, r:local_links())
   end)
+  it("agrees on a digest when the news is the same, whatever its order, and not when one misses some", function()
+    -- every node of the chain, own announcement at seq 1, inc 1
+    local views = {}
+    for name in pairs(CHAIN) do views[name] = table_for(name, CHAIN) end
+    local d = views.a:digest(1, 1)
+    for name, r in pairs(views) do assert.are.equal(d, r:digest(1, 1), name) end
+    assert.is_true(math.type(d) == "integer" and d >= 0 and d < 2 ^ 32)
+    -- c announces again (seq 2); b has it, a not yet: they differ
+    views.b:update("c", 1, 2, links{ "b", "d" })
+    assert.are_not.equal(views.a:digest(1, 1), views.b:digest(1, 1))
+    views.a:update("c", 1, 2, links{ "b", "d" })
+    assert.are.equal(views.a:digest(1, 1), views.b:digest(1, 1))
+    -- a node's own seq counts: a's next announcement changes a's digest
+    assert.are_not.equal(views.a:digest(1, 1), views.a:digest(1, 2))
+    -- news of nodes no route reaches does not count (it cannot be mended)
+    local before = views.a:digest(1, 1)
+    views.a:update("z", 1, 1, links{ "y" })
+    assert.are.equal(before, views.a:digest(1, 1))
+  end)
+
+  it("lets no dead node's leftover news vouch for a neighbour's dead life", function()
+    -- a - b - c, and x was linked to c: x is gone (nobody names it), but
+    -- its last news, naming c's life 5, stays
+    local r = routes.new("a")
+    r:set_local("b", 1)
+    r:update("b", 1, 1, links({ "a", "c" }, { c = 5 }))
+    r:update("c", 5, 1, links({ "b", "x" }, { x = 1 }))
+    r:update("x", 1, 1, links({ "c" }, { c = 5 }))
+    r:update("c", 5, 2, links{ "b" })
+    assert.are.same({ "b", 2 }, { r:next_hop("c") })
+    assert.is_nil(r:next_hop("x"))
+    -- c restarts with its clock stepped back: life 3; b names it
+    r:update("b", 1, 2, links({ "a", "c" }, { c = 3 }))
+    assert.is_true(r:update("c", 3, 1, links{ "b" }))
+    assert.are.same({ "b", 2 }, { r:next_hop("c") })
+  end)
 end)

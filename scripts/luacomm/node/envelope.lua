@@ -72,7 +72,7 @@ M.KINDS = {
   welcome = { v = "uint", node = "name", inc = "uint", listen = "?addr", mac = "?string" },
   reject = { reason = "string", node = "?string" },
   bye = { reason = "?string" },
-  ping = { t = "time" },
+  ping = { t = "time", ls = "?uint" },
   pong = { t = "time" },
   links = { origin = "name", epoch = "uint", seq = "uint", links = "links" },
   msg = { src = "name", dst = "name", type = "string", hops = "uint" },

@@ -47,6 +47,40 @@ function M.sync(node, l)
   end
 end
 
+-- Anti-entropy. Each announcement is flooded once; one that is lost on
+-- the way (or dropped when it should not have been) would leave a node
+-- without a route for good. So every ping carries the sender's digest of
+-- what it knows (routes.digest: cheap, cached until the table changes),
+-- and a node whose own digest differs sends that peer everything it knows
+-- (M.sync); the peer stores what is newer and floods it on, and does the
+-- same the other way on this node's pings. A mismatch on one ping may be
+-- news still on its way: the resend waits for 2 mismatching pings in a
+-- row, then 4 more, 8, ... at most 64 (a difference that the news cannot
+-- mend, such as a table at max_nodes, costs little). Idle, when all
+-- agree, the digest is the only cost: a few bytes per ping.
+M.RESYNC_MAX = 64
+
+function M.ping_frame(node, t)
+  return encode{ kind = "ping", t = t, ls = node._routes:digest(node._inc, node._seq) }
+end
+
+function M.on_ping(node, l, env)
+  local theirs = env.ls
+  if theirs == nil then return end -- a peer that keeps no digest
+  if theirs == node._routes:digest(node._inc, node._seq) then
+    l.ls_miss, l.ls_due = nil, nil
+    return
+  end
+  local miss, due = (l.ls_miss or 0) + 1, l.ls_due or 2
+  if miss < due then
+    l.ls_miss = miss
+    return
+  end
+  l.ls_miss, l.ls_due = 0, due * 2 > M.RESYNC_MAX and M.RESYNC_MAX or due * 2
+  node:_count("resyncs")
+  M.sync(node, l)
+end
+
 -- Why an announcement cannot be believed, or nil; "stale" for news of a
 -- linked node's other life relayed by another (a restart can race so:
 -- not the relay's fault).

@@ -161,7 +161,7 @@ local function heartbeat(link)
   local clock = link.node._clock
   local now, sleep, period = clock.now, clock.sleep, link.node.heartbeat
   while not link.ended and not link.retired do
-    if not link:send(encode{ kind = "ping", t = now() }) then return end
+    if not link:send(flood.ping_frame(link.node, now())) then return end
     sleep(period)
   end
 end

@@ -14,6 +14,7 @@
 -- per-message lookups are one table read.
 local setmetatable, ipairs, pairs = setmetatable, ipairs, pairs
 local sort = table.sort
+local byte, format = string.byte, string.format
 
 local M = {}
 M._VERSION = "0.2.0"
@@ -34,6 +35,7 @@ function M.new(self_name, max)
     hop = {},       -- destination -> first hop (a neighbour's name)
     dist = {},      -- destination -> hops
     order = {},     -- reachable names, nearest first
+    sum = nil,      -- digest of the reachable origins' news (see digest), nil when stale
   }, Routes)
 end
 
@@ -54,12 +56,19 @@ function Routes:local_links()
   return list
 end
 
--- Does anything this node knows name `inc` as name's incarnation: its
--- own link, or a stored announcement of a neighbour of name's?
+-- Does anything current this node knows name `inc` as name's
+-- incarnation: its own link, or the announcement of a node it reaches
+-- now? Only those: the last announcement of a node gone for good stays
+-- in the table (nothing replaces it), and must not vouch for the life of
+-- a neighbour of its that has since restarted (seed 321's finding).
+-- Recomputes the routes when stale; the callers are the rare paths of an
+-- incarnation changing.
 function Routes:_vouched(name, inc)
   if self.own[name] == inc then return true end
-  for _, e in pairs(self.db) do
-    if e.set[name] == inc then return true end
+  if self.dirty then self:_recompute() end
+  local dist = self.dist
+  for origin, e in pairs(self.db) do
+    if e.set[name] == inc and dist[origin] then return true end
   end
   return false
 end
@@ -156,7 +165,40 @@ function Routes:_recompute()
       end
     end
   end
-  self.hop, self.dist, self.order, self.dirty = hop, dist, order, false
+  self.hop, self.dist, self.order, self.dirty, self.sum = hop, dist, order, false, nil
+end
+
+-- A 32-bit hash of a string: FNV-1a, then murmur3's finaliser, whose
+-- avalanche keeps sums of hashes of strings that differ in a byte or two
+-- from cancelling out (plain FNV-1a sums do: "c 1 11" + "e 1 14" and
+-- "e 1 11" + "c 1 14" collide).
+local function hash(s)
+  local h = 2166136261
+  for i = 1, #s do h = ((h ~ byte(s, i)) * 16777619) & 0xffffffff end
+  h = ((h ~ (h >> 16)) * 0x85ebca6b) & 0xffffffff
+  h = ((h ~ (h >> 13)) * 0xc2b2ae35) & 0xffffffff
+  return h ~ (h >> 16)
+end
+
+-- A 32-bit digest of what this node believes about the part of the
+-- cluster it reaches: (origin, epoch, seq) of every reachable node's
+-- stored announcement and of its own (inc, seq). Nodes that reach each
+-- other and hold the same news have the same digest, whatever the order
+-- it came in; a node that missed an announcement (lost, or dropped as
+-- stale when it was not) has another. Heartbeats carry it (flood.lua).
+-- Computed only when the table changed since the last one.
+function Routes:digest(inc, seq)
+  if self.dirty then self:_recompute() end
+  local sum = self.sum
+  if sum == nil then
+    sum = 0
+    for _, origin in ipairs(self.order) do
+      local e = self.db[origin]
+      sum = sum + hash(e and format("%s %d %d", origin, e.epoch, e.seq) or origin)
+    end
+    self.sum = sum
+  end
+  return (sum + hash(format("%s %d %d", self.name, inc, seq))) & 0xffffffff
 end
 
 -- The neighbour to send to for dst, and the path's length in hops; nil
