@@ -53,11 +53,13 @@ end
 -- what it knows (routes.digest: cheap, cached until the table changes),
 -- and a node whose own digest differs sends that peer everything it knows
 -- (M.sync); the peer stores what is newer and floods it on, and does the
--- same the other way on this node's pings. A mismatch on one ping may be
--- news still on its way: the resend waits for 2 mismatching pings in a
--- row, then 4 more, 8, ... at most 64 (a difference that the news cannot
--- mend, such as a table at max_nodes, costs little). Idle, when all
--- agree, the digest is the only cost: a few bytes per ping.
+-- same the other way on this node's pings. A mismatch may be news still
+-- on its way: the resend waits until the same two digests (the peer's and
+-- this node's) have come with 2 pings in a row, then 4 more, 8, ... at
+-- most 64 (a difference that the news cannot mend, such as a table at
+-- max_nodes, costs little); while news flows the digests change and
+-- nothing is resent. Idle, when all agree, the digest is the only cost: a
+-- few bytes per ping.
 M.RESYNC_MAX = 64
 
 function M.ping_frame(node, t)
@@ -67,11 +69,18 @@ end
 function M.on_ping(node, l, env)
   local theirs = env.ls
   if theirs == nil then return end -- a peer that keeps no digest
-  if theirs == node._routes:digest(node._inc, node._seq) then
+  local mine = node._routes:digest(node._inc, node._seq)
+  if theirs == mine then
     l.ls_miss, l.ls_due = nil, nil
     return
   end
-  local miss, due = (l.ls_miss or 0) + 1, l.ls_due or 2
+  -- a digest that changed since the last ping is news still flowing:
+  -- only the same two digests again count towards a resend
+  if theirs ~= l.ls_theirs or mine ~= l.ls_mine then
+    l.ls_theirs, l.ls_mine, l.ls_miss = theirs, mine, 1
+    return
+  end
+  local miss, due = l.ls_miss + 1, l.ls_due or 2
   if miss < due then
     l.ls_miss = miss
     return
