@@ -39,6 +39,9 @@ describe("node envelopes", function()
       { '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":{"x":"b"}}', "bad_envelope" },
       { '{"kind":"hello","v":1,"inc":1}', "bad_envelope" },
       { '{"kind":"ping"}', "bad_envelope" },
+      { '{"kind":"ping","t":1,"ls":-1}', "bad_envelope" },
+      { '{"kind":"ping","t":1,"ls":"x"}', "bad_envelope" },
+      { '{"kind":"ping","t":1,"ls":1.5}', "bad_envelope" },
       { string.rep("[", 5000), "bad_json" },
     }
     for _, c in ipairs(cases) do
