@@ -71,7 +71,7 @@ function M.on_ping(node, l, env)
   if theirs == nil then return end -- a peer that keeps no digest
   local mine = node._routes:digest(node._inc, node._seq)
   if theirs == mine then
-    l.ls_miss, l.ls_due = nil, nil
+    l.ls_theirs, l.ls_mine, l.ls_miss, l.ls_due = nil, nil, nil, nil
     return
   end
   -- a digest that changed since the last ping is news still flowing:
