@@ -99,14 +99,22 @@ include bench/bench.mk
 # Speed against a C ceiling in the same run: ceiling and examples/echo.lua
 # under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
 BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
+# The same over TLS (scenarios A, C, D and H: full handshakes per second),
+# against ceiling_tls, appended to the same report.
+BENCH_CERT := build/bench/tls/cert.pem build/bench/tls/key.pem
+BENCH_TLS_SERVERS := 'ceiling_tls=build/bench/ceiling_tls $$PORT $(BENCH_CERT)' \
+                     'luacomm_tls=build/luacomm examples/echo.lua $$PORT $(BENCH_CERT)'
+BENCH_TLS_ENV := TITLE="Echo over TLS" SCENARIO_LIST="A C D H" LOADGEN_EXTRA=--tls IDLE_CONNS=0 APPEND=1
 bench: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
+	BENCH_NO_BUILD=1 $(BENCH_TLS_ENV) bash bench/run.sh $(BENCH_TLS_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
+	QUICK=1 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md $(BENCH_TLS_ENV) bash bench/run.sh $(BENCH_TLS_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 
 clean:

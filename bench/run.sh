@@ -10,8 +10,11 @@
 #   the server named "ceiling" (or the first one listed).
 #
 # Env: R runs per scenario (3), D measured seconds (5), WARMUP seconds (1),
-#   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000), IDLE_HOLD seconds (3),
-#   OUT report file (bench/RESULTS.md), BENCH_PORT_BASE, BENCH_NO_BUILD=1.
+#   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000; 0 skips the idle test),
+#   IDLE_HOLD seconds (3), OUT report file (bench/RESULTS.md),
+#   BENCH_PORT_BASE, BENCH_NO_BUILD=1; for a second section (TLS):
+#   SCENARIO_LIST (e.g. "A C D H"), LOADGEN_EXTRA (e.g. --tls), TITLE, and
+#   APPEND=1 to add the report to OUT instead of replacing it.
 #
 # Every run starts a fresh server; runs are interleaved (ceiling, other,
 # ceiling, other, ...) so drift hits all servers alike; the table shows
@@ -29,13 +32,15 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 OUT=${OUT:-bench/RESULTS.md}
 LOADGEN=build/bench/loadgen
 
-SCENARIOS=(A B C D E)
+read -r -a SCENARIOS <<<"${SCENARIO_LIST:-A B C D E}"
+LOADGEN_EXTRA=${LOADGEN_EXTRA:-}
 declare -A SCEN_DESC=(
     [A]="1 conn, window 1, 64 B"
     [B]="64 conns, window 1, 64 B"
     [C]="64 conns, window 16, 64 B"
     [D]="16 conns, window 4, 16 KiB"
     [E]="1000 conns, window 1, 64 B"
+    [H]="new connections: 16 at a time, full TLS handshake + one 64 B echo each (msgs/s = handshakes/s)"
 )
 declare -A SCEN_ARGS=(
     [A]="--conns 1 --window 1 --size 64"
@@ -43,6 +48,7 @@ declare -A SCEN_ARGS=(
     [C]="--conns 64 --window 16 --size 64"
     [D]="--conns 16 --window 4 --size 16384"
     [E]="--conns 1000 --window 1 --size 64"
+    [H]="--handshakes --conns 16 --size 64"
 )
 
 NAMES=()
@@ -104,7 +110,7 @@ run_one() {
     log "[$scen run $run/$R] $name ..."
     launch "$name" "$f.server" || { FAILURES=$((FAILURES + 1)); return; }
     # shellcheck disable=SC2086 # SCEN_ARGS holds several words on purpose
-    if "${LOADGEN_PIN[@]}" "$LOADGEN" --addr "127.0.0.1:$PORT" ${SCEN_ARGS[$scen]} \
+    if "${LOADGEN_PIN[@]}" "$LOADGEN" --addr "127.0.0.1:$PORT" ${SCEN_ARGS[$scen]} $LOADGEN_EXTRA \
         --duration "$D" --warmup "$WARMUP" >"$f.out" 2>"$f.err"; then
         hwm=$(server_mem_kib "$SERVER_PID" VmHWM)
         line=$(cat "$f.out")
@@ -181,7 +187,12 @@ vs_base() {
 report_header() {
     local cpu
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-    echo "# Echo server benchmark"
+    if [[ -n ${TITLE:-} ]]; then
+        echo
+        echo "## $TITLE"
+    else
+        echo "# Echo server benchmark"
+    fi
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r)"
@@ -218,6 +229,7 @@ report_throughput() {
 
 report_idle() {
     local name base rss base_rss=- line
+    ((IDLE_CONNS > 0)) || return 0
     echo
     echo "## $IDLE_CONNS idle connections"
     echo
@@ -259,12 +271,16 @@ main() {
         done
     done
     for name in "${NAMES[@]}"; do
-        idle_one "$name"
+        ((IDLE_CONNS > 0)) && idle_one "$name"
     done
 
     { report_header; report_throughput; report_idle; } >"$TMP/report.md"
     mkdir -p "$(dirname "$OUT")"
-    cp "$TMP/report.md" "$OUT"
+    if [[ -n ${APPEND:-} ]]; then
+        cat "$TMP/report.md" >>"$OUT"
+    else
+        cp "$TMP/report.md" "$OUT"
+    fi
     cat "$TMP/report.md"
     ((FAILURES == 0))
 }
