@@ -25,6 +25,7 @@ static int ctx_gc (lua_State *L) {
   lc_resolver_free(c);
   free(c->scratch);
   c->scratch = NULL;
+  lc_tls_release(c);
   if (c->own_base && c->base) event_base_free(c->base);
   c->base = NULL;
   return 0;

@@ -94,6 +94,7 @@ struct lc_ctx {
   lc_counters n;
   int max_io;           /* test knob: cap every read/write at this many bytes */
   char *scratch;        /* conn.c's read buffer, shared by every connection */
+  void *tls_bio;        /* tls_conn.c's BIO_METHOD, made on first use */
   struct evdns_base *dns; /* resolve.c's resolver, created on first use */
   double task_budget;   /* seconds a task may run without yielding; 0 = off */
   lc_log_fn log;
@@ -159,5 +160,6 @@ void lc_conn_flush_dirty(lc_ctx *c);
 int lc_conn_close_all(lc_ctx *c);
 int lc_conn_lingering(lc_ctx *c);
 void lc_conn_push(lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm);
+void lc_tls_release(lc_ctx *c);
 
 #endif

@@ -47,9 +47,6 @@ struct lc_tls_server {
 
 /* ---- the socket BIO ---- */
 
-/* Immutable once made, shared by every state in the process. */
-static BIO_METHOD *sock_method;
-
 static int sock_write (BIO *b, const char *data, size_t len, size_t *written) {
   lc_tls *t = BIO_get_data(b);
   size_t cap = t->ctx->max_io > 0 && len > (size_t)t->ctx->max_io ? (size_t)t->ctx->max_io : len;
@@ -87,19 +84,26 @@ static int sock_create (BIO *b) {
   return 1;
 }
 
+/* The method lives in the context (R10), freed with it: the module may be
+** unloaded before the process ends. */
 static BIO *sock_bio (lc_tls *t) {
+  BIO_METHOD *m = t->ctx->tls_bio;
   BIO *b;
-  if (sock_method == NULL) {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "luacomm socket");
-    if (m == NULL) return NULL;
+  if (m == NULL) {
+    if ((m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "luacomm socket")) == NULL) return NULL;
     BIO_meth_set_write_ex(m, sock_write);
     BIO_meth_set_read_ex(m, sock_read);
     BIO_meth_set_ctrl(m, sock_ctrl);
     BIO_meth_set_create(m, sock_create);
-    sock_method = m;
+    t->ctx->tls_bio = m;
   }
-  if ((b = BIO_new(sock_method)) != NULL) BIO_set_data(b, t);
+  if ((b = BIO_new(m)) != NULL) BIO_set_data(b, t);
   return b;
+}
+
+void lc_tls_release (lc_ctx *c) {
+  BIO_meth_free(c->tls_bio);
+  c->tls_bio = NULL;
 }
 
 /* ---- sessions ---- */
@@ -107,16 +111,19 @@ static BIO *sock_bio (lc_tls *t) {
 lc_tls *lc_tls_new (lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name,
                     char *err, size_t errlen) {
   lc_tls *t = calloc(1, sizeof *t);
-  BIO *b;
-  if (t == NULL || (t->ssl = SSL_new(ctx)) == NULL || (b = sock_bio(t)) == NULL) {
+  BIO *b = NULL;
+  if (t != NULL) {
+    t->ctx = c;
+    t->fd = fd;
+    if ((t->ssl = SSL_new(ctx)) != NULL) b = sock_bio(t);
+  }
+  if (b == NULL) {
     snprintf(err, errlen, "tls: out of memory");
     ERR_clear_error();
     if (t) SSL_free(t->ssl);
     free(t);
     return NULL;
   }
-  t->ctx = c;
-  t->fd = fd;
   SSL_set_bio(t->ssl, b, b);
   if (server) {
     SSL_set_accept_state(t->ssl);
