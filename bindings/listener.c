@@ -20,6 +20,7 @@
 #include "tls.h"
 
 #define ACCEPT_QUEUE 64
+#define MAX_HANDSHAKES 1024 /* TLS handshakes under way at once, per listener */
 
 typedef struct lc_listener {
   lc_handle h;
@@ -28,8 +29,7 @@ typedef struct lc_listener {
   struct evconnlistener *lev;
   lc_waitq accepters;
   evutil_socket_t queue[ACCEPT_QUEUE];
-  lc_tls *tqueue[ACCEPT_QUEUE]; /* each queued socket's TLS session, or NULL */
-  lc_tls_server *tls;           /* NULL on plain TCP */
+  lc_tls_server *tls;           /* NULL on plain TCP; else it holds the queue */
   int head, count;
   int enabled;
   uint32_t max_frame;
@@ -54,7 +54,6 @@ static void destroy (lc_listener *l) {
   if (l->lev) evconnlistener_free(l->lev);
   lc_tls_server_free(l->tls); /* handshakes under way end here */
   while (l->count > 0) {
-    lc_tls_free(l->tqueue[l->head], 0);
     evutil_closesocket(l->queue[l->head]);
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
@@ -72,30 +71,22 @@ static void handle_destroy (lc_handle *h) {
   destroy((lc_listener *)h);
 }
 
-/* Accepting pauses while the queue, with the TLS handshakes that will
-** land in it, is full; it resumes once a task takes from it. */
+/* Accepting pauses while the queue is full (for TLS: of connections whose
+** handshake is done, or of handshakes under way); it resumes once a task
+** takes from it or a handshake ends. */
 static void throttle (lc_listener *l) {
-  int busy = l->count + (l->tls ? lc_tls_server_inflight(l->tls) : 0) >= ACCEPT_QUEUE;
+  int busy = l->tls ? lc_tls_server_ready(l->tls) >= ACCEPT_QUEUE || lc_tls_server_inflight(l->tls) >= MAX_HANDSHAKES
+                    : l->count >= ACCEPT_QUEUE;
   if (busy && l->enabled) evconnlistener_disable(l->lev);
   else if (!busy && !l->enabled) evconnlistener_enable(l->lev);
   l->enabled = !busy;
 }
 
-static void enqueue (lc_listener *l, evutil_socket_t fd, lc_tls *t) {
-  int i = (l->head + l->count) % ACCEPT_QUEUE;
-  l->queue[i] = fd;
-  l->tqueue[i] = t;
-  l->count++;
-  throttle(l);
-  lc_wake_one(l->ctx, &l->accepters);
-}
-
-/* A TLS handshake ended: a connection for the queue, or (t NULL) one the
-** handshake refused, which frees a place. */
-static void on_tls_accepted (evutil_socket_t fd, lc_tls *t, void *arg) {
+/* A TLS handshake ended (in the server's ready list, or refused). */
+static void on_tls_done (void *arg) {
   lc_listener *l = arg;
-  if (t != NULL) enqueue(l, fd, t);
-  else throttle(l);
+  throttle(l);
+  if (lc_tls_server_ready(l->tls) > 0) lc_wake_one(l->ctx, &l->accepters);
 }
 
 static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
@@ -107,13 +98,15 @@ static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct so
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  if (l->tls == NULL) {
-    enqueue(l, fd, NULL);
+  if (l->tls != NULL) { /* the handshake runs before any task sees it */
+    lc_tls_accept(l->tls, l->ctx, fd, on_tls_done, l);
+    throttle(l);
     return;
   }
-  /* The handshake runs before any task sees the connection. */
-  lc_tls_accept(l->tls, l->ctx, fd, on_tls_accepted, l);
+  l->queue[(l->head + l->count) % ACCEPT_QUEUE] = fd;
+  l->count++;
   throttle(l);
+  lc_wake_one(l->ctx, &l->accepters);
 }
 
 static void on_listen_error (struct evconnlistener *lev, void *arg) {
@@ -128,14 +121,21 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
   lc_listener *l = u->l;
   (void)status, (void)kc;
   if (l == NULL) return lc_fail(L, "closed");
-  if (l->count > 0) {
+  if (l->tls != NULL) {
+    evutil_socket_t fd;
+    lc_tls *t = lc_tls_server_pop(l->tls, &fd);
+    if (t != NULL) {
+      throttle(l);
+      lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
+      lc_conn_set_tls(L, -1, t);
+      return 1;
+    }
+  } else if (l->count > 0) {
     evutil_socket_t fd = l->queue[l->head];
-    lc_tls *t = l->tqueue[l->head];
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
     throttle(l);
     lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
-    if (t != NULL) lc_conn_set_tls(L, -1, t);
     return 1;
   }
   if (lc_timedout(l->ctx)) return lc_fail(L, "timeout");

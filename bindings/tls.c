@@ -119,7 +119,8 @@ static int load_trust (SSL_CTX *ctx, const char *ca, int server, char *err, size
 
 /* Settings every luacomm context shares: TLS 1.2+, no renegotiation,
 ** writes that may be retried from a moved buffer (the output evbuffer
-** rearranges itself between attempts), and an EOF without close_notify
+** rearranges itself between attempts), record buffers released while a
+** connection is idle (about 34 KiB each otherwise), and an EOF without close_notify
 ** read as an end of stream (frames carry their own length, so a cut is
 ** still seen as "truncated"). */
 static SSL_CTX *ctx_base (int server, char *err, size_t errlen) {
@@ -131,7 +132,8 @@ static SSL_CTX *ctx_base (int server, char *err, size_t errlen) {
   }
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                           SSL_MODE_RELEASE_BUFFERS);
   if (server) {
     /* Resumed sessions under client verification need an id context. */
     static const unsigned char sid[] = "luacomm";

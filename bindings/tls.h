@@ -108,12 +108,19 @@ typedef struct lc_tls_server lc_tls_server;
 ** reason. Raises on misuse. */
 lc_tls_server *lc_tls_server_new(lua_State *L, int opts_idx, char *err, size_t errlen);
 
-/* Takes fd (just accepted) through a server handshake. On success done
-** gets fd and the session (both owned by the callee from then on); on
-** failure the connection is logged, counted in tls_failures and closed
-** here, and done gets -1, NULL (the listener may accept again). */
-typedef void (*lc_tls_accepted_fn)(evutil_socket_t fd, lc_tls *t, void *arg);
-void lc_tls_accept(lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_accepted_fn done, void *arg);
+/* Takes fd (just accepted, now owned here) through a server handshake.
+** A success lands in the server's ready list (lc_tls_server_pop); a
+** failure is logged, counted in tls_failures and closed here. Either way
+** notify(arg) runs afterwards, from the loop. */
+typedef void (*lc_tls_notify_fn)(void *arg);
+void lc_tls_accept(lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_notify_fn notify, void *arg);
+
+/* The oldest session whose handshake succeeded, with its fd (both owned by
+** the caller from then on), or NULL. */
+lc_tls *lc_tls_server_pop(lc_tls_server *srv, evutil_socket_t *fd);
+
+/* Sessions waiting in the ready list. */
+int lc_tls_server_ready(const lc_tls_server *srv);
 
 /* Handshakes under way (the listener pauses accepting past its queue). */
 int lc_tls_server_inflight(const lc_tls_server *srv);

@@ -192,6 +192,19 @@ describe("tls", function()
     end)
   end)
 
+  it("100 peers stuck in their handshake do not keep a good client out", function()
+    helpers.run(function()
+      local l, addr, seen = echo_server()
+      local silent = {}
+      for i = 1, 100 do silent[i] = assert(comm.connect(addr)) end -- plain TCP, never says hello
+      local c = assert(comm.connect(addr, { tls = certs.client(), timeout = 5 }))
+      assert.is_true(c:send("through"))
+      assert.are.equal("through", c:recv(5))
+      assert.are.equal(1, seen.n)
+      close_all(c, l, table.unpack(silent))
+    end)
+  end)
+
   describe("the client verifies the server", function()
     local cases = {
       { "a certificate from another CA", "rogue", "127.0.0.1", nil, "unable to get local issuer certificate" },
