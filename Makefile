@@ -14,7 +14,7 @@ LUALIBS  := $(shell pkg-config --libs lua5.4)
 LUA_SHARE = $(PREFIX)/share/lua/5.4
 LUA_LIB   = $(PREFIX)/lib/lua/5.4
 
-BIND := bindings/core.c bindings/sched.c bindings/timer.c bindings/cond.c \
+BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
         bindings/tls.c bindings/tls_conn.c
 HOST := $(wildcard runtime/*.c)
@@ -37,7 +37,7 @@ $(OUT)/pic/%.o: %.c
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -fPIC -c $< -o $@
 $(OUT)/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -DLC_LIB_DIR='"$(LUA_LIB)"' -c $< -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -c $< -o $@
 
 # The module links libevent but never liblua: it uses the interpreter's Lua.
 $(OUT)/lib/luacomm/core.so: $(BIND:%.c=$(OUT)/pic/%.o)
@@ -68,10 +68,12 @@ test: deps
 test-asan:
 	@$(MAKE) --no-print-directory B=asan test
 
-# Lint: every Lua file through luacheck (.luacheckrc), and the C built with
-# -Werror (warnings are errors in CI, not in release builds).
+# Lint: every Lua file through luacheck (.luacheckrc), the C through
+# clang-format (.clang-format: one style for bindings/ and runtime/), and the
+# C built with -Werror (warnings are errors in CI, not in release builds).
 check: deps
 	luacheck -q scripts spec tools examples bench
+	clang-format --dry-run -Werror $(BIND) $(HOST) bindings/*.h runtime/*.h
 	@$(MAKE) --no-print-directory B=werror all
 
 # The examples under valgrind, with traffic and signals: nothing may be found.

@@ -132,8 +132,7 @@ static SSL_CTX *ctx_base (int server, char *err, size_t errlen) {
   }
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                           SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
   if (server) {
     /* Resumed sessions under client verification need an id context. */
     static const unsigned char sid[] = "luacomm";
@@ -202,8 +201,8 @@ int lc_tls_client_setup (SSL *ssl, const char *server_name, char *err, size_t er
   }
   if (SSL_get_verify_mode(ssl) == SSL_VERIFY_NONE) return 0;
   X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-  if ((ip ? X509_VERIFY_PARAM_set1_ip_asc(param, server_name)
-          : X509_VERIFY_PARAM_set1_host(param, server_name, 0)) != 1) {
+  if ((ip ? X509_VERIFY_PARAM_set1_ip_asc(param, server_name) : X509_VERIFY_PARAM_set1_host(param, server_name, 0)) !=
+      1) {
     snprintf(err, errlen, "tls: bad server_name '%s'", server_name);
     ERR_clear_error();
     return -1;

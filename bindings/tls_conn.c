@@ -29,9 +29,9 @@ struct lc_tls {
   SSL *ssl;
   evutil_socket_t fd;
   int state;
-  struct event *ev;        /* the handshake's readiness and timeout */
-  double deadline;         /* of the handshake (lc_now() clock), 0 = none */
-  char why[200];           /* the reason it failed */
+  struct event *ev; /* the handshake's readiness and timeout */
+  double deadline;  /* of the handshake (lc_now() clock), 0 = none */
+  char why[200];    /* the reason it failed */
   lc_tls_done_fn done;
   void *arg;
   struct lc_tls *prev, *next; /* a server's handshakes under way, or ready */
@@ -88,32 +88,39 @@ static int sock_create (BIO *b) {
   return 1;
 }
 
-/* The method lives in the context (R10), freed with it: the module may be
-** unloaded before the process ends. */
+/* What this file keeps per context (lc_module_state, slot LC_MOD_TLS): the
+** BIO method, freed with the context (the module may be unloaded before
+** the process ends, so no static). */
+typedef struct {
+  BIO_METHOD *method;
+} tls_state;
+
+static void tls_state_fini (lc_ctx *c, void *state) {
+  (void)c;
+  BIO_meth_free(((tls_state *)state)->method);
+}
+
 static BIO *sock_bio (lc_tls *t) {
-  BIO_METHOD *m = t->ctx->tls_bio;
+  tls_state *ts = lc_module_state(t->ctx, LC_MOD_TLS, sizeof *ts, tls_state_fini);
   BIO *b;
-  if (m == NULL) {
-    if ((m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "luacomm socket")) == NULL) return NULL;
+  if (ts == NULL) return NULL;
+  if (ts->method == NULL) {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "luacomm socket");
+    if (m == NULL) return NULL;
     BIO_meth_set_write_ex(m, sock_write);
     BIO_meth_set_read_ex(m, sock_read);
     BIO_meth_set_ctrl(m, sock_ctrl);
     BIO_meth_set_create(m, sock_create);
-    t->ctx->tls_bio = m;
+    ts->method = m;
   }
-  if ((b = BIO_new(m)) != NULL) BIO_set_data(b, t);
+  if ((b = BIO_new(ts->method)) != NULL) BIO_set_data(b, t);
   return b;
-}
-
-void lc_tls_release (lc_ctx *c) {
-  BIO_meth_free(c->tls_bio);
-  c->tls_bio = NULL;
 }
 
 /* ---- sessions ---- */
 
-lc_tls *lc_tls_new (lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name,
-                    char *err, size_t errlen) {
+lc_tls *lc_tls_new (lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name, char *err,
+                    size_t errlen) {
   lc_tls *t = calloc(1, sizeof *t);
   BIO *b = NULL;
   if (t != NULL) {
@@ -253,11 +260,8 @@ static ssize_t io_result (lc_tls *t, int r) {
   int e = SSL_get_error(t->ssl, r);
   switch (e) {
     case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-      errno = EAGAIN;
-      return -1;
-    case SSL_ERROR_ZERO_RETURN:
-      return 0;
+    case SSL_ERROR_WANT_WRITE: errno = EAGAIN; return -1;
+    case SSL_ERROR_ZERO_RETURN: return 0;
     case SSL_ERROR_SYSCALL:
       ERR_clear_error();
       if (errno == 0) errno = ECONNRESET;
@@ -337,8 +341,7 @@ static void push_dns_names (lua_State *L, X509 *cert) {
   for (i = 0; i < n; i++) {
     GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
     if (g->type == GEN_DNS) {
-      lua_pushlstring(L, (const char *)ASN1_STRING_get0_data(g->d.dNSName),
-                      (size_t)ASN1_STRING_length(g->d.dNSName));
+      lua_pushlstring(L, (const char *)ASN1_STRING_get0_data(g->d.dNSName), (size_t)ASN1_STRING_length(g->d.dNSName));
       lua_rawseti(L, -2, ++k);
     }
   }
@@ -352,8 +355,8 @@ int lc_tls_push_info (lua_State *L, const lc_tls *t) {
   lua_setfield(L, -2, "version");
   lua_pushstring(L, SSL_get_cipher_name(t->ssl));
   lua_setfield(L, -2, "cipher");
-  lua_pushboolean(L, peer != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK &&
-                         SSL_get_verify_mode(t->ssl) != SSL_VERIFY_NONE);
+  lua_pushboolean(
+    L, peer != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK && SSL_get_verify_mode(t->ssl) != SSL_VERIFY_NONE);
   lua_setfield(L, -2, "verified");
   if (peer != NULL) {
     push_cn(L, peer);

@@ -20,14 +20,12 @@ local function pack(...) return { n = select("#", ...), ... } end
 
 -- Output that closed connections still hold would be lost if the script
 -- ended right after comm.run: flush it first, within the time a host's
--- graceful stop gives it by default.
+-- graceful stop gives it by default. The core signals when the last one
+-- has gone.
 local LINGER = 5
 local function flush_closed()
   if core.stats().lingering == 0 then return end
-  local deadline = core.now() + LINGER
-  core.loop(core.spawn(function()
-    while core.stats().lingering > 0 and core.now() < deadline do core.sleep(0.002) end
-  end))
+  core.loop(core.spawn(core.drained, "lingering", LINGER))
 end
 
 -- comm.run(fn, ...): from plain Lua, runs fn as a task and drives the loop
@@ -47,24 +45,31 @@ function M.run(fn, ...)
   return unpack(r, 3, r.n)
 end
 
--- comm.stop([status]): the host replaces _stop with its graceful stop.
-M._stop = core.stop
+-- The host's part (scripts/luacomm/host.lua) comes through the hooks it
+-- gave core.set_host; under stock Lua there are none.
+
+-- comm.stop([status]): the host's graceful stop, else the end of comm.run.
 function M.stop(status)
   if status ~= nil and math.type(status) ~= "integer" then
     error("bad argument #1 to 'stop' (integer expected)", 2)
   end
-  return M._stop(status)
+  local stop = core.host("stop")
+  if stop then return stop(status) end
+  return core.stop()
 end
 
--- comm.stopping(): true once a graceful stop has begun (the host installs
--- the real one), so long-running loops can wind down instead of starting
--- new work — a node stops redialling its peers.
+-- comm.stopping(): true once a graceful stop has begun, so long-running
+-- loops can wind down instead of starting new work — a node stops
+-- redialling its peers.
 function M.stopping()
-  return false
+  local stopping = core.host("stopping")
+  return stopping ~= nil and stopping() == true
 end
 
--- comm.reload(): the host installs the real one.
+-- comm.reload(): the host's reload; true | false, err.
 function M.reload()
+  local reload = core.host("reload")
+  if reload then return reload() end
   return false, "reload needs the luacomm host"
 end
 
@@ -164,14 +169,16 @@ M.json = {
 
 ---------------------------------------------------------------- logging
 
-local levels = { debug = 0, info = 1, warn = 2, error = 3 }
+-- The level is the core's (the host's sink does not filter): a record the
+-- core would drop is not even formatted.
 M.log = {}
-for name, rank in pairs(levels) do
+for rank, name in ipairs(core.log_levels()) do
   M.log[name] = function(fmt, ...)
-    if rank < levels[core.log_level()] then return end
+    local _, min = core.log_level()
+    if rank < min then return end
     core.log(name, select("#", ...) > 0 and format(fmt, ...) or tostring(fmt))
   end
 end
-function M.log.level(l) return core.log_level(l) end
+function M.log.level(l) return (core.log_level(l)) end
 
 return M

@@ -170,6 +170,21 @@ function H.run_host(args, opts)
   return p:status(), p:stdout(), p:stderr()
 end
 
+-- Starts the host with args (and H.spawn_host's opts), runs fn(proc), and
+-- stops the host for good whatever fn did, then re-raises fn's error. In a
+-- task it runs there; from plain Lua, in one of its own (H.run, 40 s), so
+-- fn may wait on the process.
+function H.with_host(args, fn, opts)
+  local function body()
+    local p = H.spawn_host(args, opts)
+    local ok, err = pcall(fn, p)
+    p:kill()
+    if not ok then error(err, 0) end
+  end
+  if core.running() then return body() end
+  return H.run(body, 40)
+end
+
 -- Runs `code` in a fresh lua5.4 that finds this build's modules (the
 -- sanitizer run's LD_PRELOAD is inherited through the environment):
 -- status, stdout, stderr.
