@@ -104,19 +104,28 @@ launch() {
     fi
 }
 
-# One measured run; appends "msgs_per_s p50 p99 hwm_kib" to $TMP/res.S.NAME.
+# One measured run; appends "msgs_per_s p50 p99 hwm_kib cpu_us_per_msg" to
+# $TMP/res.S.NAME. The server's CPU time per message (over warm-up and
+# measurement, at the measured rate) stays meaningful when other processes
+# share the machine and throughput does not.
 run_one() {
-    local scen=$1 name=$2 run=$3 f=$TMP/$1.$2.$3 hwm line
+    local scen=$1 name=$2 run=$3 f=$TMP/$1.$2.$3 hwm line cpu0 cpu1 mps
     log "[$scen run $run/$R] $name ..."
     launch "$name" "$f.server" || { FAILURES=$((FAILURES + 1)); return; }
+    cpu0=$(server_cpu_ticks "$SERVER_PID")
     # shellcheck disable=SC2086 # SCEN_ARGS holds several words on purpose
     if "${LOADGEN_PIN[@]}" "$LOADGEN" --addr "127.0.0.1:$PORT" ${SCEN_ARGS[$scen]} $LOADGEN_EXTRA \
         --duration "$D" --warmup "$WARMUP" >"$f.out" 2>"$f.err"; then
         hwm=$(server_mem_kib "$SERVER_PID" VmHWM)
+        cpu1=$(server_cpu_ticks "$SERVER_PID")
         line=$(cat "$f.out")
+        mps=$(field msgs_per_s "$line")
         log "    $line"
-        echo "$(field msgs_per_s "$line") $(field p50_us "$line")" \
-            "$(field p99_us "$line") ${hwm:-0}" >>"$TMP/res.$scen.$name"
+        echo "$mps $(field p50_us "$line")" \
+            "$(field p99_us "$line") ${hwm:-0}" \
+            "$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v m="$mps" -v s="$D" -v w="$WARMUP" \
+                'BEGIN { if (m > 0) printf "%.3f", t * 1e6 / hz / (m * (s + w)); else print "-" }')" \
+            >>"$TMP/res.$scen.$name"
     else
         log "    loadgen failed against $name: $(cat "$f.err")"
         FAILURES=$((FAILURES + 1))
@@ -201,6 +210,9 @@ report_header() {
         "median shown; fresh server per run, runs interleaved across servers"
     echo "- pinning: $PINNING"
     echo "- peak RSS: server VmHWM at the end of a run (max over runs)"
+    echo "- CPU µs/msg: the server's user+system CPU time over the run divided by" \
+        "the messages it handled (measured rate x (warm-up + measured time));" \
+        "\"CPU vs\" is the baseline's CPU per message over this server's (1.00 = as lean)"
     echo "- servers:"
     local name
     for name in "${NAMES[@]}"; do
@@ -209,20 +221,23 @@ report_header() {
 }
 
 report_throughput() {
-    local scen name r base_mps mps
+    local scen name r base_mps mps base_cpu cpu
     echo
-    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE |"
-    echo "|---|---|--:|--:|--:|--:|--:|"
+    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE | CPU µs/msg | CPU vs $BASE |"
+    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|"
     for scen in "${SCENARIOS[@]}"; do
         base_mps=$(column_stat 1 "$TMP/res.$scen.$BASE")
+        base_cpu=$(column_stat 5 "$TMP/res.$scen.$BASE")
         for name in "${NAMES[@]}"; do
             r=$TMP/res.$scen.$name
             mps=$(column_stat 1 "$r")
-            printf '| %s | %s | %s | %s | %s | %s | %s |\n' \
+            cpu=$(column_stat 5 "$r")
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
                 "$scen: ${SCEN_DESC[$scen]}" "$name" "$mps" \
                 "$(column_stat 2 "$r")" "$(column_stat 3 "$r")" \
                 "$(mib "$(column_stat 4 "$r" max)")" \
-                "$(vs_base "$name" "$mps" "$base_mps")"
+                "$(vs_base "$name" "$mps" "$base_mps")" "$cpu" \
+                "$(vs_base "$name" "$base_cpu" "$cpu")"
         done
     done
 }
