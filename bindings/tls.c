@@ -146,7 +146,7 @@ SSL_CTX *lc_tls_ctx_new (lua_State *L, int opts_idx, int server, char *err, size
   int verify;
   SSL_CTX *ctx;
   opts_idx = lua_absindex(L, opts_idx);
-  luaL_checktype(L, opts_idx, LUA_TTABLE);
+  if (!lua_istable(L, opts_idx)) luaL_error(L, "bad option 'tls' (table expected, got %s)", luaL_typename(L, opts_idx));
   cert = opt_string(L, opts_idx, "cert");
   key = opt_string(L, opts_idx, "key");
   ca = opt_string(L, opts_idx, "ca");

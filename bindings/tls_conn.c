@@ -380,11 +380,13 @@ lc_tls_server *lc_tls_server_new (lua_State *L, int opts_idx, char *err, size_t 
     lua_pop(L, 1);
     return NULL;
   }
-  if (lua_getfield(L, -1, "handshake_timeout") != LUA_TNIL) {
-    timeout = luaL_checknumber(L, -1);
-    if (!(timeout > 0)) luaL_error(L, "bad option 'tls.handshake_timeout' (must be > 0)");
+  if (lua_istable(L, -1)) {
+    if (lua_getfield(L, -1, "handshake_timeout") != LUA_TNIL) {
+      timeout = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+      if (!(timeout > 0)) luaL_error(L, "bad option 'tls.handshake_timeout' (a number > 0 expected)");
+    }
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
   ctx = lc_tls_ctx_new(L, -1, 1, err, errlen);
   lua_pop(L, 1);
   if (ctx == NULL) return NULL;

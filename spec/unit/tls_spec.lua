@@ -383,7 +383,10 @@ describe("tls", function()
           { comm.listen("127.0.0.1:0", srv({ cert = certs.path("server.pem") })) })
         assert.are.same({ nil, "tls: tls.cert and tls.key go together" },
           { comm.connect("127.0.0.1:1", { tls = { cert = certs.path("client.pem") } }) })
-        assert.has_error(function() comm.listen("127.0.0.1:0", srv(true)) end)
+        assert.has_error(function() comm.listen("127.0.0.1:0", srv(true)) end,
+          "bad option 'tls' (table expected, got boolean)")
+        assert.has_error(function() comm.connect("127.0.0.1:1", { tls = "yes" }) end,
+          "bad option 'tls' (table expected, got string)")
         assert.has_error(function() comm.listen("127.0.0.1:0", srv(certs.server(nil, { verify = "yes" }))) end)
         assert.has_error(function() comm.connect("127.0.0.1:1", { tls = { ca = 42 } }) end)
         assert.has_error(function() comm.listen("127.0.0.1:0", srv(certs.server(nil, { handshake_timeout = 0 }))) end)
