@@ -13,6 +13,9 @@ LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4
 LUA_LIB   = $(PREFIX)/lib/lua/5.4
+BINDIR    = $(PREFIX)/bin
+MANDIR    = $(PREFIX)/share/man
+DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
@@ -88,13 +91,22 @@ demo: deps
 
 # Every .lua under scripts/ keeps its path below share/lua/5.4.
 LUA_FILES := $(shell find scripts -name '*.lua')
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_LIB)/luacomm
-	install -m 755 $(OUT)/luacomm $(DESTDIR)$(PREFIX)/bin/luacomm
+# install-rock: the command and the modules (what luarocks installs, see
+# the rockspec); install adds the man page, the docs and the examples.
+install-rock: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_LIB)/luacomm
+	install -m 755 $(OUT)/luacomm $(DESTDIR)$(BINDIR)/luacomm
 	for f in $(LUA_FILES:scripts/%=%); do \
 	  install -D -m 644 scripts/$$f $(DESTDIR)$(LUA_SHARE)/$$f || exit 1; \
 	done
 	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
+
+DOC_FILES := README.md CHANGELOG.md $(wildcard docs/*.md) $(shell find examples -type f)
+install: install-rock
+	install -D -m 644 docs/luacomm.1 $(DESTDIR)$(MANDIR)/man1/luacomm.1
+	for f in $(DOC_FILES); do \
+	  install -D -m 644 $$f $(DESTDIR)$(DOCDIR)/$$f || exit 1; \
+	done
 
 include bench/bench.mk
 
@@ -123,4 +135,4 @@ clean:
 	rm -rf build build-asan build-werror
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-asan valgrind demo install clean bench bench-quick
+.PHONY: all deps check test test-asan valgrind demo install install-rock clean bench bench-quick

@@ -611,9 +611,13 @@ static double begin_read (lua_State *L, lc_conn *s, int timeout_idx) {
 }
 
 /* Runs k as if resumed, the deadline pushed at the top: the first attempt
-** and every retry share one path (lc_push_deadline). */
-static int first_try (lua_State *L, double deadline, lua_KFunction k) {
-  return k(L, LUA_OK, lc_push_deadline(L, deadline));
+** and every retry share one path (lc_push_deadline). Every so often a task
+** whose calls never wait first gives the others a turn (lc_fair; c NULL:
+** not a call of a task's own I/O). */
+static int first_try (lua_State *L, lc_ctx *c, double deadline, lua_KFunction k) {
+  lua_KContext kc = lc_push_deadline(L, deadline);
+  if (c != NULL && lc_fair(c, L)) return lua_yieldk(L, 0, kc, k);
+  return k(L, LUA_OK, kc);
 }
 
 /* conn:recv([timeout]) -> frame | nil, err. Yields until a whole frame
@@ -623,7 +627,57 @@ static int conn_recv (lua_State *L) {
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
   lua_settop(L, 1);
-  return first_try(L, deadline, conn_recv_k);
+  return first_try(L, s->ctx, deadline, conn_recv_k);
+}
+
+/* Whether recv would return without waiting: a whole frame (or an
+** oversized announcement) is buffered, or the stream ended. Otherwise,
+** when arming, sets s->want to what the next frame needs: on_readable wakes
+** the reader then (a poll must leave another reader's want alone). */
+static int frame_ready (lc_conn *s, int arming) {
+  size_t have = evbuffer_get_length(s->in);
+  if (arming) s->want = 4;
+  if (have >= 4) {
+    unsigned char h[4];
+    uint32_t len;
+    evbuffer_copyout(s->in, h, 4);
+    len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+    if (len > s->max_frame || have >= 4 + (size_t)len) return 1;
+    if (arming) s->want = 4 + (size_t)len;
+  }
+  return s->eof || s->err;
+}
+
+static int conn_readable_k (lua_State *L, int status, lua_KContext kc) {
+  lc_conn *s = udconn(argconn(L));
+  (void)status;
+  if (s == NULL || frame_ready(s, 1)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  start_reading(s);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_readable_k);
+}
+
+/* conn:readable([timeout]) -> true | nil, "timeout": waits, taking
+** nothing, until recv would return at once (a frame is in, or the stream
+** ended). The waiting task counts as the connection's reader. With a
+** timeout of 0 it answers at once and never yields (comm.select polls). */
+static int conn_readable (lua_State *L) {
+  lc_conn *s = (lc_conn *)lc_checkopen(L, 1, &conn_class); /* NULL: the core closed it */
+  double deadline;
+  if (lua_isnumber(L, 2) && lua_tonumber(L, 2) == 0) {
+    lua_pushboolean(L, s == NULL || frame_ready(s, 0));
+    return 1;
+  }
+  if (s == NULL) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  deadline = begin_read(L, s, 2);
+  lua_settop(L, 1);
+  return first_try(L, NULL, deadline, conn_readable_k);
 }
 
 /* A Lua string handed to the output buffer by reference: anchored in the
@@ -660,7 +714,7 @@ static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, siz
 /* Appends arg 2 (with a frame header when framed) once the output is under
 ** the high-water mark. Appending the whole frame in one step is what keeps
 ** frames from several tasks from interleaving. */
-static int do_send (lua_State *L, int framed, lua_KFunction k) {
+static int do_send (lua_State *L, int framed, lua_KContext kc, lua_KFunction k) {
   lc_hud *u = argconn(L);
   lc_conn *s = udconn(u);
   size_t len;
@@ -668,7 +722,10 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   size_t wire = len + (framed ? 4 : 0);
   if (s == NULL) return lc_fail(L, "closed");
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
-  if (evbuffer_get_length(s->out) > s->hwm) return lc_wait(s->ctx, L, &s->writers, 0, k); /* no deadline */
+  if (evbuffer_get_length(s->out) > s->hwm) {
+    if (lc_expired(L, kc)) return lc_fail(L, "timeout"); /* send's timeout: nothing queued */
+    return lc_wait(s->ctx, L, &s->writers, kc, k);
+  }
   if (framed) {
     unsigned char h[4 + SMALL_FRAME];
     h[0] = (unsigned char)(len >> 24), h[1] = (unsigned char)(len >> 16);
@@ -692,26 +749,44 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   return 1;
 }
 
-/* Continuations of send/write: yield, without a deadline, while the
-** output is over the high-water mark (backpressure). */
+/* Continuations of send/write: yield while the output is over the
+** high-water mark (backpressure), until send's deadline if it has one
+** (kc, lc_push_deadline; 0: none). */
 static int conn_send_k (lua_State *L, int status, lua_KContext kc) {
-  (void)status, (void)kc;
-  return do_send(L, 1, conn_send_k);
+  (void)status;
+  return do_send(L, 1, kc, conn_send_k);
 }
 
 static int conn_write_k (lua_State *L, int status, lua_KContext kc) {
-  (void)status, (void)kc;
-  return do_send(L, 0, conn_write_k);
+  (void)status;
+  return do_send(L, 0, kc, conn_write_k);
 }
 
-/* conn:send(frame) -> true | nil, err. Yields while over the hwm. */
+/* conn:send(frame, [timeout]) -> true | nil, err. Yields while over the
+** hwm, at most timeout seconds ("timeout": the frame was not queued). */
 static int conn_send (lua_State *L) {
+  lc_conn *s;
+  size_t len;
+  lua_KContext kc;
+  CHECKOPEN(s, L);
+  luaL_checklstring(L, 2, &len);
+  kc = lua_isnoneornil(L, 3) ? 0 : lc_push_deadline(L, lc_deadline(L, 3));
+  if (len > s->max_frame) return lc_fail(L, "frame too large");
+  if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, kc, conn_send_k); /* the others' turn first */
+  return conn_send_k(L, LUA_OK, kc);
+}
+
+/* conn:try_send(frame) -> true | nil, "full" (over the hwm: nothing
+** queued) | nil, err. Never yields. */
+static int conn_try_send (lua_State *L) {
   lc_conn *s;
   size_t len;
   CHECKOPEN(s, L);
   luaL_checklstring(L, 2, &len);
+  lua_settop(L, 2);
   if (len > s->max_frame) return lc_fail(L, "frame too large");
-  return conn_send_k(L, LUA_OK, 0);
+  if (!s->err && !s->closed && evbuffer_get_length(s->out) > s->hwm) return lc_fail(L, "full");
+  return do_send(L, 1, 0, conn_send_k);
 }
 
 /* conn:write(data) -> true | nil, err: raw bytes, no header. */
@@ -720,6 +795,7 @@ static int conn_write (lua_State *L) {
   CHECKOPEN(s, L);
   luaL_checkstring(L, 2);
   lua_settop(L, 2);
+  if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, 0, conn_write_k);
   return conn_write_k(L, LUA_OK, 0);
 }
 
@@ -754,7 +830,7 @@ static int conn_read (lua_State *L) {
   luaL_argcheck(L, n >= 0, 2, "size must be >= 0");
   deadline = begin_read(L, s, 3);
   lua_settop(L, 2);
-  return first_try(L, deadline, conn_read_k);
+  return first_try(L, s->ctx, deadline, conn_read_k);
 }
 
 /* Stack: conn, deadline (slot kc). Yields until a whole line is in. */
@@ -795,7 +871,7 @@ static int conn_readline (lua_State *L) {
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
   lua_settop(L, 1);
-  return first_try(L, deadline, conn_readline_k);
+  return first_try(L, s->ctx, deadline, conn_readline_k);
 }
 
 /* ---- closing and inspection ---- */
@@ -846,7 +922,7 @@ static int conn_drained (lua_State *L) {
   double deadline = lc_deadline(L, 2);
   lua_settop(L, 0);
   lua_pushinteger(L, what);
-  return first_try(L, deadline, drained_k);
+  return first_try(L, NULL, deadline, drained_k);
 }
 
 /* For a graceful stop: every connection closes as conn:close() would. */
@@ -932,7 +1008,9 @@ static evutil_socket_t conn_fd (lc_handle *h) {
 
 static const luaL_Reg conn_methods[] = {
   {"send", conn_send},
+  {"try_send", conn_try_send},
   {"recv", conn_recv},
+  {"readable", conn_readable},
   {"write", conn_write},
   {"read", conn_read},
   {"readline", conn_readline},

@@ -202,6 +202,7 @@ double lc_deadline(lua_State *L, int idx);
 void lc_waitq_remove(lc_waitq *q, lc_task *t);
 int lc_spawn_top(lua_State *L, int nargs);
 void lc_maybe_idle(lc_ctx *c);
+int lc_fair(lc_ctx *c, lua_State *L);
 int lc_sched_open(lua_State *L);
 
 /* ---- addr.c ---- */

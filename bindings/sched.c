@@ -24,6 +24,7 @@ struct lc_task {
   int ref;             /* registry anchor while alive, else LUA_NOREF */
   int status;          /* T_* */
   int nargs;           /* arguments for the first resume */
+  int streak;          /* calls that completed without waiting since the last resume */
   int watched;         /* comm.run waits for it: its error is re-raised, not logged */
   double deadline;     /* of the current wait while armed; < 0 for none */
   double resumed_at;   /* for the runaway guard */
@@ -206,6 +207,24 @@ int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, lua_KContext kc, lua_KFunctio
   return lua_yieldk(L, 0, kc, k);
 }
 
+/*
+** Fairness. A task whose calls keep completing at once (frames already
+** buffered, room under the high-water mark, values queued) would run until
+** it chose to wait, starving every other ready task. So every LC_SLICE
+** such calls since it was last resumed, the next one first yields: true
+** means "queued to run again; return lua_yieldk(L, 0, 0, k) now", and k
+** then does the call. A count rather than a clock: no syscall per call,
+** and one task gives way after the same amount of work on any machine.
+*/
+#define LC_SLICE 64
+
+int lc_fair (lc_ctx *c, lua_State *L) {
+  lc_task *t = c->current;
+  if (t == NULL || t->co != L || ++t->streak < LC_SLICE || !lua_isyieldable(L)) return 0;
+  ready_push(c, t);
+  return 1;
+}
+
 /* ---- spawning ---- */
 
 static void runaway_hook (lua_State *L, lua_Debug *ar) {
@@ -384,6 +403,7 @@ static void close_cancelled (lua_State *from, lc_task *t) {
 static void resume (lc_ctx *c, lc_task *t) {
   int nres, st, nargs = t->nargs;
   t->nargs = 0;
+  t->streak = 0;
   t->status = T_RUNNING;
   t->resumed_at = lc_now();
   c->current = t;
@@ -513,6 +533,13 @@ static int sched_yield (lua_State *L) {
   return lua_yieldk(L, 0, 0, sched_sleep_k);
 }
 
+/* core.turn(): counts one call that completed without waiting, and yields
+** when the task has used up its slice (lc_fair). For the Lua layer. */
+static int sched_turn (lua_State *L) {
+  if (lc_fair(ctxup(L), L)) return lua_yieldk(L, 0, 0, sched_sleep_k);
+  return 0;
+}
+
 /* comm.running() -> the calling task, or nil outside one. */
 static int sched_running (lua_State *L) {
   lc_ctx *c = ctxup(L);
@@ -636,6 +663,7 @@ static const luaL_Reg sched_funcs[] = {
   {"stop", sched_stop},
   {"sleep", sched_sleep},
   {"yield", sched_yield},
+  {"turn", sched_turn},
   {"running", sched_running},
   {"now", sched_now},
   {"time", sched_time},

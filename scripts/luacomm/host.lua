@@ -121,8 +121,36 @@ local signal_actions = {
   INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
 }
 
+-- Names that look like a hook but are not one (M.Start, M.relaod): the
+-- service would silently never have it called.
+local HOOKS = { start = true, reload = true, stop = true }
+local function letters(s)
+  local t = {}
+  for c in s:gmatch(".") do t[#t + 1] = c end
+  table.sort(t)
+  return table.concat(t)
+end
+local function lookalike(key)
+  if type(key) ~= "string" or HOOKS[key] then return nil end
+  local low = key:lower()
+  for hook in pairs(HOOKS) do
+    if low == hook or low == "on_" .. hook or (#low == #hook and letters(low) == letters(hook)) then return hook end
+  end
+end
+
+local function warn_lookalikes(service)
+  for k, v in pairs(service) do
+    local hook = lookalike(k)
+    if hook and type(v) == "function" then
+      comm.log.warn("service: M.%s looks like the hook M.%s, which luacomm calls; M.%s is never called "
+                    .. "(hooks are start, reload and stop, lower case)", k, hook, k)
+    end
+  end
+end
+
 -- A script that returned a table is a service: start(state, ...) runs once.
 local function start_service(opts, service)
+  warn_lookalikes(service)
   H.service, H.state = service, {}
   -- looked up at stop time: a reload may have added or changed it
   H.on_stop = function()

@@ -11,6 +11,7 @@
 -- service's folders (the script's folder, -I folders) is the service's;
 -- luacomm's library and system modules never are.
 local core = require "luacomm.core"
+local comm = require "luacomm"
 
 local pairs, type, xpcall, tostring, require = pairs, type, xpcall, tostring, require
 local traceback = debug.traceback
@@ -95,10 +96,14 @@ function Loader:stage(script, args)
   env = staging_env(function(name)
     if staged[name] ~= nil then return staged[name] end
     if self.by_name[name] then return load_module(name) end
-    return require(name)
+    -- a failure (a module not found) is the require's line, not this one
+    local ok, v, extra = pcall(require, name)
+    if not ok then error(v, 2) end
+    return v, extra
   end)
   local last_line = 0
   local ok, result = protect(function()
+    comm._staging = core.running() -- timers, tasks, listeners started here fail the reload
     local chunk, err = loadfile(script, "bt", env)
     if not chunk then load_error(err) end
     for line in pairs(debug.getinfo(chunk, "L").activelines) do
@@ -111,6 +116,7 @@ function Loader:stage(script, args)
     return v
   end)
   rawset(env, "require", require)
+  comm._staging = nil
   if not ok then return nil, result end
   if type(result) ~= "table" then
     -- the last line with code is where the chunk returns
