@@ -106,6 +106,23 @@ local function io_cases(bytewise)
     end, 120)
   end)
 
+  it("readable and comm.select wait for a whole frame decrypted" .. suffix, function()
+    helpers.run(function()
+      local c, s, l = tls_pair()
+      assert.is_false(s:readable(0))
+      assert.are.same({ nil, "timeout" }, { s:readable(0.05) })
+      assert.is_true(c:send("ready?"))
+      assert.is_true(s:readable(5))
+      assert.is_true(s:readable(0)) -- nothing was taken
+      assert.is_true(c:send("second"))
+      local i, f = comm.select({ { s, "recv" } }, 5)
+      assert.are.equal(1, i)
+      assert.are.equal("ready?", f)
+      assert.are.equal("second", s:recv(5))
+      close_all(c, s, l)
+    end)
+  end)
+
   it("a recv with nothing coming times out; the connection still works" .. suffix, function()
     helpers.run(function()
       local c, s, l = tls_pair()
@@ -415,5 +432,33 @@ describe("tls", function()
     setup(function() core.max_io(1) end)
     teardown(function() core.max_io(0) end)
     io_cases(true)
+
+    -- Above, both ends cut their records to one byte too. Here the peer is
+    -- another process writing whole records, so each read leaves most of a
+    -- record decrypted inside OpenSSL, where no readiness event announces it.
+    it("frames from a peer writing whole records arrive a byte at a time [1-byte I/O]", function()
+      helpers.run(function()
+        local l, _, seen = echo_server()
+        local _, port = l:addr()
+        local p = helpers.spawn_host({}, {
+          argv = { "lua5.4", "-e", ([[
+            local comm = require "luacomm"
+            comm.run(function()
+              local c = assert(comm.connect("localhost:%d", { tls = { ca = %q } }))
+              local frames = { "hello", "", ("0123456789"):rep(2000), "bye" }
+              for _, f in ipairs(frames) do assert(c:send(f)) end
+              for _, f in ipairs(frames) do assert(c:recv(30) == f, "echo of " .. #f .. " bytes") end
+              c:close()
+              io.write("ok")
+            end)]]):format(port, certs.path("ca.pem")) },
+          env = { "LUA_PATH=" .. helpers.shquote(package.path), "LUA_CPATH=" .. helpers.shquote(package.cpath),
+                  "LUACOMM_MAX_IO=0" },
+        })
+        assert.are.equal(0, p:wait(60), p:stderr())
+        assert.are.equal("ok", p:stdout())
+        assert.are.equal(1, seen.n)
+        l:close()
+      end, 90)
+    end)
   end)
 end)
