@@ -18,7 +18,20 @@
 
 #include "lc.h"
 
-/* ---- contexts (stable API) ---- */
+/* ---- contexts (stable API) ----
+**
+** For another transport, e.g. a client on bufferevent_openssl:
+**   SSL_CTX *ctx = lc_tls_ctx_new(L, idx, 0, err, sizeof err);  // NULL: err
+**   SSL *ssl = SSL_new(ctx);
+**   SSL_CTX_free(ctx);                                           // ssl keeps it
+**   if (lc_tls_client_setup(ssl, lc_tls_server_name(L, idx, host), err, sizeof err) != 0) ...
+**   bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+**                                        BEV_OPT_CLOSE_ON_FREE);
+**   ... and on a failed handshake, lc_tls_reason(ssl, 0, buf, sizeof buf).
+** The context enables partial writes from a moving buffer, releases idle
+** record buffers and reads an EOF without close_notify as an end of
+** stream; it leaves read-ahead off (bufferevent_openssl relies on
+** SSL_pending). */
 
 /* Builds an SSL_CTX from the tls options table at opts_idx:
 **   cert, key  PEM files (certificate chain, private key); required when
