@@ -176,7 +176,7 @@ SSL_CTX *lc_tls_ctx_new (lua_State *L, int opts_idx, int server, char *err, size
   return ctx;
 }
 
-/* An IPv4 or IPv6 literal (with or without brackets) is checked against the
+/* An IPv4 or IPv6 literal (IPv6 without brackets) is checked against the
 ** certificate's IP entries, never its DNS names, and sent as no SNI. */
 static int is_ip_literal (const char *name) {
   ASN1_OCTET_STRING *ip = a2i_IPADDRESS(name);
