@@ -165,6 +165,30 @@ with socket.create_connection(("127.0.0.1", int(port))) as raw:
     end, 30)
   end)
 
+  it("SIGTERM with handshakes under way and a TLS client connected: the host stops cleanly, exit 0", function()
+    helpers.run(function()
+      local port = helpers.free_port()
+      local host = helpers.spawn_host({ "examples/echo.lua", tostring(port), certs.path("server.pem"),
+                                        certs.path("server.key") })
+      local ok, err = pcall(function()
+        assert.truthy(host:wait_output("echo listening on 127%.0%.0%.1:" .. port, "err"))
+        local silent = {}
+        for i = 1, 5 do silent[i] = assert(comm.connect("127.0.0.1:" .. port)) end -- never say hello
+        local c = assert(comm.connect("localhost:" .. port, { tls = certs.client() }))
+        assert.is_true(c:send("x"))
+        assert.are.equal("x", c:recv(5))
+        host:signal("TERM")
+        assert.are.equal(0, host:wait(10))
+        assert.is_nil(host:stderr():match("stop timeout"), host:stderr())
+        assert.are.same({ nil, "closed" }, { c:recv(5) })
+        for _, s in ipairs(silent) do s:close() end
+        c:close()
+      end)
+      host:kill()
+      assert(ok, err)
+    end, 30)
+  end)
+
   it("a luacomm client reads lines from `openssl s_server -rev`", function()
     helpers.run(function()
       local port = helpers.free_port()
