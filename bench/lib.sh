@@ -60,9 +60,11 @@ server_mem_kib() {
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
 }
 
-# server_cpu_ticks PID: user + system CPU time used so far, in clock ticks.
+# server_cpu_ticks PID: user + system CPU time used so far by PID and its
+# child processes (a server with --workers), in clock ticks.
 server_cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null
+    cat /proc/[0-9]*/stat 2>/dev/null |
+        awk -v p="$1" '$1 == p || $4 == p { t += $14 + $15 } END { print t + 0 }'
 }
 
 # stop_server PID: SIGTERM, then SIGKILL after 5 s; returns the exit status.

@@ -12,9 +12,10 @@
 # Env: R runs per scenario (3), D measured seconds (5), WARMUP seconds (1),
 #   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000; 0 skips the idle test),
 #   IDLE_HOLD seconds (3), OUT report file (bench/RESULTS.md),
-#   BENCH_PORT_BASE, BENCH_NO_BUILD=1; for a second section (TLS):
-#   SCENARIO_LIST (e.g. "A C D H"), LOADGEN_EXTRA (e.g. --tls), TITLE, and
-#   APPEND=1 to add the report to OUT instead of replacing it.
+#   BENCH_PORT_BASE, BENCH_NO_BUILD=1, BENCH_SCENARIOS (e.g. "B E"),
+#   BENCH_NO_PIN=1 (no CPU pinning); for a second section (TLS):
+#   LOADGEN_EXTRA (e.g. --tls), TITLE, and APPEND=1 to add the report to
+#   OUT instead of replacing it.
 #
 # Every run starts a fresh server; runs are interleaved (ceiling, other,
 # ceiling, other, ...) so drift hits all servers alike; the table shows
@@ -32,7 +33,8 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 OUT=${OUT:-bench/RESULTS.md}
 LOADGEN=build/bench/loadgen
 
-read -r -a SCENARIOS <<<"${SCENARIO_LIST:-A B C D E}"
+# BENCH_SCENARIOS="B E" runs some only.
+read -ra SCENARIOS <<<"${BENCH_SCENARIOS:-A B C D E}"
 LOADGEN_EXTRA=${LOADGEN_EXTRA:-}
 declare -A SCEN_DESC=(
     [A]="1 conn, window 1, 64 B"
@@ -85,7 +87,10 @@ parse_servers() {
 setup_pinning() {
     SERVER_PIN=() LOADGEN_PIN=()
     PINNING="none (fewer than 2 CPUs or no taskset)"
-    if (($(nproc) >= 2)) && command -v taskset >/dev/null; then
+    # BENCH_NO_PIN=1: a server of several processes (--workers) needs every CPU
+    if [[ -n ${BENCH_NO_PIN:-} ]]; then
+        PINNING="none (BENCH_NO_PIN)"
+    elif (($(nproc) >= 2)) && command -v taskset >/dev/null; then
         SERVER_PIN=(taskset -c 0) LOADGEN_PIN=(taskset -c 1)
         PINNING="server on CPU 0, loadgen on CPU 1"
     fi
