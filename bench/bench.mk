@@ -1,4 +1,5 @@
-# Benchmark tools: load generator/verifier and the libevent "ceiling" server.
+# Benchmark tools: load generator/verifier, the libevent "ceiling" server
+# and the "floor" (the same echo paying one malloc and copy per frame).
 #
 # Included from the top-level Makefile (which defines CC and uses build/ for
 # output), or used standalone from the repository root:
@@ -10,7 +11,7 @@ BENCH_CFLAGS ?= -std=c11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wpedantic \
 	-Wshadow -Wmissing-prototypes -Wstrict-prototypes
 BENCH_EVENT_CFLAGS := $(shell pkg-config --cflags libevent_core)
 BENCH_EVENT_LIBS := $(shell pkg-config --libs libevent_core)
-BENCH_BINS := build/bench/loadgen build/bench/ceiling
+BENCH_BINS := build/bench/loadgen build/bench/ceiling build/bench/floor
 
 BENCH_SSL_LIBS := $(shell pkg-config --libs libssl libcrypto)
 BENCH_BINS += build/bench/ceiling_tls
@@ -23,7 +24,7 @@ build/bench/ceiling_tls: bench/ceiling_tls.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS) $(BENCH_SSL_LIBS)
 
-build/bench/ceiling: bench/ceiling.c bench/bench.mk
+build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS)
 

@@ -7,13 +7,17 @@
 #   $PORT; it is set per run) and must exec the server, so that its PID is the
 #   server's (RSS is read from /proc/PID). Without arguments, SERVERS is used:
 #   NAME=COMMAND entries separated by newlines or ';'. Ratios are relative to
-#   the server named "ceiling" (or the first one listed).
+#   the server named "ceiling" (or the first one listed); when a server named
+#   "floor" is listed, a second column gives the ratio to it.
 #
 # Env: R runs per scenario (3), D measured seconds (5), WARMUP seconds (1),
 #   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000; 0 skips the idle test),
 #   IDLE_HOLD seconds (3), OUT report file (bench/RESULTS.md),
 #   BENCH_PORT_BASE, BENCH_NO_BUILD=1, BENCH_SCENARIOS (e.g. "B E"),
-#   BENCH_NO_PIN=1 (no CPU pinning); for a second section (TLS):
+#   BENCH_NO_PIN=1 (no CPU pinning),
+#   SKIP="NAME:WHAT:why ..." runs left out, WHAT a scenario letter or "idle",
+#   with why (printed in the report; use _ for spaces): for a server that
+#   cannot hold that many connections; for a second section (TLS):
 #   LOADGEN_EXTRA (e.g. --tls), TITLE, and APPEND=1 to add the report to
 #   OUT instead of replacing it.
 #
@@ -82,6 +86,8 @@ parse_servers() {
     ((${#NAMES[@]} > 0)) || { log "no servers given"; exit 2; }
     BASE=${NAMES[0]}
     [[ -n ${CMDS[ceiling]+set} ]] && BASE=ceiling
+    FLOOR=
+    [[ -n ${CMDS[floor]+set} && $BASE != floor ]] && FLOOR=floor
 }
 
 setup_pinning() {
@@ -185,12 +191,25 @@ idle_one() {
     stop_server "$SERVER_PID" || log "    $name exited with status $? on SIGTERM"
 }
 
+# skip_reason NAME WHAT: prints why NAME sits out WHAT (a scenario or
+# "idle") as SKIP says; false if it does not.
+skip_reason() {
+    local e
+    for e in ${SKIP:-}; do
+        if [[ $e == "$1:$2:"* ]]; then
+            echo "${e#"$1:$2:"}" | tr _ ' '
+            return 0
+        fi
+    done
+    return 1
+}
+
 mib() { awk -v k="$1" 'BEGIN { if (k == "-") print "-"; else printf "%.1f", k / 1024 }'; }
 
-# vs_base NAME VALUE BASE_VALUE: "baseline" for the baseline server, else the
-# ratio VALUE / BASE_VALUE.
+# vs_base NAME VALUE BASE_VALUE [REF]: "baseline" for the reference server
+# REF (default $BASE), else the ratio VALUE / BASE_VALUE.
 vs_base() {
-    if [[ $1 == "$BASE" ]]; then
+    if [[ $1 == "${4:-$BASE}" ]]; then
         echo baseline
         return
     fi
@@ -226,30 +245,44 @@ report_header() {
 }
 
 report_throughput() {
-    local scen name r base_mps mps base_cpu cpu
+    local scen name r base_mps floor_mps mps extra_h='' extra_s='' extra why base_cpu cpu
+    if [[ -n $FLOOR ]]; then
+        extra_h=" msgs/s vs $FLOOR |" extra_s="--:|"
+    fi
     echo
-    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE | CPU µs/msg | CPU vs $BASE |"
-    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|"
+    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE |$extra_h CPU µs/msg | CPU vs $BASE |"
+    echo "|---|---|--:|--:|--:|--:|--:|$extra_s--:|--:|"
     for scen in "${SCENARIOS[@]}"; do
         base_mps=$(column_stat 1 "$TMP/res.$scen.$BASE")
         base_cpu=$(column_stat 5 "$TMP/res.$scen.$BASE")
+        [[ -n $FLOOR ]] && floor_mps=$(column_stat 1 "$TMP/res.$scen.$FLOOR")
         for name in "${NAMES[@]}"; do
             r=$TMP/res.$scen.$name
             mps=$(column_stat 1 "$r")
             cpu=$(column_stat 5 "$r")
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            extra=
+            if why=$(skip_reason "$name" "$scen"); then
+                printf '| %s | %s | not run: %s | - | - | - | - |%s - | - |\n' \
+                    "$scen: ${SCEN_DESC[$scen]}" "$name" "$why" "${FLOOR:+ - |}"
+                continue
+            fi
+            [[ -n $FLOOR ]] && extra=" $(vs_base "$name" "$mps" "$floor_mps" "$FLOOR") |"
+            printf '| %s | %s | %s | %s | %s | %s | %s |%s %s | %s |\n' \
                 "$scen: ${SCEN_DESC[$scen]}" "$name" "$mps" \
                 "$(column_stat 2 "$r")" "$(column_stat 3 "$r")" \
                 "$(mib "$(column_stat 4 "$r" max)")" \
-                "$(vs_base "$name" "$mps" "$base_mps")" "$cpu" \
+                "$(vs_base "$name" "$mps" "$base_mps")" "$extra" "$cpu" \
                 "$(vs_base "$name" "$base_cpu" "$cpu")"
         done
     done
 }
 
 report_idle() {
-    local name base rss base_rss=- line
-    ((IDLE_CONNS > 0)) || return 0
+    local name base rss base_rss=- line why
+    if ((IDLE_CONNS == 0)); then
+        ((FAILURES > 0)) && printf '\n**%d run(s) failed; see the run.sh log.**\n' "$FAILURES"
+        return 0
+    fi
     echo
     echo "## $IDLE_CONNS idle connections"
     echo
@@ -259,6 +292,10 @@ report_idle() {
     for name in "${NAMES[@]}"; do
         line="- -"
         [[ -s $TMP/idle.res.$name ]] && line=$(cat "$TMP/idle.res.$name")
+        if why=$(skip_reason "$name" idle); then
+            printf '| %s | - | not run: %s | - | - |\n' "$name" "$why"
+            continue
+        fi
         read -r base rss <<<"$line"
         printf '| %s | %s | %s | %s | %s |\n' "$name" "$(mib "$base")" "$(mib "$rss")" \
             "$(awk -v b="$base" -v r="$rss" -v n="$IDLE_CONNS" 'BEGIN {
@@ -275,7 +312,7 @@ main() {
     parse_servers "$@"
     setup_pinning
     if [[ -z ${BENCH_NO_BUILD:-} ]]; then
-        make -s -f bench/bench.mk build/bench/loadgen build/bench/ceiling || exit 1
+        make -s -f bench/bench.mk build/bench/loadgen build/bench/ceiling build/bench/floor || exit 1
     fi
     TMP=$(mktemp -d)
     trap 'bench_cleanup; rm -rf "$TMP"' EXIT
@@ -286,12 +323,12 @@ main() {
     for scen in "${SCENARIOS[@]}"; do
         for ((run = 1; run <= R; run++)); do
             for name in "${NAMES[@]}"; do
-                run_one "$scen" "$name" "$run"
+                skip_reason "$name" "$scen" >/dev/null || run_one "$scen" "$name" "$run"
             done
         done
     done
     for name in "${NAMES[@]}"; do
-        ((IDLE_CONNS > 0)) && idle_one "$name"
+        ((IDLE_CONNS > 0)) && ! skip_reason "$name" idle >/dev/null && idle_one "$name"
     done
 
     { report_header; report_throughput; report_idle; } >"$TMP/report.md"
