@@ -15,7 +15,8 @@ LUA_SHARE = $(PREFIX)/share/lua/5.4
 LUA_LIB   = $(PREFIX)/lib/lua/5.4
 
 BIND := bindings/core.c bindings/sched.c bindings/timer.c bindings/cond.c \
-        bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c
+        bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
+        bindings/limits.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).

@@ -25,6 +25,9 @@
 #define ZERO_COPY_MIN (8 * 1024)
 #define SMALL_FRAME 256
 #define READ_MAX_CHUNK (1024 * 1024)
+/* A direct read reserves at most what already arrived, and at least this
+** (a power of two less libevent's chain header, so no chain is wasted). */
+#define READ_GROW_MIN (16 * 1024 - 256)
 
 struct lc_conn {
   lc_handle h;          /* first: the handle list hands us back this pointer */
@@ -47,6 +50,11 @@ struct lc_conn {
   struct lc_conn *next_dirty;
   struct lc_conn **owner; /* the userdata's pointer to us, cleared on detach */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
+  size_t counted;       /* bytes of in counted in ctx->buffered_in */
+  size_t peak_out;      /* the most out held, to know a big buffer went */
+  lc_slots *slots;      /* of the listener that accepted us, or NULL */
+  struct event *idle_ev; /* closes us after idle seconds without I/O */
+  double idle, last_io;
 };
 
 typedef struct lc_conn lc_conn;
@@ -97,6 +105,13 @@ static void destroy (lc_conn *s) {
   lc_wake_all(c, &s->readers);
   lc_wake_all(c, &s->writers);
   lc_handle_remove(c, &s->h);
+  c->buffered_in -= s->counted;
+  if (s->counted >= LC_BIG_BUFFER || s->peak_out >= LC_BIG_BUFFER) lc_big_released(c);
+  if (s->slots) {
+    s->slots->used--;
+    lc_slots_release(s->slots);
+  }
+  if (s->idle_ev) event_free(s->idle_ev);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->in) evbuffer_free(s->in);
@@ -126,6 +141,18 @@ static void start_reading (lc_conn *s) {
     s->reading = 1;
   }
 }
+
+/* Keeps ctx->buffered_in true after input came or went. */
+static void account (lc_conn *s) {
+  size_t now = evbuffer_get_length(s->in);
+  s->ctx->buffered_in += now - s->counted; /* modular: a drop subtracts */
+  if (s->counted >= now + LC_BIG_BUFFER) lc_big_released(s->ctx);
+  s->counted = now;
+}
+
+/* Activity, for the idle timeout: only the time is taken here. */
+#define touch(s) \
+  if ((s)->idle_ev) (s)->last_io = lc_now()
 
 static void fail_io (lc_conn *s, int err) {
   lc_ctx *c = s->ctx;
@@ -159,7 +186,10 @@ static ssize_t write_some (lc_conn *s, size_t cap) {
   msg.msg_iov = (struct iovec *)vec;
   msg.msg_iovlen = (size_t)n;
   w = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
-  if (w > 0) evbuffer_drain(s->out, (size_t)w);
+  if (w > 0) {
+    evbuffer_drain(s->out, (size_t)w);
+    touch(s);
+  }
   return w;
 }
 
@@ -241,8 +271,12 @@ static ssize_t read_some (lc_conn *s) {
   if (c->scratch == NULL && (c->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
-    ** follows it into the scratch buffer, in one readv. */
+    ** follows it into the scratch buffer, in one readv. The space grows
+    ** with what came, never with what the peer announced: a header
+    ** promising 16 MiB followed by silence costs kilobytes. */
     size_t rest = s->want - have < READ_MAX_CHUNK ? s->want - have : READ_MAX_CHUNK;
+    size_t grow = have > READ_GROW_MIN ? have : READ_GROW_MIN;
+    if (rest > grow) rest = grow;
     if (evbuffer_reserve_space(s->in, (ev_ssize_t)rest, vec, 1) < 1) return -1;
     vec[0].iov_len = rest;
     direct = 1;
@@ -267,6 +301,41 @@ static ssize_t read_some (lc_conn *s) {
   return n;
 }
 
+static void close_graceful (lc_conn *s);
+
+/* The core closes a connection on its own (over the budget, idle): the
+** user's calls then see "closed", as when the peer went; what was sent
+** before still goes out. */
+static void core_close (lc_conn *s) {
+  close_graceful(s);
+}
+
+static lc_conn *largest_input (lc_ctx *c) {
+  lc_handle *h;
+  lc_conn *big = NULL;
+  for (h = c->handles.next; h != &c->handles; h = h->next)
+    if (h->kind == LC_H_CONN && (big == NULL || ((lc_conn *)h)->counted > big->counted))
+      big = (lc_conn *)h;
+  return big;
+}
+
+/* Over the process-wide input budget: the connections holding the most
+** input go first, until the rest fit. Returns 1 when s itself went. */
+static int enforce_budget (lc_ctx *c, lc_conn *s) {
+  int self = 0;
+  while (c->buffered_in > c->input_budget) {
+    lc_conn *big = largest_input(c);
+    if (big == NULL || big->counted == 0) break;
+    c->n.budget_closed++;
+    lc_lograte(c, &c->rl.budget, LC_WARN,
+               "connection closed: it held %zu bytes of input, and all connections together "
+               "were over the input budget (%zu bytes)", big->counted, c->input_budget);
+    if (big == s) self = 1;
+    core_close(big);
+  }
+  return self;
+}
+
 static void on_readable (evutil_socket_t fd, short what, void *arg) {
   lc_conn *s = arg;
   lc_ctx *c = s->ctx;
@@ -277,15 +346,22 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
   if (n > 0) {
     s->bytes_in += (uint64_t)n;
     c->n.bytes_in += (uint64_t)n;
+    touch(s);
   } else if (n == 0) {
     s->eof = 1;
     stop_reading(s);
   } else if (errno != EAGAIN && errno != EINTR) {
+    if (errno == ENOMEM) /* never silently: the peer did nothing wrong */
+      lc_lograte(c, &c->rl.nomem, LC_WARN, "connection failed: out of memory for its input (%zu bytes held)",
+                 evbuffer_get_length(s->in));
+    account(s);
     fail_io(s, errno);
     return;
   } else {
     return;
   }
+  account(s);
+  if (c->buffered_in > c->input_budget && enforce_budget(c, s)) return;
   have = evbuffer_get_length(s->in);
   if (s->readers.head) {
     if (have >= s->want || s->eof) lc_wake_one(c, &s->readers);
@@ -326,6 +402,51 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
   u->s = s;
   s->owner = &u->s;
   start_reading(s);
+}
+
+void lc_slots_release (lc_slots *slots) {
+  if (--slots->refs == 0) free(slots);
+}
+
+/* No byte read or written for s->idle seconds: the connection goes. The
+** timer fires at the idle deadline of the last I/O it knew, and looks
+** again at when I/O last happened (I/O only takes the time). */
+static void on_idle (evutil_socket_t fd, short what, void *arg) {
+  lc_conn *s = arg;
+  lc_ctx *c = s->ctx;
+  double left = s->last_io + s->idle - lc_now();
+  (void)fd, (void)what;
+  if (left > 0) {
+    struct timeval tv = lc_timeval(left);
+    evtimer_add(s->idle_ev, &tv);
+    return;
+  }
+  c->n.idle_closed++;
+  lc_lograte(c, &c->rl.idle, LC_INFO, "connection closed: idle for %g s", s->idle);
+  evbuffer_drain(s->out, evbuffer_get_length(s->out)); /* nobody takes it */
+  if (s->closed) destroy(s);
+  else core_close(s);
+}
+
+/* The listener's limits for the connection at idx, just accepted: it
+** takes a share of slots (released when it goes), and an idle timeout
+** (seconds; 0 = none). */
+void lc_conn_limit (lua_State *L, int idx, lc_slots *slots, double idle) {
+  conn_ud *u = lua_touserdata(L, idx);
+  lc_conn *s = u->s;
+  if (slots) {
+    s->slots = slots;
+    slots->refs++;
+    slots->used++;
+  }
+  if (idle > 0) {
+    struct timeval tv = lc_timeval(idle);
+    s->idle_ev = evtimer_new(s->ctx->base, on_idle, s);
+    if (s->idle_ev == NULL) luaL_error(L, "luacomm: out of memory");
+    s->idle = idle;
+    s->last_io = lc_now();
+    evtimer_add(s->idle_ev, &tv);
+  }
 }
 
 static uint32_t opt_max_frame (lua_State *L, int idx) {
@@ -443,13 +564,22 @@ static void push_bytes (lua_State *L, struct evbuffer *in, size_t len) {
   }
 }
 
-/* Oversized announcement: the connection is unusable; drop it now. */
+/* Oversized announcement: the connection is unusable; close it as
+** conn:close() would, so answers to the frames before it still go out. */
 static int frame_too_large (lua_State *L, conn_ud *u) {
   lc_conn *s = u->s;
-  u->s = NULL;
-  lc_logf(s->ctx, LC_WARN, "connection closed: frame announced over max_frame (%u)", s->max_frame);
-  destroy(s);
+  lc_ctx *c = s->ctx;
+  c->n.frames_too_large++;
+  lc_lograte(c, &c->rl.too_large, LC_WARN, "connection closed: frame announced over max_frame (%u)",
+             s->max_frame);
+  close_graceful(s); /* detaches u->s */
   return lc_fail(L, "frame too large");
+}
+
+/* Input was taken: count it, and read again. */
+static void consumed (lc_conn *s) {
+  account(s);
+  start_reading(s);
 }
 
 static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
@@ -486,7 +616,7 @@ static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
       }
       s->frames_in++;
       c->n.frames_in++;
-      start_reading(s);
+      consumed(s);
       return 1;
     }
     s->want = 4 + (size_t)len;
@@ -576,6 +706,7 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   else if (len > 0) evbuffer_add(s->out, p, len);
   s->bytes_out += wire;
   s->ctx->n.bytes_out += wire;
+  if (evbuffer_get_length(s->out) > s->peak_out) s->peak_out = evbuffer_get_length(s->out);
   mark_dirty(s);
   lua_pushboolean(L, 1);
   return 1;
@@ -620,7 +751,7 @@ static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
   have = evbuffer_get_length(s->in);
   if (have >= n) {
     push_bytes(L, s->in, n);
-    start_reading(s);
+    consumed(s);
     return 1;
   }
   s->want = n;
@@ -654,17 +785,17 @@ static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
   if (eol.pos >= 0) {
     push_bytes(L, s->in, (size_t)eol.pos);
     evbuffer_drain(s->in, eol_len);
-    start_reading(s);
+    consumed(s);
     return 1;
   }
   if (have > s->max_frame) {
-    u->s = NULL;
-    destroy(s);
+    close_graceful(s);
     return lc_fail(L, "line too long");
   }
   s->want = have + 1;
   if ((s->eof || s->err) && have > 0 && !s->err) { /* the last line has no end */
     push_bytes(L, s->in, have);
+    account(s);
     return 1;
   }
   if (s->eof || s->err) return frame_closed_error(L, s, 0);
@@ -691,6 +822,8 @@ static void close_graceful (lc_conn *s) {
   s->owner = NULL;
   s->closed = 1;
   stop_reading(s);
+  evbuffer_drain(s->in, evbuffer_get_length(s->in)); /* nobody will read it */
+  account(s);
   lc_wake_all(s->ctx, &s->readers);
   lc_wake_all(s->ctx, &s->writers);
   if (!s->dirty) flush(s);

@@ -19,6 +19,8 @@
 #include "lc.h"
 
 #define ACCEPT_QUEUE 64
+/* Out of descriptors: how long accepting pauses before it tries again. */
+#define ACCEPT_PAUSE 0.1
 
 typedef struct lc_listener {
   lc_handle h;
@@ -29,6 +31,11 @@ typedef struct lc_listener {
   evutil_socket_t queue[ACCEPT_QUEUE];
   int head, count;
   int enabled;
+  int paused;           /* accept() failed: resume_ev will retry */
+  struct event *resume_ev;
+  lc_slots *slots;      /* connections queued or open, shared with them */
+  int max_conns;        /* 0: no limit */
+  double idle_timeout;  /* for its connections; 0: none */
   uint32_t max_frame;
   size_t hwm;
   char *unix_path; /* unlinked at close */
@@ -49,11 +56,14 @@ static void destroy (lc_listener *l) {
   if (l->owner) *l->owner = NULL;
   lc_handle_remove(c, &l->h);
   if (l->lev) evconnlistener_free(l->lev);
+  if (l->resume_ev) event_free(l->resume_ev);
   while (l->count > 0) {
     evutil_closesocket(l->queue[l->head]);
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
+    l->slots->used--;
   }
+  if (l->slots) lc_slots_release(l->slots);
   if (l->unix_path) {
     unlink(l->unix_path);
     free(l->unix_path);
@@ -67,10 +77,30 @@ static void handle_destroy (lc_handle *h) {
   destroy((lc_listener *)h);
 }
 
+/* Accepts while the queue has room and accept() is not paused. */
+static void update_enabled (lc_listener *l) {
+  int want = !l->paused && l->count < ACCEPT_QUEUE;
+  if (want == l->enabled) return;
+  if (want) evconnlistener_enable(l->lev);
+  else evconnlistener_disable(l->lev);
+  l->enabled = want;
+}
+
 static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
                        int socklen, void *arg) {
   lc_listener *l = arg;
+  lc_ctx *c = l->ctx;
   (void)lev, (void)sa, (void)socklen;
+  if (l->max_conns > 0 && l->slots->used >= l->max_conns) {
+    /* Accepted and closed at once: the peer learns now, not after a
+    ** backlog timeout, and the kernel's queue does not fill with them. */
+    evutil_closesocket(fd);
+    c->n.refused++;
+    lc_lograte(c, &c->rl.refused, LC_WARN, "connection refused: the listener has max_conns (%d) open",
+               l->max_conns);
+    return;
+  }
+  l->slots->used++;
   evutil_make_socket_nonblocking(fd);
   if (sa->sa_family != AF_UNIX) {
     int one = 1;
@@ -78,18 +108,32 @@ static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct so
   }
   l->queue[(l->head + l->count) % ACCEPT_QUEUE] = fd;
   l->count++;
-  if (l->count == ACCEPT_QUEUE) {
-    evconnlistener_disable(l->lev);
-    l->enabled = 0;
-  }
+  update_enabled(l);
   lc_wake_one(l->ctx, &l->accepters);
 }
 
+static void on_resume (evutil_socket_t fd, short what, void *arg) {
+  lc_listener *l = arg;
+  (void)fd, (void)what;
+  l->paused = 0;
+  update_enabled(l);
+}
+
+/* EMFILE, ENFILE, ENOBUFS...: the pending connection stays readable, so
+** listening on would spin the loop. Pause, and try again shortly: by then
+** other connections may have closed and freed descriptors. */
 static void on_listen_error (struct evconnlistener *lev, void *arg) {
   lc_listener *l = arg;
+  lc_ctx *c = l->ctx;
+  struct timeval tv = lc_timeval(ACCEPT_PAUSE);
+  int err = EVUTIL_SOCKET_ERROR();
   (void)lev;
-  /* EMFILE and friends: log and keep listening; the loop retries. */
-  lc_logf(l->ctx, LC_WARN, "accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+  c->n.accept_errors++;
+  lc_lograte(c, &c->rl.accept, LC_WARN, "accept failed: %s; accepting paused for %g s",
+             evutil_socket_error_to_string(err), ACCEPT_PAUSE);
+  l->paused = 1;
+  update_enabled(l);
+  evtimer_add(l->resume_ev, &tv);
 }
 
 static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
@@ -101,11 +145,10 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
     evutil_socket_t fd = l->queue[l->head];
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
-    if (!l->enabled) {
-      evconnlistener_enable(l->lev);
-      l->enabled = 1;
-    }
+    update_enabled(l);
+    l->slots->used--; /* lc_conn_limit takes it again, for the connection */
     lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
+    lc_conn_limit(L, -1, l->slots, l->idle_timeout);
     return 1;
   }
   if (lc_timedout(l->ctx)) return lc_fail(L, "timeout");
@@ -178,6 +221,19 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog, int reuseport
   return -1;
 }
 
+/* opts[k] as seconds > 0, or 0 when absent. */
+static double opt_seconds (lua_State *L, int idx, const char *k) {
+  double v = 0;
+  if (!lua_istable(L, idx)) return 0;
+  if (lua_getfield(L, idx, k) != LUA_TNIL) {
+    int isnum;
+    v = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || !(v > 0) || v > 1e9) luaL_error(L, "bad option '%s' (seconds > 0 expected)", k);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
 /* comm.listen(addr, [opts]) -> listener | nil, err */
 static int listener_listen (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
@@ -185,6 +241,8 @@ static int listener_listen (lua_State *L) {
   int backlog = lc_opt_int(L, 2, "backlog", 511, 1);
   uint32_t max_frame = (uint32_t)lc_opt_int(L, 2, "max_frame", LC_DEFAULT_MAX_FRAME, 0);
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
+  int max_conns = lc_opt_int(L, 2, "max_conns", 0, 1);
+  double idle_timeout = opt_seconds(L, 2, "idle_timeout");
   int reuseport = 0;
   const char *bad;
   listener_ud *u;
@@ -213,18 +271,25 @@ static int listener_listen (lua_State *L) {
     return luaL_error(L, "luacomm: out of memory");
   }
   l->ctx = c;
+  l->max_conns = max_conns;
+  l->idle_timeout = idle_timeout;
   l->max_frame = max_frame;
   l->hwm = hwm;
   l->enabled = 1;
   l->h.destroy = handle_destroy;
   if (a.ss.ss_family == AF_UNIX) l->unix_path = strdup(((struct sockaddr_un *)&a.ss)->sun_path);
   lc_handle_add(c, &l->h, LC_H_LISTENER);
-  l->lev = evconnlistener_new(c->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-  if (l->lev == NULL) {
-    close(fd);
+  l->slots = calloc(1, sizeof *l->slots);
+  l->resume_ev = evtimer_new(c->base, on_resume, l);
+  /* The backlog again: libevent calls listen() once more, and with -1 it
+  ** would put 128 in place of the one asked for. */
+  l->lev = evconnlistener_new(c->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, backlog, fd);
+  if (l->lev == NULL || l->slots == NULL || l->resume_ev == NULL) {
+    if (l->lev == NULL) close(fd);
     destroy(l);
     return luaL_error(L, "luacomm: cannot create a listener");
   }
+  l->slots->refs = 1;
   evconnlistener_set_error_cb(l->lev, on_listen_error);
   u->l = l;
   l->owner = &u->l;

@@ -12,7 +12,7 @@ M._VERSION = (core.versions())
 
 -- Straight from C: these already follow the contract's conventions.
 for _, name in ipairs{ "spawn", "sleep", "yield", "now", "time", "after", "every",
-                       "listen", "connect", "udp", "stats", "running" } do
+                       "listen", "connect", "udp", "stats", "running", "limits" } do
   M[name] = core[name]
 end
 

@@ -1,0 +1,96 @@
+/*
+** limits.c — process-wide limits that no single connection can see:
+** warnings held to one line a second, the budget for buffered input, and
+** giving memory back to the system once big buffers have drained.
+*/
+#include <stdarg.h>
+#include <stdio.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#include "lc.h"
+
+/* A storm (hundreds of oversized frames, an fd shortage) must not turn
+** into a storm of log lines: one line a second, saying how many it stood
+** for. */
+void lc_lograte (lc_ctx *c, lc_ratelog *r, int level, const char *fmt, ...) {
+  char buf[768];
+  double now = lc_now();
+  va_list ap;
+  if (now < r->next) {
+    r->held++;
+    return;
+  }
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  if (r->held > 0)
+    lc_logf(c, level, "%s (and %llu more like it in the last second)", buf, (unsigned long long)r->held);
+  else
+    lc_logf(c, level, "%s", buf);
+  r->next = now + 1;
+  r->held = 0;
+}
+
+/* After big buffers are gone the heap keeps their pages: Lua's garbage
+** holds the strings until a collection, and malloc keeps freed pages below
+** the top of the heap. Once big traffic has been quiet for a second, a full
+** collection and malloc_trim hand them back. */
+static void on_trim (evutil_socket_t fd, short what, void *arg) {
+  lc_ctx *c = arg;
+  (void)fd, (void)what;
+  lua_gc(c->mainL, LUA_GCCOLLECT, 0);
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
+}
+
+#define TRIM_QUIET 1.0
+
+/* A buffer of at least LC_BIG_BUFFER bytes was just released. Re-arms the
+** quiet timer, so steady big traffic never pays for a trim. */
+void lc_big_released (lc_ctx *c) {
+  struct timeval tv = lc_timeval(TRIM_QUIET);
+  if (c->trim_ev == NULL && (c->trim_ev = evtimer_new(c->base, on_trim, c)) == NULL) return;
+  evtimer_add(c->trim_ev, &tv);
+}
+
+/* The timer must not keep the loop alive: core.loop ends on tasks, not
+** events, so only the context's end frees it. */
+void lc_limits_free (lc_ctx *c) {
+  if (c->trim_ev) event_free(c->trim_ev);
+  c->trim_ev = NULL;
+}
+
+#define ctxup(L) ((lc_ctx *)lua_touserdata(L, lua_upvalueindex(1)))
+
+/* core.limits([t]) -> t: reads, and with t sets, the process-wide limits:
+** input_budget (bytes of input all connections may hold at once). */
+static int core_limits (lua_State *L) {
+  lc_ctx *c = ctxup(L);
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_getfield(L, 1, "input_budget") != LUA_TNIL) {
+      int isnum;
+      lua_Integer v = lua_tointegerx(L, -1, &isnum);
+      if (!isnum || v < 1) luaL_error(L, "bad limit 'input_budget' (an integer >= 1 expected)");
+      c->input_budget = (size_t)v;
+    }
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, 0, 1);
+  lua_pushinteger(L, (lua_Integer)c->input_budget);
+  lua_setfield(L, -2, "input_budget");
+  return 1;
+}
+
+/* Module table at -2, ctx at -1; both stay. */
+int lc_limits_open (lua_State *L) {
+  lc_ctx *c = lua_touserdata(L, -1);
+  if (c->input_budget == 0) c->input_budget = LC_DEFAULT_INPUT_BUDGET;
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, core_limits, 1);
+  lua_setfield(L, -3, "limits");
+  return 0;
+}
