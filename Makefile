@@ -95,6 +95,7 @@ install: all
 	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
 
 include bench/bench.mk
+include fuzz/fuzz.mk
 
 # Speed against a C ceiling in the same run: ceiling and examples/echo.lua
 # under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
@@ -110,7 +111,7 @@ bench-quick: deps
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 
 clean:
-	rm -rf build build-asan build-werror
+	rm -rf build build-asan build-werror build-fuzz
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
 .PHONY: all deps check test test-asan valgrind demo install clean bench bench-quick

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -47,6 +48,8 @@ struct lc_conn {
   unsigned dirty : 1;   /* on ctx->dirty, to flush at the end of the pass */
   unsigned closed : 1;  /* closed by the user: lingering until flushed */
   unsigned connecting : 1;
+  unsigned unread : 1;  /* closed with input nobody read */
+  unsigned draining : 1; /* closed, output sent: discarding input until EOF */
   struct lc_conn *next_dirty;
   struct lc_conn **owner; /* the userdata's pointer to us, cleared on detach */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
@@ -54,6 +57,7 @@ struct lc_conn {
   size_t peak_out;      /* the most out held, to know a big buffer went */
   lc_slots *slots;      /* of the listener that accepted us, or NULL */
   struct event *idle_ev; /* closes us after idle seconds without I/O */
+  struct event *linger_ev; /* ends the discarding of input after close */
   double idle, last_io;
 };
 
@@ -112,6 +116,7 @@ static void destroy (lc_conn *s) {
     lc_slots_release(s->slots);
   }
   if (s->idle_ev) event_free(s->idle_ev);
+  if (s->linger_ev) event_free(s->linger_ev);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->in) evbuffer_free(s->in);
@@ -215,6 +220,39 @@ static void flush (lc_conn *s) {
   if (before > s->hwm && left <= s->hwm) lc_wake_all(c, &s->writers);
 }
 
+#define LINGER_SECONDS 2.0
+
+static void on_linger (evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  destroy(arg);
+}
+
+/* A closed connection has sent all it had (or failed). Closing a socket
+** with input it never read makes the kernel reset the connection, and the
+** peer may then lose the answers just sent (a valid frame followed by an
+** oversized header in one write). So when input was left unread: send
+** FIN, discard what comes until the peer closes too, for a while at most. */
+static void finish_close (lc_conn *s) {
+  int pending = 0;
+  struct timeval tv = lc_timeval(LINGER_SECONDS);
+  if (s->err || s->eof || s->draining ||
+      (!s->unread && (ioctl(s->fd, FIONREAD, &pending) != 0 || pending == 0))) {
+    destroy(s);
+    return;
+  }
+  s->linger_ev = evtimer_new(s->ctx->base, on_linger, s);
+  if (s->linger_ev == NULL || shutdown(s->fd, SHUT_WR) != 0) {
+    destroy(s);
+    return;
+  }
+  s->draining = 1;
+  evtimer_add(s->linger_ev, &tv);
+  if (!s->reading) {
+    event_add(s->rev, NULL);
+    s->reading = 1;
+  }
+}
+
 /* Queues s to be flushed when the current scheduler pass ends, so that
 ** everything the pass sent goes out in one sendmsg. Outside a pass, now. */
 static void mark_dirty (lc_conn *s) {
@@ -235,7 +273,7 @@ void lc_conn_flush_dirty (lc_ctx *c) {
     c->dirty = s->next_dirty;
     s->dirty = 0;
     flush(s);
-    if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+    if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
   }
 }
 
@@ -252,7 +290,7 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
     return;
   }
   flush(s);
-  if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+  if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
 }
 
 /* ---- reading ---- */
@@ -342,6 +380,12 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
   size_t have;
   ssize_t n;
   (void)fd, (void)what;
+  if (s->draining) { /* closed: what comes is thrown away */
+    char junk[16384];
+    n = read(s->fd, junk, sizeof junk);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) destroy(s);
+    return;
+  }
   n = read_some(s);
   if (n > 0) {
     s->bytes_in += (uint64_t)n;
@@ -822,12 +866,13 @@ static void close_graceful (lc_conn *s) {
   s->owner = NULL;
   s->closed = 1;
   stop_reading(s);
+  if (evbuffer_get_length(s->in) > 0) s->unread = 1;
   evbuffer_drain(s->in, evbuffer_get_length(s->in)); /* nobody will read it */
   account(s);
   lc_wake_all(s->ctx, &s->readers);
   lc_wake_all(s->ctx, &s->writers);
   if (!s->dirty) flush(s);
-  if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+  if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
 }
 
 static int conn_close (lua_State *L) {

@@ -116,6 +116,25 @@ describe("limits", function()
     end)
   end)
 
+  -- Found by fuzz/frames.lua: with bytes left unread behind the bad
+  -- header, closing at once reset the connection and the echo was lost.
+  it("... also with 1-byte I/O and more bytes behind the oversized header", function()
+    local core = require "luacomm.core"
+    local saved = core.max_io()
+    finally(function() core.max_io(saved) end)
+    helpers.run(function()
+      core.max_io(1)
+      local l, addr, ends = echo_server({ max_frame = 1000 })
+      local c = assert(comm.connect(addr))
+      assert(c:write(string.pack(">s4", "valid") .. string.pack(">I4", 0xfffff628) .. ("x"):rep(200)))
+      assert.are.equal("valid", c:recv(5))
+      assert.are.same({ nil, "closed" }, { c:recv(5) })
+      assert(helpers.wait_until(function() return ends[1] end, 5))
+      assert.are.equal("frame too large", ends[1])
+      close_all(c, l)
+    end)
+  end)
+
   it("backlog: the listen queue is the one asked for", function()
     local f = io.open("/proc/sys/net/core/somaxconn")
     local somaxconn = f and tonumber(f:read("l")) or 4096
