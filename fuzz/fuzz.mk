@@ -27,6 +27,7 @@ fuzz: deps fuzz-build
 	  echo "fuzz $$f: $(FUZZ_SECONDS) s"; \
 	  ( cd $(FUZZ_OUT)/$$f && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    ../fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096 -max_len=65536 \
+	      $$( [ -f $(CURDIR)/fuzz/$$f.dict ] && echo -dict=$(CURDIR)/fuzz/$$f.dict ) \
 	      -print_final_stats=1 corpus $(CURDIR)/fuzz/corpus/$$f ) || exit 1; \
 	done
 
