@@ -71,7 +71,7 @@ test-asan:
 # Lint: every Lua file through luacheck (.luacheckrc), and the C built with
 # -Werror (warnings are errors in CI, not in release builds).
 check: deps
-	luacheck -q scripts spec tools examples bench
+	luacheck -q scripts spec tools examples bench fuzz
 	@$(MAKE) --no-print-directory B=werror all
 
 # The examples under valgrind, with traffic and signals: nothing may be found.
