@@ -341,13 +341,6 @@ static ssize_t read_some (lc_conn *s) {
 
 static void close_graceful (lc_conn *s);
 
-/* The core closes a connection on its own (over the budget, idle): the
-** user's calls then see "closed", as when the peer went; what was sent
-** before still goes out. */
-static void core_close (lc_conn *s) {
-  close_graceful(s);
-}
-
 static lc_conn *largest_input (lc_ctx *c) {
   lc_handle *h;
   lc_conn *big = NULL;
@@ -369,7 +362,7 @@ static int enforce_budget (lc_ctx *c, lc_conn *s) {
                "connection closed: it held %zu bytes of input, and all connections together "
                "were over the input budget (%zu bytes)", big->counted, c->input_budget);
     if (big == s) self = 1;
-    core_close(big);
+    close_graceful(big); /* as conn:close(): its tasks see "closed" */
   }
   return self;
 }
@@ -467,9 +460,8 @@ static void on_idle (evutil_socket_t fd, short what, void *arg) {
   }
   c->n.idle_closed++;
   lc_lograte(c, &c->rl.idle, LC_INFO, "connection closed: idle for %g s", s->idle);
-  evbuffer_drain(s->out, evbuffer_get_length(s->out)); /* nobody takes it */
-  if (s->closed) destroy(s);
-  else core_close(s);
+  /* Nothing moved for that long: no output to wait for, no lingering. */
+  destroy(s);
 }
 
 /* The listener's limits for the connection at idx, just accepted: it

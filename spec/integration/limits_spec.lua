@@ -130,7 +130,7 @@ describe("limits, against a host process", function()
       end
       local lines = count(p:stderr(), "idle for")
       assert.is_true(lines >= 1 and lines <= 10, lines .. " log lines")
-      assert.are.equal(0, stats().conns - 1) -- only the stats connection
+      assert(helpers.wait_until(function() return stats().conns == 1 end, 5)) -- only the stats connection
       assert.is_true(served(addr, "after"))
     end, '{"idle_timeout":1}')
   end)
@@ -152,6 +152,9 @@ describe("limits, against a host process", function()
   end)
 
   it("memory goes back to the system once 20 clients that sent 4 MiB frames without reading leave", function()
+    if (os.getenv("LD_PRELOAD") or ""):find("asan") then
+      return pending("under ASan the allocator is ASan's: malloc_trim and RSS say nothing there")
+    end
     with_host(function(p, addr, stats)
       assert.is_true(served(addr, "warm"))
       local rss0 = mem(p.pid)
