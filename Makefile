@@ -2,13 +2,13 @@
 PREFIX   ?= /usr/local
 CC       ?= cc
 CFLAGS   ?= -O2 -g
-PKGS     := lua5.4 libevent_core libevent_extra
+PKGS     := lua5.4 libevent_core libevent_extra libssl libcrypto
 WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wundef -Wwrite-strings \
             -Wmissing-prototypes -Wstrict-prototypes -Wold-style-definition
 CPPFLAGS += -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ibindings -Iruntime \
             $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) -MMD -MP
-LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra)
+LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libssl libcrypto)
 LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4
@@ -16,7 +16,7 @@ LUA_LIB   = $(PREFIX)/lib/lua/5.4
 
 BIND := bindings/core.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/limits.c
+        bindings/tls.c bindings/tls_conn.c bindings/limits.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "lc.h"
+#include "tls.h"
 
 #define READ_SCRATCH (256 * 1024)
 #define READ_DIRECT_MIN (8 * 1024)
@@ -52,6 +53,7 @@ struct lc_conn {
   unsigned draining : 1; /* closed, output sent: discarding input until EOF */
   struct lc_conn *next_dirty;
   struct lc_conn **owner; /* the userdata's pointer to us, cleared on detach */
+  lc_tls *tls;          /* NULL on plain TCP; reads and writes go through it */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
   size_t counted;       /* bytes of in counted in ctx->buffered_in */
   size_t peak_out;      /* the most out held, to know a big buffer went */
@@ -117,6 +119,7 @@ static void destroy (lc_conn *s) {
   }
   if (s->idle_ev) event_free(s->idle_ev);
   if (s->linger_ev) event_free(s->linger_ev);
+  lc_tls_free(s->tls, s->err == 0); /* close_notify unless the link broke */
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->in) evbuffer_free(s->in);
@@ -141,9 +144,12 @@ static void stop_reading (lc_conn *s) {
 }
 
 static void start_reading (lc_conn *s) {
-  if (!s->reading && !s->eof && !s->err) {
+  if (!s->reading && !s->eof && !s->err && (s->tls == NULL || lc_tls_ready(s->tls))) {
     event_add(s->rev, NULL);
     s->reading = 1;
+    /* Input TLS decrypted and kept while we were not reading: the socket
+    ** will not announce it. */
+    if (s->tls && lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
   }
 }
 
@@ -182,6 +188,7 @@ static ssize_t write_some (lc_conn *s, size_t cap) {
   int n = evbuffer_peek(s->out, (ev_ssize_t)cap, NULL, vec, WRITE_IOVECS), i;
   size_t total = 0;
   ssize_t w;
+  if (s->tls) return lc_tls_write(s->tls, s->out, cap);
   if (n > WRITE_IOVECS) n = WRITE_IOVECS;
   for (i = 0; i < n; i++) {
     if (total + vec[i].iov_len > cap) vec[i].iov_len = cap - total;
@@ -191,10 +198,7 @@ static ssize_t write_some (lc_conn *s, size_t cap) {
   msg.msg_iov = (struct iovec *)vec;
   msg.msg_iovlen = (size_t)n;
   w = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
-  if (w > 0) {
-    evbuffer_drain(s->out, (size_t)w);
-    touch(s);
-  }
+  if (w > 0) evbuffer_drain(s->out, (size_t)w);
   return w;
 }
 
@@ -209,6 +213,7 @@ static void flush (lc_conn *s) {
     fail_io(s, errno);
     return;
   }
+  if (n > 0) touch(s);
   left = evbuffer_get_length(s->out);
   if (left > 0 && !s->writing) {
     event_add(s->wev, NULL);
@@ -231,11 +236,13 @@ static void on_linger (evutil_socket_t fd, short what, void *arg) {
 ** with input it never read makes the kernel reset the connection, and the
 ** peer may then lose the answers just sent (a valid frame followed by an
 ** oversized header in one write). So when input was left unread: send
-** FIN, discard what comes until the peer closes too, for a while at most. */
+** FIN, discard what comes until the peer closes too, for a while at most.
+** Not under TLS: a FIN before close_notify would be a truncation, and the
+** close_notify written after it would meet a shut socket. */
 static void finish_close (lc_conn *s) {
   int pending = 0;
   struct timeval tv = lc_timeval(LINGER_SECONDS);
-  if (s->err || s->eof || s->draining ||
+  if (s->err || s->eof || s->draining || s->tls ||
       (!s->unread && (ioctl(s->fd, FIONREAD, &pending) != 0 || pending == 0))) {
     destroy(s);
     return;
@@ -295,6 +302,17 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
 
 /* ---- reading ---- */
 
+/* TLS: decrypted into the scratch buffer, then appended. What OpenSSL
+** still holds once a piece is taken (the test knob) is read on the next
+** pass, as the socket would announce more. */
+static ssize_t read_tls (lc_conn *s, size_t cap) {
+  lc_ctx *c = s->ctx;
+  ssize_t n = lc_tls_read(s->tls, c->scratch, cap < READ_SCRATCH ? cap : READ_SCRATCH);
+  if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) return errno = ENOMEM, -1;
+  if (lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
+  return n;
+}
+
 /* Reads straight into the input buffer when a large frame is expected (one
 ** copy); otherwise into the shared scratch buffer and appends what came:
 ** a big chain reserved per read and freed once drained would make malloc
@@ -307,6 +325,7 @@ static ssize_t read_some (lc_conn *s) {
   ssize_t n;
   errno = ENOMEM; /* for the allocation failures below */
   if (c->scratch == NULL && (c->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
+  if (s->tls) return read_tls(s, cap);
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
     ** follows it into the scratch buffer, in one readv. The space grows
@@ -494,6 +513,12 @@ static int io_error (lua_State *L, int err) {
   return lc_fail(L, lc_strerror(err, buf, sizeof buf));
 }
 
+static void tls_handshake_done (lc_tls *t, const char *err, void *arg) {
+  lc_conn *s = arg;
+  (void)t, (void)err;
+  lc_wake_all(s->ctx, &s->readers);
+}
+
 static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
   conn_ud *u = lua_touserdata(L, 3);
@@ -507,7 +532,43 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
     destroy(s);
     return io_error(L, err);
   }
+  if (s->tls && !lc_tls_ready(s->tls)) { /* connected: now the TLS handshake */
+    const char *why = lc_tls_failure(s->tls);
+    if (why == NULL && !lc_timedout(c)) {
+      lc_tls_start(s->tls, 0, tls_handshake_done, s);
+      return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
+    }
+    lua_pushstring(L, why ? why : "timeout");
+    u->s = NULL;
+    destroy(s);
+    return lc_fail(L, lua_tostring(L, -1));
+  }
+  start_reading(s); /* held back during the handshake */
   return 1;
+}
+
+/* The client context for opts.tls (opts at 2), or NULL: with err empty
+** when there is no tls option, else with the reason. Raises on misuse. */
+static SSL_CTX *client_ctx (lua_State *L, char *err, size_t errlen) {
+  SSL_CTX *ctx = NULL;
+  err[0] = '\0';
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "tls") != LUA_TNIL) ctx = lc_tls_ctx_new(L, 3, 0, err, errlen);
+  lua_settop(L, 2);
+  return ctx;
+}
+
+/* The client session on fd, checking the name opts.tls.server_name or the
+** host part of the address (arg 1). */
+static lc_tls *client_session (lua_State *L, lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, char *err,
+                               size_t errlen) {
+  char buf[512];
+  const char *host = NULL, *port;
+  lc_tls *t;
+  if (lc_split_addr(lua_tostring(L, 1), buf, sizeof buf, &host, &port) != 0) host = NULL;
+  lua_getfield(L, 2, "tls");
+  t = lc_tls_new(c, ctx, fd, 0, lc_tls_server_name(L, 3, host), err, errlen);
+  lua_settop(L, 2);
+  return t;
 }
 
 /* Creates the socket and starts connecting to a; pushes the connection
@@ -515,13 +576,38 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
 static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double deadline) {
   uint32_t max_frame = opt_max_frame(L, 2);
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
-  evutil_socket_t fd = lc_socket(a, SOCK_STREAM);
+  evutil_socket_t fd;
+  char why[256];
   conn_ud *u;
+  lc_tls *t = NULL;
+  SSL_CTX *tctx;
   lua_settop(L, 2);
-  if (fd < 0) return io_error(L, errno);
+  tctx = client_ctx(L, why, sizeof why); /* before the socket: it may raise */
+  if (tctx == NULL && why[0] != '\0') return lc_fail(L, why);
+  if ((fd = lc_socket(a, SOCK_STREAM)) < 0) {
+    int e = errno;
+    SSL_CTX_free(tctx);
+    return io_error(L, e);
+  }
+  if (tctx != NULL) {
+    t = client_session(L, c, tctx, fd, why, sizeof why);
+    SSL_CTX_free(tctx); /* the session holds its own reference */
+    if (t == NULL) {
+      evutil_closesocket(fd);
+      return lc_fail(L, why);
+    }
+  }
   lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, conn */
   u = lua_touserdata(L, 3);
-  if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0) return 1;
+  if (t != NULL) {
+    u->s->tls = t;
+    stop_reading(u->s); /* the handshake reads first */
+  }
+  if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0) {
+    if (t == NULL) return 1;
+    lc_set_wait_deadline(c, deadline);
+    return conn_connect_k(L, LUA_OK, 0);
+  }
   if (errno != EINPROGRESS && errno != EAGAIN) {
     int err = errno;
     destroy(u->s);
@@ -934,6 +1020,23 @@ static int conn_stats (lua_State *L) {
   return 1;
 }
 
+/* conn:tls() -> nil on plain TCP, else { version, cipher, peer, ... } */
+static int conn_tls (lua_State *L) {
+  lc_conn *s;
+  CHECKOPEN(s, L);
+  if (s->tls == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  return lc_tls_push_info(L, s->tls);
+}
+
+void lc_conn_set_tls (lua_State *L, int idx, lc_tls *t) {
+  lc_conn *s = toconn(L, idx)->s;
+  s->tls = t;
+  if (lc_tls_pending(t)) event_active(s->rev, EV_READ, 0);
+}
+
 static int conn_is_closed (lua_State *L) {
   conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
   lua_pushboolean(L, u->s == NULL);
@@ -958,6 +1061,7 @@ static const luaL_Reg conn_methods[] = {
   {"addr", conn_addr},
   {"stats", conn_stats},
   {"closed", conn_is_closed},
+  {"tls", conn_tls},
   {NULL, NULL}
 };
 

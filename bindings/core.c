@@ -189,6 +189,7 @@ static int core_stats (lua_State *L) {
   setcount(L, "budget_closed", c->n.budget_closed);
   setcount(L, "frames_too_large", c->n.frames_too_large);
   setcount(L, "buffered_in", (uint64_t)c->buffered_in);
+  setcount(L, "tls_failures", c->n.tls_failures);
   return 1;
 }
 

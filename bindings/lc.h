@@ -81,6 +81,7 @@ typedef struct lc_counters {
   uint64_t idle_closed;      /* idle_timeout passed */
   uint64_t budget_closed;    /* cut to keep input under the budget */
   uint64_t frames_too_large; /* announced over max_frame */
+  uint64_t tls_failures; /* accepted connections whose TLS handshake failed */
 } lc_counters;
 
 /* One warning line a second at most (limits.c). */

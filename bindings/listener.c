@@ -17,6 +17,7 @@
 #include <event2/listener.h>
 
 #include "lc.h"
+#include "tls.h"
 
 #define ACCEPT_QUEUE 64
 /* Out of descriptors: how long accepting pauses before it tries again. */
@@ -29,6 +30,8 @@ typedef struct lc_listener {
   struct evconnlistener *lev;
   lc_waitq accepters;
   evutil_socket_t queue[ACCEPT_QUEUE];
+  lc_tls *tqueue[ACCEPT_QUEUE]; /* each queued socket's TLS session, or NULL */
+  lc_tls_server *tls;           /* NULL on plain TCP */
   int head, count;
   int enabled;
   int paused;           /* accept() failed: resume_ev will retry */
@@ -57,7 +60,9 @@ static void destroy (lc_listener *l) {
   lc_handle_remove(c, &l->h);
   if (l->lev) evconnlistener_free(l->lev);
   if (l->resume_ev) event_free(l->resume_ev);
+  lc_tls_server_free(l->tls); /* handshakes under way end here */
   while (l->count > 0) {
+    lc_tls_free(l->tqueue[l->head], 0);
     evutil_closesocket(l->queue[l->head]);
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
@@ -77,13 +82,35 @@ static void handle_destroy (lc_handle *h) {
   destroy((lc_listener *)h);
 }
 
-/* Accepts while the queue has room and accept() is not paused. */
-static void update_enabled (lc_listener *l) {
-  int want = !l->paused && l->count < ACCEPT_QUEUE;
-  if (want == l->enabled) return;
-  if (want) evconnlistener_enable(l->lev);
-  else evconnlistener_disable(l->lev);
-  l->enabled = want;
+/* Accepting pauses while the queue, with the TLS handshakes that will
+** land in it, is full, or after accept() failed (resume_ev ends that); it
+** resumes once a task takes from the queue. */
+static void throttle (lc_listener *l) {
+  int busy = l->paused || l->count + (l->tls ? lc_tls_server_inflight(l->tls) : 0) >= ACCEPT_QUEUE;
+  if (busy && l->enabled) evconnlistener_disable(l->lev);
+  else if (!busy && !l->enabled) evconnlistener_enable(l->lev);
+  l->enabled = !busy;
+}
+
+static void enqueue (lc_listener *l, evutil_socket_t fd, lc_tls *t) {
+  int i = (l->head + l->count) % ACCEPT_QUEUE;
+  l->queue[i] = fd;
+  l->tqueue[i] = t;
+  l->count++;
+  throttle(l);
+  lc_wake_one(l->ctx, &l->accepters);
+}
+
+/* A TLS handshake ended: a connection for the queue, or (t NULL) one the
+** handshake refused, which frees a place, and its max_conns slot. */
+static void on_tls_accepted (evutil_socket_t fd, lc_tls *t, void *arg) {
+  lc_listener *l = arg;
+  if (t != NULL) {
+    enqueue(l, fd, t);
+  } else {
+    l->slots->used--;
+    throttle(l);
+  }
 }
 
 static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
@@ -106,17 +133,20 @@ static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct so
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
-  l->queue[(l->head + l->count) % ACCEPT_QUEUE] = fd;
-  l->count++;
-  update_enabled(l);
-  lc_wake_one(l->ctx, &l->accepters);
+  if (l->tls == NULL) {
+    enqueue(l, fd, NULL);
+    return;
+  }
+  /* The handshake runs before any task sees the connection. */
+  lc_tls_accept(l->tls, l->ctx, fd, on_tls_accepted, l);
+  throttle(l);
 }
 
 static void on_resume (evutil_socket_t fd, short what, void *arg) {
   lc_listener *l = arg;
   (void)fd, (void)what;
   l->paused = 0;
-  update_enabled(l);
+  throttle(l);
 }
 
 /* EMFILE, ENFILE, ENOBUFS...: the pending connection stays readable, so
@@ -132,7 +162,7 @@ static void on_listen_error (struct evconnlistener *lev, void *arg) {
   lc_lograte(c, &c->rl.accept, LC_WARN, "accept failed: %s; accepting paused for %g s",
              evutil_socket_error_to_string(err), ACCEPT_PAUSE);
   l->paused = 1;
-  update_enabled(l);
+  throttle(l);
   evtimer_add(l->resume_ev, &tv);
 }
 
@@ -143,11 +173,13 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
   if (l == NULL) return lc_fail(L, "closed");
   if (l->count > 0) {
     evutil_socket_t fd = l->queue[l->head];
+    lc_tls *t = l->tqueue[l->head];
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
-    update_enabled(l);
+    throttle(l);
     l->slots->used--; /* lc_conn_limit takes it again, for the connection */
     lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
+    if (t != NULL) lc_conn_set_tls(L, -1, t);
     lc_conn_limit(L, -1, l->slots, l->idle_timeout);
     return 1;
   }
@@ -249,6 +281,8 @@ static int listener_listen (lua_State *L) {
   lc_listener *l;
   lc_addr a;
   evutil_socket_t fd;
+  lc_tls_server *tls;
+  char why[256];
   if (lua_istable(L, 2)) {
     lua_getfield(L, 2, "reuseport");
     reuseport = lua_toboolean(L, -1);
@@ -257,19 +291,24 @@ static int listener_listen (lua_State *L) {
   bad = lc_parse_addr(where, SOCK_STREAM, &a);
   if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad) return lc_fail(L, bad);
+  tls = lc_tls_server_new(L, 2, why, sizeof why); /* files are read now */
+  if (tls == NULL && why[0] != '\0') return lc_fail(L, why);
   u = lua_newuserdatauv(L, sizeof *u, 0);
   u->l = NULL;
   luaL_setmetatable(L, LC_LISTENER_T);
   fd = bind_listen(&a, backlog, reuseport);
   if (fd < 0) {
     char buf[128];
+    lc_tls_server_free(tls);
     return lc_fail(L, lc_strerror(errno, buf, sizeof buf));
   }
   l = calloc(1, sizeof *l);
   if (l == NULL) {
     close(fd);
+    lc_tls_server_free(tls);
     return luaL_error(L, "luacomm: out of memory");
   }
+  l->tls = tls;
   l->ctx = c;
   l->max_conns = max_conns;
   l->idle_timeout = idle_timeout;

@@ -1,0 +1,130 @@
+/*
+** tls.h — TLS for luacomm on OpenSSL: contexts built from a Lua `tls`
+** options table (CONTRACT §8), and the per-connection TLS state that
+** conn.c and listener.c drive.
+**
+** Two layers:
+**  - The context builder (lc_tls_ctx_new, lc_tls_client_setup,
+**    lc_tls_reason) knows nothing about connections, so any transport
+**    can use it (evhttp + bufferevent_openssl too). This API is stable.
+**  - lc_tls: one TLS session on a non-blocking socket, read and written
+**    by conn.c in place of readv/sendmsg, with its handshake driven by
+**    its own events before the connection is handed to Lua.
+*/
+#ifndef LC_TLS_H
+#define LC_TLS_H
+
+#include <openssl/ssl.h>
+
+#include "lc.h"
+
+/* ---- contexts (stable API) ---- */
+
+/* Builds an SSL_CTX from the tls options table at opts_idx:
+**   cert, key  PEM files (certificate chain, private key); required when
+**              server is 1; on a client, sent when the server asks.
+**   ca         PEM file (or directory) to verify peers against; default
+**              the system's store.
+**   verify     client: check the server's certificate and name (default
+**              true; false logs a warning). server: require and check a
+**              client certificate (mutual TLS; default false).
+**   server_name, handshake_timeout: read by the callers, not here.
+** TLS 1.2 is the minimum. Returns the context (the caller owns it), or
+** NULL with a message "tls: ..." naming the bad file in err. Raises on
+** misuse (a field of the wrong type), like every option in luacomm. */
+SSL_CTX *lc_tls_ctx_new(lua_State *L, int opts_idx, int server, char *err, size_t errlen);
+
+/* Prepares a client SSL made from such a context: SNI for a DNS name,
+** and, when the context verifies peers, the check that the certificate
+** names server_name (an IP literal must be in its IP SANs). Returns 0,
+** or -1 with a message in err. */
+int lc_tls_client_setup(SSL *ssl, const char *server_name, char *err, size_t errlen);
+
+/* The server name to check for opts.tls at opts_idx: tls.server_name if
+** set, else host (the host part of the address being connected to). */
+const char *lc_tls_server_name(lua_State *L, int opts_idx, const char *host);
+
+/* Why a handshake or I/O call on ssl failed (ret is what it returned), as
+** "tls: <reason>" in buf: a certificate verification result when there is
+** one, else OpenSSL's first queued error, else the system error. Clears
+** OpenSSL's error queue. Returns buf. */
+const char *lc_tls_reason(SSL *ssl, int ret, char *buf, size_t len);
+
+/* ---- sessions on connections ---- */
+
+typedef struct lc_tls lc_tls;
+
+/* Called once when a handshake ends: err is NULL on success, else the
+** reason ("tls: ..."); t stays alive, the callee owns it. */
+typedef void (*lc_tls_done_fn)(lc_tls *t, const char *err, void *arg);
+
+/* A session on fd (which the caller keeps owning) made from ctx (which
+** stays the caller's; the session holds its own reference). A client
+** session checks server_name as lc_tls_client_setup says. NULL with err
+** filled when OpenSSL cannot make it. */
+lc_tls *lc_tls_new(lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name,
+                   char *err, size_t errlen);
+
+/* Starts the handshake on the session's own events (once: later calls do
+** nothing); done runs from the loop when it ends or when timeout seconds
+** (if > 0) pass. */
+void lc_tls_start(lc_tls *t, double timeout, lc_tls_done_fn done, void *arg);
+
+/* The handshake finished well: I/O may begin. */
+int lc_tls_ready(const lc_tls *t);
+
+/* Why the handshake failed ("tls: ..."), or NULL when it did not. */
+const char *lc_tls_failure(const lc_tls *t);
+
+/* Frees the session and its events, never the fd. With notify, and a
+** finished handshake, a close_notify alert is sent first (best effort). */
+void lc_tls_free(lc_tls *t, int notify);
+
+/* Decrypted input into buf, until len bytes or the socket has no more
+** (the 1-byte test knob passes len 1). Returns bytes read; 0 at the
+** peer's end of stream; -1 with errno (EAGAIN when nothing is there yet). */
+ssize_t lc_tls_read(lc_tls *t, char *buf, size_t len);
+
+/* Encrypts and sends the head of out, draining what was sent; at most cap
+** bytes. Returns bytes sent, or -1 with errno (EAGAIN: try again when
+** writable). */
+ssize_t lc_tls_write(lc_tls *t, struct evbuffer *out, size_t cap);
+
+/* Decrypted bytes OpenSSL holds that no readiness event will announce:
+** the reader must be run again by hand while this is non-zero. */
+int lc_tls_pending(const lc_tls *t);
+
+/* Pushes conn:tls()'s table: version, cipher, peer (subject CN or nil),
+** peer_names (the certificate's DNS names), verified. */
+int lc_tls_push_info(lua_State *L, const lc_tls *t);
+
+/* ---- accepting ---- */
+
+/* A listener's TLS: a context plus the handshakes it has under way. */
+typedef struct lc_tls_server lc_tls_server;
+
+/* Reads opts.tls at opts_idx (a listen options table) into a server, or
+** returns NULL: with err empty when there is no tls option, else with the
+** reason. Raises on misuse. */
+lc_tls_server *lc_tls_server_new(lua_State *L, int opts_idx, char *err, size_t errlen);
+
+/* Takes fd (just accepted) through a server handshake. On success done
+** gets fd and the session (both owned by the callee from then on); on
+** failure the connection is logged, counted in tls_failures and closed
+** here, and done gets -1, NULL (the listener may accept again). */
+typedef void (*lc_tls_accepted_fn)(evutil_socket_t fd, lc_tls *t, void *arg);
+void lc_tls_accept(lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_accepted_fn done, void *arg);
+
+/* Handshakes under way (the listener pauses accepting past its queue). */
+int lc_tls_server_inflight(const lc_tls_server *srv);
+
+/* Cancels the handshakes under way (closing their sockets) and frees. */
+void lc_tls_server_free(lc_tls_server *srv);
+
+/* ---- conn.c ---- */
+
+/* Hands the session t (handshake done) to the connection at idx, which
+** then reads and writes through it and frees it. */
+void lc_conn_set_tls(lua_State *L, int idx, lc_tls *t);
+
+#endif
