@@ -88,6 +88,10 @@ typedef struct lc_counters {
 typedef struct lc_ratelog {
   double next;   /* comm.now() time the next line may go out */
   uint64_t held; /* lines held back since the last one */
+  int level;     /* of the last one held back */
+  struct event *ev; /* logs the held-back count when nothing else does */
+  struct lc_ctx *ctx;
+  char last[256]; /* the last one held back */
 } lc_ratelog;
 
 /* Connections one listener accepted and that are still open, shared by

@@ -12,25 +12,48 @@
 #include "lc.h"
 
 /* A storm (hundreds of oversized frames, an fd shortage) must not turn
-** into a storm of log lines: one line a second, saying how many it stood
-** for. */
+** into a storm of log lines: one line a second, and the lines held back
+** are summed up in the next one, or by a timer when no next one comes, so
+** nothing goes unsaid. */
+static void emit (lc_ctx *c, lc_ratelog *r, int level, const char *msg) {
+  if (r->held > 0)
+    lc_logf(c, level, "%s (and %llu more like it in the last second)", msg, (unsigned long long)r->held);
+  else
+    lc_logf(c, level, "%s", msg);
+  r->next = lc_now() + 1;
+  r->held = 0;
+}
+
+static void on_held (evutil_socket_t fd, short what, void *arg) {
+  lc_ratelog *r = arg;
+  (void)fd, (void)what;
+  if (r->held == 0) return;
+  r->held--; /* the last one is the line itself */
+  emit(r->ctx, r, r->level, r->last);
+}
+
 void lc_lograte (lc_ctx *c, lc_ratelog *r, int level, const char *fmt, ...) {
-  char buf[768];
+  char buf[sizeof ((lc_ratelog *)0)->last];
   double now = lc_now();
   va_list ap;
-  if (now < r->next) {
-    r->held++;
-    return;
-  }
   va_start(ap, fmt);
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
-  if (r->held > 0)
-    lc_logf(c, level, "%s (and %llu more like it in the last second)", buf, (unsigned long long)r->held);
-  else
-    lc_logf(c, level, "%s", buf);
-  r->next = now + 1;
-  r->held = 0;
+  if (now >= r->next) {
+    emit(c, r, level, buf);
+    return;
+  }
+  r->held++;
+  r->level = level;
+  snprintf(r->last, sizeof r->last, "%s", buf);
+  if (r->ev == NULL) {
+    r->ctx = c;
+    if ((r->ev = evtimer_new(c->base, on_held, r)) == NULL) return;
+  }
+  if (!evtimer_pending(r->ev, NULL)) {
+    struct timeval tv = lc_timeval(r->next - now);
+    evtimer_add(r->ev, &tv);
+  }
 }
 
 /* After big buffers are gone the heap keeps their pages: Lua's garbage
@@ -59,8 +82,15 @@ void lc_big_released (lc_ctx *c) {
 /* The timer must not keep the loop alive: core.loop ends on tasks, not
 ** events, so only the context's end frees it. */
 void lc_limits_free (lc_ctx *c) {
+  lc_ratelog *all[] = {&c->rl.accept, &c->rl.refused, &c->rl.idle, &c->rl.budget, &c->rl.too_large,
+                       &c->rl.nomem};
+  size_t i;
   if (c->trim_ev) event_free(c->trim_ev);
   c->trim_ev = NULL;
+  for (i = 0; i < sizeof all / sizeof all[0]; i++) {
+    if (all[i]->ev) event_free(all[i]->ev);
+    all[i]->ev = NULL;
+  }
 }
 
 #define ctxup(L) ((lc_ctx *)lua_touserdata(L, lua_upvalueindex(1)))

@@ -130,6 +130,14 @@ describe("limits, against a host process", function()
       end
       local lines = count(p:stderr(), "idle for")
       assert.is_true(lines >= 1 and lines <= 10, lines .. " log lines")
+      -- the lines held back are summed up, none goes unsaid
+      assert(helpers.wait_until(function()
+        local said = 0
+        for line in p:stderr():gmatch("[^\n]*idle for[^\n]*") do
+          said = said + 1 + tonumber(line:match("and (%d+) more like it") or 0)
+        end
+        return said == 300
+      end, 5), p:stderr())
       assert(helpers.wait_until(function() return stats().conns == 1 end, 5)) -- only the stats connection
       assert.is_true(served(addr, "after"))
     end, '{"idle_timeout":1}')
@@ -146,6 +154,7 @@ describe("limits, against a host process", function()
       end
       local lines = count(p:stderr(), "frame announced over max_frame")
       assert.is_true(lines >= 1 and lines <= comm.now() - t0 + 2, lines .. " log lines")
+      assert(helpers.wait_until(function() return p:stderr():find("more like it") end, 5))
       assert.are.equal(300, stats().frames_too_large)
       assert.is_true(served(addr, "after"))
     end, '{"max_frame":1000}')
