@@ -64,6 +64,26 @@ describe("limits", function()
     end)
   end)
 
+  it("max_conns over TLS: a refused handshake gives its slot back", function()
+    local certs = require "tls_certs"
+    helpers.run(function()
+      local l, addr = echo_server({ max_conns = 1, tls = certs.server() })
+      for i = 1, 3 do -- plain clients the TLS handshake refuses
+        local bad = assert(comm.connect(addr))
+        bad:write("GET / HTTP/1.0\r\n\r\n")
+        assert.is_nil((bad:recv(5)))
+        bad:close()
+        local good = assert(comm.connect(addr, { tls = certs.client() }))
+        assert(good:send("tls" .. i))
+        assert.are.equal("tls" .. i, good:recv(5))
+        good:close()
+        -- the server saw the close before the next one comes
+        assert(helpers.wait_until(function() return comm.stats().conns <= 1 end, 5))
+      end
+      l:close()
+    end)
+  end)
+
   it("bad max_conns and idle_timeout raise", function()
     assert.has_error(function() comm.listen("127.0.0.1:0", { max_conns = 0 }) end)
     assert.has_error(function() comm.listen("127.0.0.1:0", { idle_timeout = -1 }) end)
