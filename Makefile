@@ -13,8 +13,11 @@ LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4
 LUA_LIB   = $(PREFIX)/lib/lua/5.4
+BINDIR    = $(PREFIX)/bin
+MANDIR    = $(PREFIX)/share/man
+DOCDIR    = $(PREFIX)/share/doc/luacomm
 
-BIND := bindings/core.c bindings/sched.c bindings/timer.c bindings/cond.c \
+BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
         bindings/tls.c bindings/tls_conn.c bindings/limits.c
 HOST := $(wildcard runtime/*.c)
@@ -37,7 +40,7 @@ $(OUT)/pic/%.o: %.c
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -fPIC -c $< -o $@
 $(OUT)/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -DLC_LIB_DIR='"$(LUA_LIB)"' -c $< -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -c $< -o $@
 
 # The module links libevent but never liblua: it uses the interpreter's Lua.
 $(OUT)/lib/luacomm/core.so: $(BIND:%.c=$(OUT)/pic/%.o)
@@ -68,10 +71,12 @@ test: deps
 test-asan:
 	@$(MAKE) --no-print-directory B=asan test
 
-# Lint: every Lua file through luacheck (.luacheckrc), and the C built with
-# -Werror (warnings are errors in CI, not in release builds).
+# Lint: every Lua file through luacheck (.luacheckrc), the C through
+# clang-format (.clang-format: one style for bindings/ and runtime/), and the
+# C built with -Werror (warnings are errors in CI, not in release builds).
 check: deps
 	luacheck -q scripts spec tools examples bench fuzz
+	clang-format --dry-run -Werror $(BIND) $(HOST) bindings/*.h runtime/*.h
 	@$(MAKE) --no-print-directory B=werror all
 
 # The examples under valgrind, with traffic and signals: nothing may be found.
@@ -86,13 +91,22 @@ demo: deps
 
 # Every .lua under scripts/ keeps its path below share/lua/5.4.
 LUA_FILES := $(shell find scripts -name '*.lua')
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LUA_LIB)/luacomm
-	install -m 755 $(OUT)/luacomm $(DESTDIR)$(PREFIX)/bin/luacomm
+# install-rock: the command and the modules (what luarocks installs, see
+# the rockspec); install adds the man page, the docs and the examples.
+install-rock: all
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LUA_LIB)/luacomm
+	install -m 755 $(OUT)/luacomm $(DESTDIR)$(BINDIR)/luacomm
 	for f in $(LUA_FILES:scripts/%=%); do \
 	  install -D -m 644 scripts/$$f $(DESTDIR)$(LUA_SHARE)/$$f || exit 1; \
 	done
 	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
+
+DOC_FILES := README.md CHANGELOG.md $(wildcard docs/*.md) $(shell find examples -type f)
+install: install-rock
+	install -D -m 644 docs/luacomm.1 $(DESTDIR)$(MANDIR)/man1/luacomm.1
+	for f in $(DOC_FILES); do \
+	  install -D -m 644 $$f $(DESTDIR)$(DOCDIR)/$$f || exit 1; \
+	done
 
 include bench/bench.mk
 include fuzz/fuzz.mk
@@ -114,4 +128,4 @@ clean:
 	rm -rf build build-asan build-werror build-fuzz
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-asan valgrind demo install clean bench bench-quick
+.PHONY: all deps check test test-asan valgrind demo install install-rock clean bench bench-quick

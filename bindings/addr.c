@@ -38,6 +38,8 @@ const char *lc_strerror (int err, char *buf, size_t size) {
   return buf;
 }
 
+/* "unix:/path" -> a; -1 when the path does not fit sun_path (the kernel
+** would silently cut it, and bind a different file). */
 static int parse_unix (const char *path, lc_addr *a) {
   struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
   size_t n = strlen(path);
@@ -84,8 +86,7 @@ const char *lc_parse_addr_opt (const char *s, int socktype, lc_addr *a, int nume
   struct evutil_addrinfo hints, *res = NULL;
   int rc;
   memset(a, 0, sizeof *a);
-  if (strncmp(s, "unix:", 5) == 0)
-    return parse_unix(s + 5, a) == 0 ? NULL : "!bad unix socket path";
+  if (strncmp(s, "unix:", 5) == 0) return parse_unix(s + 5, a) == 0 ? NULL : "!bad unix socket path";
   if (lc_split_addr(s, buf, sizeof buf, &host, &port) != 0)
     return "!address must be \"host:port\", \"[v6]:port\" or \"unix:/path\"";
   memset(&hints, 0, sizeof hints);
@@ -117,8 +118,8 @@ int lc_push_sockaddr (lua_State *L, const struct sockaddr *sa, socklen_t len) {
   if (sa->sa_family == AF_UNIX) {
     const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
     size_t n = len > offsetof(struct sockaddr_un, sun_path)
-                   ? strnlen(un->sun_path, len - offsetof(struct sockaddr_un, sun_path))
-                   : 0;
+      ? strnlen(un->sun_path, len - offsetof(struct sockaddr_un, sun_path))
+      : 0;
     lua_pushlstring(L, un->sun_path, n);
     lua_pushnil(L);
     return 2;
@@ -145,10 +146,10 @@ int lc_push_sockaddr (lua_State *L, const struct sockaddr *sa, socklen_t len) {
 /* Pushes "host:port" / "[v6]:port" / "unix:/path". */
 void lc_push_addrstring (lua_State *L, const struct sockaddr *sa, socklen_t len) {
   const char *fmt = sa->sa_family == AF_INET6 ? "[%s]:%d" : "%s:%d";
-  lc_push_sockaddr(L, sa, len);       /* host, port */
+  lc_push_sockaddr(L, sa, len); /* host, port */
   if (sa->sa_family == AF_UNIX) lua_pushfstring(L, "unix:%s", lua_tostring(L, -2));
   else lua_pushfstring(L, fmt, lua_tostring(L, -2), (int)lua_tointeger(L, -1));
-  lua_replace(L, -3);                 /* str, port */
+  lua_replace(L, -3); /* str, port */
   lua_pop(L, 1);
 }
 

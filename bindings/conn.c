@@ -32,14 +32,14 @@
 #define READ_GROW_MIN (16 * 1024 - 256)
 
 struct lc_conn {
-  lc_handle h;          /* first: the handle list hands us back this pointer */
+  lc_handle h; /* first: the handle list hands us back this pointer */
   lc_ctx *ctx;
   evutil_socket_t fd;
   struct event *rev, *wev;
   struct evbuffer *in, *out;
-  lc_waitq readers;     /* at most one task (a second reader raises) */
-  lc_waitq writers;     /* tasks held back by the high-water mark */
-  size_t want;          /* bytes of input the reader needs before waking */
+  lc_waitq readers; /* at most one task (a second reader raises) */
+  lc_waitq writers; /* tasks held back by the high-water mark */
+  size_t want;      /* bytes of input the reader needs before waking */
   size_t hwm;
   uint32_t max_frame;
   int err;              /* errno of a failed read/write/connect, or 0 */
@@ -49,69 +49,53 @@ struct lc_conn {
   unsigned dirty : 1;   /* on ctx->dirty, to flush at the end of the pass */
   unsigned closed : 1;  /* closed by the user: lingering until flushed */
   unsigned connecting : 1;
-  unsigned unread : 1;  /* closed with input nobody read */
+  unsigned unread : 1;   /* closed with input nobody read */
   unsigned draining : 1; /* closed, output sent: discarding input until EOF */
   struct lc_conn *next_dirty;
-  struct lc_conn **owner; /* the userdata's pointer to us, cleared on detach */
-  lc_tls *tls;          /* NULL on plain TCP; reads and writes go through it */
+  lc_tls *tls; /* NULL on plain TCP; reads and writes go through it */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
-  size_t counted;       /* bytes of in counted in ctx->buffered_in */
-  size_t peak_out;      /* the most out held, to know a big buffer went */
-  lc_slots *slots;      /* of the listener that accepted us, or NULL */
-  struct event *idle_ev; /* closes us after idle seconds without I/O */
+  size_t counted;          /* bytes of in counted in ctx->buffered_in */
+  size_t peak_out;         /* the most out held, to know a big buffer went */
+  lc_slots *slots;         /* of the listener that accepted us, or NULL */
+  struct event *idle_ev;   /* closes us after idle seconds without I/O */
   struct event *linger_ev; /* ends the discarding of input after close */
   double idle, last_io;
 };
 
 typedef struct lc_conn lc_conn;
 
-typedef struct {
-  const void *tag;  /* &conn_tag: the cheap type check */
-  lc_conn *s;       /* NULL once closed */
-  int user_closed;  /* closed by conn:close(), not by the core */
-} conn_ud;
+/* What this file keeps per context (lc_module_state, slot LC_MOD_CONN). */
+typedef struct conn_state {
+  lc_conn *dirty;   /* connections with output to flush after the pass */
+  char *scratch;    /* the read buffer every connection shares */
+  int lingering;    /* closed by the user, still flushing */
+  lc_waitq drained; /* tasks in core.drained(): woken as connections go */
+} conn_state;
 
-static const char conn_tag = 'C';
+#define cstate(c) ((conn_state *)(c)->mods[LC_MOD_CONN].state)
 
-/* A full userdata of our size whose first field points at conn_tag is
-** ours: no memory outside this file can hold that address by chance. This
-** skips luaL_checkudata's registry lookup by name (a strcmp) and metatable
-** fetch on every send and recv; anything else still gets its error. */
-static conn_ud *toconn (lua_State *L, int i) {
-  conn_ud *u = lua_touserdata(L, i);
-  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u &&
-      u->tag == &conn_tag)
-    return u;
-  return luaL_checkudata(L, i, LC_CONN_T);
-}
+static const lc_class conn_class;
 
-/* Using a connection one closed oneself is a programming error (it
-** raises, as for a closed file); one the core closed (the peer went away,
-** a frame too large) is a condition: NULL, and the caller returns
-** nil, "closed" — another task sharing it must not blow up. */
-static lc_conn *checkopen (lua_State *L, int i) {
-  conn_ud *u = toconn(L, i);
-  if (u->s == NULL && u->user_closed) luaL_error(L, "attempt to use a closed connection");
-  return u->s;
-}
+/* The connection behind a userdata, NULL once closed (object.c). */
+#define udconn(u) ((lc_conn *)(u)->h)
 
 #define CHECKOPEN(s, L) \
-  if (((s) = checkopen(L, 1)) == NULL) return lc_fail(L, "closed")
+  if (((s) = (lc_conn *)lc_checkopen(L, 1, &conn_class)) == NULL) return lc_fail(L, "closed")
 
 /* In a continuation, argument 1 was checked by the first call. */
-#define argconn(L) ((conn_ud *)lua_touserdata(L, 1))
+#define argconn(L) ((lc_hud *)lua_touserdata(L, 1))
 
 /* ---- lifetime ---- */
 
 static void destroy (lc_conn *s) {
   lc_ctx *c = s->ctx;
-  if (s->owner) *s->owner = NULL;
+  conn_state *cs = cstate(c);
+  lc_handle_unlink(c, &s->h);
   /* Parked tasks point into our wait queues: they must leave before the
   ** free, and find the userdata detached ("closed") when they resume. */
   lc_wake_all(c, &s->readers);
   lc_wake_all(c, &s->writers);
-  lc_handle_remove(c, &s->h);
-  c->buffered_in -= s->counted;
+  lc_limits_of(c)->buffered_in -= s->counted;
   if (s->counted >= LC_BIG_BUFFER || s->peak_out >= LC_BIG_BUFFER) lc_big_released(c);
   if (s->slots) {
     s->slots->used--;
@@ -126,18 +110,30 @@ static void destroy (lc_conn *s) {
   if (s->out) evbuffer_free(s->out);
   if (s->fd >= 0) evutil_closesocket(s->fd);
   if (s->dirty) { /* unlink from the flush list */
-    lc_conn **p = &c->dirty;
+    lc_conn **p = &cs->dirty;
     while (*p != s) p = &(*p)->next_dirty;
     *p = s->next_dirty;
   }
+  if (s->closed) cs->lingering--;
   free(s);
+  lc_wake_all(c, &cs->drained); /* they re-check their condition */
   lc_maybe_idle(c);
 }
 
+/* lc_handle.destroy: core.shutdown("all") and the context's end cut the
+** connection without flushing. */
 static void handle_destroy (lc_handle *h) {
   destroy((lc_conn *)h);
 }
 
+static void close_graceful(lc_conn *s);
+
+static void handle_close (lc_handle *h) {
+  close_graceful((lc_conn *)h);
+}
+
+/* The read event is armed only while input is wanted, so a peer that
+** sends faster than we read fills its own socket buffer, not our memory. */
 static void stop_reading (lc_conn *s) {
   if (s->reading) event_del(s->rev);
   s->reading = 0;
@@ -153,10 +149,10 @@ static void start_reading (lc_conn *s) {
   }
 }
 
-/* Keeps ctx->buffered_in true after input came or went. */
+/* Keeps the process-wide buffered_in true after input came or went. */
 static void account (lc_conn *s) {
   size_t now = evbuffer_get_length(s->in);
-  s->ctx->buffered_in += now - s->counted; /* modular: a drop subtracts */
+  lc_limits_of(s->ctx)->buffered_in += now - s->counted; /* modular: a drop subtracts */
   if (s->counted >= now + LC_BIG_BUFFER) lc_big_released(s->ctx);
   s->counted = now;
 }
@@ -165,6 +161,9 @@ static void account (lc_conn *s) {
 #define touch(s) \
   if ((s)->idle_ev) (s)->last_io = lc_now()
 
+/* A read or write failed: remember the first errno (the one the user
+** sees), stop both directions and wake everyone, whose continuations then
+** report it. */
 static void fail_io (lc_conn *s, int err) {
   lc_ctx *c = s->ctx;
   if (s->err == 0) s->err = err;
@@ -264,26 +263,39 @@ static void finish_close (lc_conn *s) {
 ** everything the pass sent goes out in one sendmsg. Outside a pass, now. */
 static void mark_dirty (lc_conn *s) {
   lc_ctx *c = s->ctx;
+  conn_state *cs = cstate(c);
   if (c->current == NULL) {
     flush(s);
     return;
   }
   if (s->dirty) return;
   s->dirty = 1;
-  s->next_dirty = c->dirty;
-  c->dirty = s;
+  s->next_dirty = cs->dirty;
+  cs->dirty = s;
 }
 
-void lc_conn_flush_dirty (lc_ctx *c) {
+/* The end-of-pass hook (lc_on_pass_end): one write per connection for all
+** the pass sent; a closed connection with nothing left goes now. */
+static void free_state (lc_ctx *c, void *state) {
+  conn_state *cs = state;
+  (void)c;
+  free(cs->scratch);
+}
+
+static void flush_dirty (lc_ctx *c) {
+  conn_state *cs = cstate(c);
   lc_conn *s;
-  while ((s = c->dirty) != NULL) {
-    c->dirty = s->next_dirty;
+  while ((s = cs->dirty) != NULL) {
+    cs->dirty = s->next_dirty;
     s->dirty = 0;
     flush(s);
     if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
   }
 }
 
+/* The socket can take more: finish a non-blocking connect (its result is
+** in SO_ERROR), or write what is left. A closed connection that has
+** flushed everything is freed here: this callback owns it then. */
 static void on_writable (evutil_socket_t fd, short what, void *arg) {
   lc_conn *s = arg;
   (void)fd, (void)what;
@@ -307,8 +319,9 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
 ** pass, as the socket would announce more. */
 static ssize_t read_tls (lc_conn *s, size_t cap) {
   lc_ctx *c = s->ctx;
-  ssize_t n = lc_tls_read(s->tls, c->scratch, cap < READ_SCRATCH ? cap : READ_SCRATCH);
-  if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) return errno = ENOMEM, -1;
+  conn_state *cs = cstate(c);
+  ssize_t n = lc_tls_read(s->tls, cs->scratch, cap < READ_SCRATCH ? cap : READ_SCRATCH);
+  if (n > 0 && evbuffer_add(s->in, cs->scratch, (size_t)n) != 0) return errno = ENOMEM, -1;
   if (lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
   return n;
 }
@@ -319,12 +332,13 @@ static ssize_t read_tls (lc_conn *s, size_t cap) {
 ** grow and trim the heap on every readiness event. */
 static ssize_t read_some (lc_conn *s) {
   lc_ctx *c = s->ctx;
+  conn_state *cs = cstate(c);
   size_t have = evbuffer_get_length(s->in), cap = c->max_io > 0 ? (size_t)c->max_io : SIZE_MAX;
   struct evbuffer_iovec vec[2];
   int direct = 0;
   ssize_t n;
   errno = ENOMEM; /* for the allocation failures below */
-  if (c->scratch == NULL && (c->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
+  if (cs->scratch == NULL && (cs->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
   if (s->tls) return read_tls(s, cap);
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
@@ -338,7 +352,7 @@ static ssize_t read_some (lc_conn *s) {
     vec[0].iov_len = rest;
     direct = 1;
   }
-  vec[direct].iov_base = c->scratch;
+  vec[direct].iov_base = cs->scratch;
   vec[direct].iov_len = READ_SCRATCH;
   if (cap < SIZE_MAX) { /* the test knob: one piece of at most cap bytes */
     if (vec[0].iov_len > cap) vec[0].iov_len = cap;
@@ -351,41 +365,48 @@ static ssize_t read_some (lc_conn *s) {
     size_t more = n > 0 ? (size_t)n - first : 0;
     vec[0].iov_len = first;
     evbuffer_commit_space(s->in, vec, first > 0 ? 1 : 0);
-    if (more > 0 && evbuffer_add(s->in, c->scratch, more) != 0) return errno = ENOMEM, -1;
-  } else if (n > 0 && evbuffer_add(s->in, c->scratch, (size_t)n) != 0) {
+    if (more > 0 && evbuffer_add(s->in, cs->scratch, more) != 0) return errno = ENOMEM, -1;
+  } else if (n > 0 && evbuffer_add(s->in, cs->scratch, (size_t)n) != 0) {
     return errno = ENOMEM, -1;
   }
   return n;
 }
 
-static void close_graceful (lc_conn *s);
+static void close_graceful(lc_conn *s);
 
 static lc_conn *largest_input (lc_ctx *c) {
   lc_handle *h;
   lc_conn *big = NULL;
   for (h = c->handles.next; h != &c->handles; h = h->next)
-    if (h->kind == LC_H_CONN && (big == NULL || ((lc_conn *)h)->counted > big->counted))
-      big = (lc_conn *)h;
+    if (h->kind == LC_H_CONN && (big == NULL || ((lc_conn *)h)->counted > big->counted)) big = (lc_conn *)h;
   return big;
 }
 
 /* Over the process-wide input budget: the connections holding the most
 ** input go first, until the rest fit. Returns 1 when s itself went. */
 static int enforce_budget (lc_ctx *c, lc_conn *s) {
+  lc_limits *lim = lc_limits_of(c);
   int self = 0;
-  while (c->buffered_in > c->input_budget) {
+  while (lim->buffered_in > lim->input_budget) {
     lc_conn *big = largest_input(c);
     if (big == NULL || big->counted == 0) break;
     c->n.budget_closed++;
-    lc_lograte(c, &c->rl.budget, LC_WARN,
+    lc_lograte(c,
+               &lim->rl.budget,
+               LC_WARN,
                "connection closed: it held %zu bytes of input, and all connections together "
-               "were over the input budget (%zu bytes)", big->counted, c->input_budget);
+               "were over the input budget (%zu bytes)",
+               big->counted,
+               lim->input_budget);
     if (big == s) self = 1;
     close_graceful(big); /* as conn:close(): its tasks see "closed" */
   }
   return self;
 }
 
+/* Moves what the kernel has into s->in and wakes the reader once its
+** frame (s->want bytes) is complete; no reader and over the hwm: stop
+** reading, so TCP pushes back on the peer. Never runs Lua. */
 static void on_readable (evutil_socket_t fd, short what, void *arg) {
   lc_conn *s = arg;
   lc_ctx *c = s->ctx;
@@ -408,7 +429,10 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
     stop_reading(s);
   } else if (errno != EAGAIN && errno != EINTR) {
     if (errno == ENOMEM) /* never silently: the peer did nothing wrong */
-      lc_lograte(c, &c->rl.nomem, LC_WARN, "connection failed: out of memory for its input (%zu bytes held)",
+      lc_lograte(c,
+                 &lc_limits_of(c)->rl.nomem,
+                 LC_WARN,
+                 "connection failed: out of memory for its input (%zu bytes held)",
                  evbuffer_get_length(s->in));
     account(s);
     fail_io(s, errno);
@@ -417,7 +441,7 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
     return;
   }
   account(s);
-  if (c->buffered_in > c->input_budget && enforce_budget(c, s)) return;
+  if (lc_limits_of(c)->buffered_in > lc_limits_of(c)->input_budget && enforce_budget(c, s)) return;
   have = evbuffer_get_length(s->in);
   if (s->readers.head) {
     if (have >= s->want || s->eof) lc_wake_one(c, &s->readers);
@@ -430,12 +454,8 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
 
 /* Pushes a connection userdata owning fd (closed on failure). */
 void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm) {
-  conn_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  lc_hud *u = lc_newhud(L, &conn_class); /* "closed" until fully built (R5) */
   lc_conn *s;
-  u->tag = &conn_tag;
-  u->user_closed = 0;
-  u->s = NULL; /* "closed" until fully built (R5) */
-  luaL_setmetatable(L, LC_CONN_T);
   s = calloc(1, sizeof *s);
   if (s == NULL) {
     evutil_closesocket(fd);
@@ -450,13 +470,13 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
   s->in = evbuffer_new();
   s->out = evbuffer_new();
   s->h.destroy = handle_destroy;
+  s->h.close = handle_close;
   lc_handle_add(c, &s->h, LC_H_CONN);
   if (!s->rev || !s->wev || !s->in || !s->out) {
     destroy(s);
     luaL_error(L, "luacomm: out of memory");
   }
-  u->s = s;
-  s->owner = &u->s;
+  lc_hud_attach(u, &s->h);
   start_reading(s);
 }
 
@@ -478,7 +498,7 @@ static void on_idle (evutil_socket_t fd, short what, void *arg) {
     return;
   }
   c->n.idle_closed++;
-  lc_lograte(c, &c->rl.idle, LC_INFO, "connection closed: idle for %g s", s->idle);
+  lc_lograte(c, &lc_limits_of(c)->rl.idle, LC_INFO, "connection closed: idle for %g s", s->idle);
   /* Nothing moved for that long: no output to wait for, no lingering. */
   destroy(s);
 }
@@ -487,8 +507,7 @@ static void on_idle (evutil_socket_t fd, short what, void *arg) {
 ** takes a share of slots (released when it goes), and an idle timeout
 ** (seconds; 0 = none). */
 void lc_conn_limit (lua_State *L, int idx, lc_slots *slots, double idle) {
-  conn_ud *u = lua_touserdata(L, idx);
-  lc_conn *s = u->s;
+  lc_conn *s = udconn(lc_tohud(L, idx, &conn_class));
   if (slots) {
     s->slots = slots;
     slots->refs++;
@@ -508,38 +527,43 @@ static uint32_t opt_max_frame (lua_State *L, int idx) {
   return (uint32_t)lc_opt_int(L, idx, "max_frame", LC_DEFAULT_MAX_FRAME, 0);
 }
 
+/* nil, the errno's text (R8 vocabulary where lc_strerror has a word). */
 static int io_error (lua_State *L, int err) {
   char buf[128];
   return lc_fail(L, lc_strerror(err, buf, sizeof buf));
 }
 
+/* The TLS handshake of a connect ended (either way): its continuation
+** reads the outcome. */
 static void tls_handshake_done (lc_tls *t, const char *err, void *arg) {
   lc_conn *s = arg;
   (void)t, (void)err;
   lc_wake_all(s->ctx, &s->readers);
 }
 
+/* Stack: addr, opts, deadline (slot kc), conn. Yields until connected, and
+** for TLS until the handshake ended. */
 static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  conn_ud *u = lua_touserdata(L, 3);
-  lc_conn *s = u->s;
-  (void)status, (void)kc;
+  lc_hud *u = lua_touserdata(L, 4);
+  lc_conn *s = udconn(u);
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed"); /* cut by core.shutdown("all") */
-  if (s->connecting && !lc_timedout(c)) return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
+  if (s->connecting && !lc_expired(L, kc)) return lc_wait(c, L, &s->readers, kc, conn_connect_k);
   if (s->connecting || s->err) {
     int err = s->connecting ? ETIMEDOUT : s->err;
-    u->s = NULL;
+    u->h = NULL;
     destroy(s);
     return io_error(L, err);
   }
   if (s->tls && !lc_tls_ready(s->tls)) { /* connected: now the TLS handshake */
     const char *why = lc_tls_failure(s->tls);
-    if (why == NULL && !lc_timedout(c)) {
+    if (why == NULL && !lc_expired(L, kc)) {
       lc_tls_start(s->tls, 0, tls_handshake_done, s);
-      return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_connect_k);
+      return lc_wait(c, L, &s->readers, kc, conn_connect_k);
     }
     lua_pushstring(L, why ? why : "timeout");
-    u->s = NULL;
+    u->h = NULL;
     destroy(s);
     return lc_fail(L, lua_tostring(L, -1));
   }
@@ -551,37 +575,38 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
 ** when there is no tls option, else with the reason. Raises on misuse. */
 static SSL_CTX *client_ctx (lua_State *L, char *err, size_t errlen) {
   SSL_CTX *ctx = NULL;
+  int top = lua_gettop(L);
   err[0] = '\0';
-  if (lua_istable(L, 2) && lua_getfield(L, 2, "tls") != LUA_TNIL) ctx = lc_tls_ctx_new(L, 3, 0, err, errlen);
-  lua_settop(L, 2);
+  if (lua_istable(L, 2) && lua_getfield(L, 2, "tls") != LUA_TNIL) ctx = lc_tls_ctx_new(L, top + 1, 0, err, errlen);
+  lua_settop(L, top);
   return ctx;
 }
 
 /* The client session on fd, checking the name opts.tls.server_name or the
 ** host part of the address (arg 1). */
-static lc_tls *client_session (lua_State *L, lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, char *err,
-                               size_t errlen) {
+static lc_tls *client_session (lua_State *L, lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, char *err, size_t errlen) {
   char buf[512];
   const char *host = NULL, *port;
   lc_tls *t;
+  int top = lua_gettop(L);
   if (lc_split_addr(lua_tostring(L, 1), buf, sizeof buf, &host, &port) != 0) host = NULL;
   lua_getfield(L, 2, "tls");
-  t = lc_tls_new(c, ctx, fd, 0, lc_tls_server_name(L, 3, host), err, errlen);
-  lua_settop(L, 2);
+  t = lc_tls_new(c, ctx, fd, 0, lc_tls_server_name(L, top + 1, host), err, errlen);
+  lua_settop(L, top);
   return t;
 }
 
 /* Creates the socket and starts connecting to a; pushes the connection
-** (at index 3) or returns nil, err. Waits until the deadline. */
-static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double deadline) {
+** (at index 4) or returns nil, err. Yields until the deadline in slot kc. */
+static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContext kc) {
   uint32_t max_frame = opt_max_frame(L, 2);
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   evutil_socket_t fd;
   char why[256];
-  conn_ud *u;
+  lc_hud *u;
   lc_tls *t = NULL;
   SSL_CTX *tctx;
-  lua_settop(L, 2);
+  lua_settop(L, 3);
   tctx = client_ctx(L, why, sizeof why); /* before the socket: it may raise */
   if (tctx == NULL && why[0] != '\0') return lc_fail(L, why);
   if ((fd = lc_socket(a, SOCK_STREAM)) < 0) {
@@ -597,41 +622,41 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, double dead
       return lc_fail(L, why);
     }
   }
-  lc_conn_push(L, c, fd, max_frame, hwm);  /* addr, opts, conn */
-  u = lua_touserdata(L, 3);
+  lc_conn_push(L, c, fd, max_frame, hwm); /* addr, opts, deadline, conn */
+  u = lua_touserdata(L, 4);
   if (t != NULL) {
-    u->s->tls = t;
-    stop_reading(u->s); /* the handshake reads first */
+    udconn(u)->tls = t;
+    stop_reading(udconn(u)); /* the handshake reads first */
   }
   if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0) {
     if (t == NULL) return 1;
-    lc_set_wait_deadline(c, deadline);
-    return conn_connect_k(L, LUA_OK, 0);
+    return conn_connect_k(L, LUA_OK, kc);
   }
   if (errno != EINPROGRESS && errno != EAGAIN) {
     int err = errno;
-    destroy(u->s);
+    destroy(udconn(u));
     return io_error(L, err);
   }
-  u->s->connecting = 1;
-  event_add(u->s->wev, NULL);
-  u->s->writing = 1;
-  return lc_wait(c, L, &u->s->readers, deadline, conn_connect_k);
+  udconn(u)->connecting = 1;
+  event_add(udconn(u)->wev, NULL);
+  udconn(u)->writing = 1;
+  return lc_wait(c, L, &udconn(u)->readers, kc, conn_connect_k);
 }
 
-/* The name lookup (userdata at index 3) answered, or its deadline passed. */
+/* Stack: addr, opts, deadline (slot kc), lookup. Yields until the name
+** lookup answered or the deadline passed. */
 static int conn_resolve_k (lua_State *L, int status, lua_KContext kc) {
   lc_ctx *c = lc_getctx(L);
-  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 3);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 4);
   const char *err = NULL;
   lc_addr a;
-  (void)status, (void)kc;
+  (void)status;
   switch (lc_lookup_result(lk, &a, &err)) {
-    case 0: return start_connect(L, c, &a, lc_wait_deadline(c));
+    case 0: return start_connect(L, c, &a, kc);
     case 1: return lc_fail(L, err);
     default:
-      if (lc_timedout(c)) return lc_fail(L, "timeout");
-      return lc_wait(c, L, lc_lookup_waiters(lk), lc_wait_deadline(c), conn_resolve_k);
+      if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+      return lc_wait(c, L, lc_lookup_waiters(lk), kc, conn_resolve_k);
   }
 }
 
@@ -648,18 +673,18 @@ static int conn_connect (lua_State *L) {
     luaL_argcheck(L, timeout >= 0, 2, "timeout must be >= 0");
   }
   lua_settop(L, 2);
-  opt_max_frame(L, 2);                               /* bad options raise now */
+  opt_max_frame(L, 2); /* bad options raise now */
   lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
   bad = lc_parse_addr_opt(where, SOCK_STREAM, &a, 1);
-  if (bad == NULL) return start_connect(L, c, &a, lc_now() + timeout);
+  lc_push_deadline(L, lc_now() + timeout); /* addr, opts, deadline */
+  if (bad == NULL) return start_connect(L, c, &a, 3);
   if (bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad[0] == LC_NEEDS_DNS[0]) {
     char buf[512];
     const char *host, *port;
     lc_split_addr(where, buf, sizeof buf, &host, &port);
     if (lc_lookup_start(L, c, host, port, SOCK_STREAM) == NULL) return lc_fail(L, lua_tostring(L, -1));
-    lc_set_wait_deadline(c, lc_now() + timeout);
-    return conn_resolve_k(L, LUA_OK, 0);
+    return conn_resolve_k(L, LUA_OK, 3);
   }
   return lc_fail(L, bad);
 }
@@ -688,13 +713,13 @@ static void push_bytes (lua_State *L, struct evbuffer *in, size_t len) {
 
 /* Oversized announcement: the connection is unusable; close it as
 ** conn:close() would, so answers to the frames before it still go out. */
-static int frame_too_large (lua_State *L, conn_ud *u) {
-  lc_conn *s = u->s;
+static int frame_too_large (lua_State *L, lc_hud *u) {
+  lc_conn *s = udconn(u);
   lc_ctx *c = s->ctx;
   c->n.frames_too_large++;
-  lc_lograte(c, &c->rl.too_large, LC_WARN, "connection closed: frame announced over max_frame (%u)",
-             s->max_frame);
-  close_graceful(s); /* detaches u->s */
+  lc_lograte(
+    c, &lc_limits_of(c)->rl.too_large, LC_WARN, "connection closed: frame announced over max_frame (%u)", s->max_frame);
+  close_graceful(s); /* detaches the userdata: u->h is NULL */
   return lc_fail(L, "frame too large");
 }
 
@@ -704,12 +729,13 @@ static void consumed (lc_conn *s) {
   start_reading(s);
 }
 
+/* Stack: conn, deadline (slot kc). Yields until a whole frame is in. */
 static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   lc_ctx *c;
   size_t have;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   c = s->ctx;
   have = evbuffer_get_length(s->in);
@@ -744,30 +770,86 @@ static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
     s->want = 4 + (size_t)len;
   }
   if (s->eof || s->err) return frame_closed_error(L, s, have);
-  if (lc_timedout(c)) return lc_fail(L, "timeout");
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(c, L, &s->readers, lc_wait_deadline(c), conn_recv_k);
+  return lc_wait(c, L, &s->readers, kc, conn_recv_k);
 }
 
 /* Common entry of the reading calls: one reader at a time. */
 static double begin_read (lua_State *L, lc_conn *s, int timeout_idx) {
   double deadline = lc_deadline(L, timeout_idx);
-  if (s->readers.head)
-    luaL_error(L, "luacomm: another task is already reading this connection");
+  if (s->readers.head) luaL_error(L, "luacomm: another task is already reading this connection");
   return deadline;
 }
 
-/* Runs k as if resumed: the first attempt and every retry share one path. */
+/* Runs k as if resumed, the deadline pushed at the top: the first attempt
+** and every retry share one path (lc_push_deadline). Every so often a task
+** whose calls never wait first gives the others a turn (lc_fair; c NULL:
+** not a call of a task's own I/O). */
 static int first_try (lua_State *L, lc_ctx *c, double deadline, lua_KFunction k) {
-  lc_set_wait_deadline(c, deadline);
-  return k(L, LUA_OK, 0);
+  lua_KContext kc = lc_push_deadline(L, deadline);
+  if (c != NULL && lc_fair(c, L)) return lua_yieldk(L, 0, kc, k);
+  return k(L, LUA_OK, kc);
 }
 
+/* conn:recv([timeout]) -> frame | nil, err. Yields until a whole frame
+** is in (conn_recv_k); results go above the arguments. */
 static int conn_recv (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
-  return first_try(L, s->ctx, deadline, conn_recv_k); /* results go above the arguments */
+  lua_settop(L, 1);
+  return first_try(L, s->ctx, deadline, conn_recv_k);
+}
+
+/* Whether recv would return without waiting: a whole frame (or an
+** oversized announcement) is buffered, or the stream ended. Otherwise,
+** when arming, sets s->want to what the next frame needs: on_readable wakes
+** the reader then (a poll must leave another reader's want alone). */
+static int frame_ready (lc_conn *s, int arming) {
+  size_t have = evbuffer_get_length(s->in);
+  if (arming) s->want = 4;
+  if (have >= 4) {
+    unsigned char h[4];
+    uint32_t len;
+    evbuffer_copyout(s->in, h, 4);
+    len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+    if (len > s->max_frame || have >= 4 + (size_t)len) return 1;
+    if (arming) s->want = 4 + (size_t)len;
+  }
+  return s->eof || s->err;
+}
+
+static int conn_readable_k (lua_State *L, int status, lua_KContext kc) {
+  lc_conn *s = udconn(argconn(L));
+  (void)status;
+  if (s == NULL || frame_ready(s, 1)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  start_reading(s);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_readable_k);
+}
+
+/* conn:readable([timeout]) -> true | nil, "timeout": waits, taking
+** nothing, until recv would return at once (a frame is in, or the stream
+** ended). The waiting task counts as the connection's reader. With a
+** timeout of 0 it answers at once and never yields (comm.select polls). */
+static int conn_readable (lua_State *L) {
+  lc_conn *s = (lc_conn *)lc_checkopen(L, 1, &conn_class); /* NULL: the core closed it */
+  double deadline;
+  if (lua_isnumber(L, 2) && lua_tonumber(L, 2) == 0) {
+    lua_pushboolean(L, s == NULL || frame_ready(s, 0));
+    return 1;
+  }
+  if (s == NULL) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  deadline = begin_read(L, s, 2);
+  lua_settop(L, 1);
+  return first_try(L, NULL, deadline, conn_readable_k);
 }
 
 /* A Lua string handed to the output buffer by reference: anchored in the
@@ -777,6 +859,9 @@ typedef struct pin {
   int ref;
 } pin;
 
+/* libevent's cleanup for a referenced string: drops the registry anchor
+** and frees the pin. It may run from evbuffer_free at the context's end,
+** which is why the pin carries the main thread, not the sender's. */
 static void unpin (const void *data, size_t len, void *arg) {
   pin *p = arg;
   (void)data, (void)len;
@@ -801,15 +886,18 @@ static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, siz
 /* Appends arg 2 (with a frame header when framed) once the output is under
 ** the high-water mark. Appending the whole frame in one step is what keeps
 ** frames from several tasks from interleaving. */
-static int do_send (lua_State *L, int framed, lua_KFunction k) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+static int do_send (lua_State *L, int framed, lua_KContext kc, lua_KFunction k) {
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
   size_t wire = len + (framed ? 4 : 0);
   if (s == NULL) return lc_fail(L, "closed");
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
-  if (evbuffer_get_length(s->out) > s->hwm) return lc_wait(s->ctx, L, &s->writers, -1, k);
+  if (evbuffer_get_length(s->out) > s->hwm) {
+    if (lc_expired(L, kc)) return lc_fail(L, "timeout"); /* send's timeout: nothing queued */
+    return lc_wait(s->ctx, L, &s->writers, kc, k);
+  }
   if (framed) {
     unsigned char h[4 + SMALL_FRAME];
     h[0] = (unsigned char)(len >> 24), h[1] = (unsigned char)(len >> 16);
@@ -834,41 +922,64 @@ static int do_send (lua_State *L, int framed, lua_KFunction k) {
   return 1;
 }
 
+/* Continuations of send/write: yield while the output is over the
+** high-water mark (backpressure), until send's deadline if it has one
+** (kc, lc_push_deadline; 0: none). */
 static int conn_send_k (lua_State *L, int status, lua_KContext kc) {
-  (void)status, (void)kc;
-  return do_send(L, 1, conn_send_k);
+  (void)status;
+  return do_send(L, 1, kc, conn_send_k);
 }
 
 static int conn_write_k (lua_State *L, int status, lua_KContext kc) {
-  (void)status, (void)kc;
-  return do_send(L, 0, conn_write_k);
+  (void)status;
+  return do_send(L, 0, kc, conn_write_k);
 }
 
-/* conn:send(frame) -> true | nil, err. Yields while over the hwm. */
+/* conn:send(frame, [timeout]) -> true | nil, err. Yields while over the
+** hwm, at most timeout seconds ("timeout": the frame was not queued). */
 static int conn_send (lua_State *L) {
+  lc_conn *s;
+  size_t len;
+  lua_KContext kc;
+  CHECKOPEN(s, L);
+  luaL_checklstring(L, 2, &len);
+  kc = lua_isnoneornil(L, 3) ? 0 : lc_push_deadline(L, lc_deadline(L, 3));
+  if (len > s->max_frame) return lc_fail(L, "frame too large");
+  if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, kc, conn_send_k); /* the others' turn first */
+  return conn_send_k(L, LUA_OK, kc);
+}
+
+/* conn:try_send(frame) -> true | nil, "full" (over the hwm: nothing
+** queued) | nil, err. Never yields. */
+static int conn_try_send (lua_State *L) {
   lc_conn *s;
   size_t len;
   CHECKOPEN(s, L);
   luaL_checklstring(L, 2, &len);
+  lua_settop(L, 2);
   if (len > s->max_frame) return lc_fail(L, "frame too large");
-  return conn_send_k(L, LUA_OK, 0);
+  if (!s->err && !s->closed && evbuffer_get_length(s->out) > s->hwm) return lc_fail(L, "full");
+  return do_send(L, 1, 0, conn_send_k);
 }
 
+/* conn:write(data) -> true | nil, err: raw bytes, no header. */
 static int conn_write (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
   luaL_checkstring(L, 2);
   lua_settop(L, 2);
+  if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, 0, conn_write_k);
   return conn_write_k(L, LUA_OK, 0);
 }
 
 /* ---- raw reads ---- */
 
+/* Stack: conn, n, deadline (slot kc). Yields until n bytes are in. */
 static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   size_t n = (size_t)lua_tointeger(L, 2), have;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   have = evbuffer_get_length(s->in);
   if (have >= n) {
@@ -878,9 +989,9 @@ static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
   }
   s->want = n;
   if (s->eof || s->err) return frame_closed_error(L, s, have);
-  if (lc_timedout(s->ctx)) return lc_fail(L, "timeout");
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), conn_read_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_read_k);
 }
 
 /* conn:read(n, [timeout]) -> exactly n bytes | nil, err */
@@ -895,12 +1006,13 @@ static int conn_read (lua_State *L) {
   return first_try(L, s->ctx, deadline, conn_read_k);
 }
 
+/* Stack: conn, deadline (slot kc). Yields until a whole line is in. */
 static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
-  conn_ud *u = argconn(L);
-  lc_conn *s = u->s;
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u);
   struct evbuffer_ptr eol;
   size_t eol_len = 0, have;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   have = evbuffer_get_length(s->in);
   eol = evbuffer_search_eol(s->in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
@@ -921,9 +1033,9 @@ static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
     return 1;
   }
   if (s->eof || s->err) return frame_closed_error(L, s, 0);
-  if (lc_timedout(s->ctx)) return lc_fail(L, "timeout");
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), conn_readline_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_readline_k);
 }
 
 /* conn:readline([timeout]) -> line without "\n" / "\r\n" | nil, err */
@@ -940,8 +1052,8 @@ static int conn_readline (lua_State *L) {
 /* Idempotent (R6). Unsent output is still flushed: the lc_conn lingers,
 ** detached from the userdata, until it is written or the peer is gone. */
 static void close_graceful (lc_conn *s) {
-  if (s->owner) *s->owner = NULL;
-  s->owner = NULL;
+  lc_handle_detach(&s->h);
+  if (!s->closed) cstate(s->ctx)->lingering++;
   s->closed = 1;
   stop_reading(s);
   if (evbuffer_get_length(s->in) > 0) s->unread = 1;
@@ -953,20 +1065,40 @@ static void close_graceful (lc_conn *s) {
   if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
 }
 
+/* close(), __close, __gc: idempotent (object.c); see close_graceful. */
 static int conn_close (lua_State *L) {
-  conn_ud *u = toconn(L, 1);
-  u->user_closed = 1;
-  if (u->s) close_graceful(u->s);
-  return 0;
+  return lc_hud_close(L, &conn_class);
 }
 
 /* Closed connections still flushing what was sent before close(). */
 int lc_conn_lingering (lc_ctx *c) {
-  lc_handle *h;
-  int n = 0;
-  for (h = c->handles.next; h != &c->handles; h = h->next)
-    if (h->kind == LC_H_CONN && ((lc_conn *)h)->closed) n++;
-  return n;
+  return cstate(c)->lingering;
+}
+
+/* Stack: what, deadline (slot kc). */
+static int drained_k (lua_State *L, int status, lua_KContext kc) {
+  lc_ctx *c = lc_getctx(L);
+  int what = (int)lua_tointeger(L, 1);
+  (void)status;
+  if ((what == 0 ? c->nhandles[LC_H_CONN] : cstate(c)->lingering) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  return lc_wait(c, L, &cstate(c)->drained, kc, drained_k);
+}
+
+/* core.drained(what, [timeout]) -> true | nil, "timeout". Blocks the task
+** until no connection is left ("conns") or none is still flushing after its
+** close ("lingering"): the core wakes it as connections go, instead of a
+** graceful stop polling the counts. */
+static int conn_drained (lua_State *L) {
+  static const char *const whats[] = {"conns", "lingering", NULL};
+  int what = luaL_checkoption(L, 1, NULL, whats);
+  double deadline = lc_deadline(L, 2);
+  lua_settop(L, 0);
+  lua_pushinteger(L, what);
+  return first_try(L, NULL, deadline, drained_k);
 }
 
 /* For a graceful stop: every connection closes as conn:close() would. */
@@ -983,6 +1115,7 @@ int lc_conn_close_all (lc_ctx *c) {
   return n;
 }
 
+/* host, port of one end (getpeername/getsockname). */
 static int push_name (lua_State *L, int peer) {
   lc_conn *s;
   CHECKOPEN(s, L);
@@ -1007,6 +1140,7 @@ static void setnum (lua_State *L, const char *k, uint64_t v) {
   lua_setfield(L, -2, k);
 }
 
+/* conn:stats() -> this connection's counters and what its buffers hold. */
 static int conn_stats (lua_State *L) {
   lc_conn *s;
   CHECKOPEN(s, L);
@@ -1032,27 +1166,27 @@ static int conn_tls (lua_State *L) {
 }
 
 void lc_conn_set_tls (lua_State *L, int idx, lc_tls *t) {
-  lc_conn *s = toconn(L, idx)->s;
+  lc_conn *s = udconn(lc_tohud(L, idx, &conn_class));
   s->tls = t;
   if (lc_tls_pending(t)) event_active(s->rev, EV_READ, 0);
 }
 
+/* conn:closed() -> true once closed by either side of the seam. */
 static int conn_is_closed (lua_State *L) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
-  lua_pushboolean(L, u->s == NULL);
+  lua_pushboolean(L, lc_tohud(L, 1, &conn_class)->h == NULL);
   return 1;
 }
 
-static int conn_tostring (lua_State *L) {
-  conn_ud *u = luaL_checkudata(L, 1, LC_CONN_T);
-  if (u->s == NULL) lua_pushliteral(L, "luacomm.conn (closed)");
-  else lua_pushfstring(L, "luacomm.conn (fd %d)", (int)u->s->fd);
-  return 1;
+/* For __tostring. */
+static evutil_socket_t conn_fd (lc_handle *h) {
+  return ((lc_conn *)h)->fd;
 }
 
 static const luaL_Reg conn_methods[] = {
   {"send", conn_send},
+  {"try_send", conn_try_send},
   {"recv", conn_recv},
+  {"readable", conn_readable},
   {"write", conn_write},
   {"read", conn_read},
   {"readline", conn_readline},
@@ -1062,32 +1196,30 @@ static const luaL_Reg conn_methods[] = {
   {"stats", conn_stats},
   {"closed", conn_is_closed},
   {"tls", conn_tls},
-  {NULL, NULL}
-};
-
-static const luaL_Reg conn_metameth[] = {
-  {"__index", NULL},
-  {"__gc", conn_close},
-  {"__close", conn_close},
-  {"__tostring", conn_tostring},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg conn_funcs[] = {
   {"connect", conn_connect},
-  {NULL, NULL}
+  {"drained", conn_drained},
+  {NULL, NULL},
+};
+
+static const lc_class conn_class = {
+  .name = LC_CONN_T,
+  .what = "connection",
+  .methods = conn_methods,
+  .funcs = conn_funcs,
+  .close = conn_close,
+  .fd = conn_fd,
 };
 
 /* Module table at -2, ctx at -1; both stay. */
 int lc_conn_open (lua_State *L) {
-  luaL_newmetatable(L, LC_CONN_T);
-  luaL_setfuncs(L, conn_metameth, 0);
-  luaL_newlibtable(L, conn_methods);
-  luaL_setfuncs(L, conn_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushvalue(L, -2);
-  luaL_setfuncs(L, conn_funcs, 0);
-  lua_pop(L, 1);
+  lc_ctx *c = lua_touserdata(L, -1);
+  if (lc_module_state(c, LC_MOD_CONN, sizeof(conn_state), free_state) == NULL)
+    return luaL_error(L, "luacomm: out of memory");
+  if (lc_on_pass_end(c, flush_dirty) != 0) return luaL_error(L, "luacomm: too many end-of-pass hooks");
+  lc_newclass(L, &conn_class);
   return 0;
 }

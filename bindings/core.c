@@ -18,23 +18,38 @@
 ** flush, a timer whose userdata is gone) is cut before the base goes. */
 static int ctx_gc (lua_State *L) {
   lc_ctx *c = lua_touserdata(L, 1);
+  int k;
   while (c->handles.next != &c->handles) c->handles.next->destroy(c->handles.next);
   if (c->drain_ev) event_free(c->drain_ev); /* no task may run from here on */
   c->drain_ev = NULL;
   c->L = NULL;
-  lc_resolver_free(c);
-  lc_limits_free(c);
-  free(c->scratch);
-  c->scratch = NULL;
+  for (k = LC_MODS - 1; k >= 0; k--) { /* with the base still there: evdns needs it */
+    lc_module *m = &c->mods[k];
+    if (m->state == NULL) continue;
+    if (m->fini) m->fini(c, m->state);
+    free(m->state);
+    m->state = NULL;
+  }
   if (c->own_base && c->base) event_base_free(c->base);
   c->base = NULL;
   return 0;
 }
 
+const char *const lc_level_names[] = {"debug", "info", "warn", "error", NULL};
+
+/* The level named name, or -1 when there is none. */
+int lc_level_from (const char *name) {
+  int i;
+  for (i = 0; lc_level_names[i]; i++)
+    if (strcmp(name, lc_level_names[i]) == 0) return i;
+  return -1;
+}
+
+/* The sink under stock Lua. Filtering is not its business: the core has
+** already dropped what is below its level. */
 static void stderr_log (void *ud, int level, const char *msg, size_t len) {
-  static const char *const names[] = {"debug", "info", "warn", "error"};
   (void)ud;
-  fprintf(stderr, "[%s] %.*s\n", names[level], (int)len, msg);
+  fprintf(stderr, "[%s] %.*s\n", lc_level_names[level], (int)len, msg);
 }
 
 /* libevent's timers otherwise run on CLOCK_MONOTONIC_COARSE, which lags
@@ -97,6 +112,14 @@ int lc_fail (lua_State *L, const char *err) {
   return 2;
 }
 
+/* For a host: where records go, and the level to start with (Lua may
+** change it with core.log_level; the sink never filters on its own). */
+void lc_set_log (lc_ctx *c, lc_log_fn fn, void *ud, int level) {
+  c->log = fn;
+  c->log_ud = ud;
+  c->log_level = level;
+}
+
 void lc_logf (lc_ctx *c, int level, const char *fmt, ...) {
   char buf[1024];
   va_list ap;
@@ -126,6 +149,29 @@ void lc_handle_remove (lc_ctx *c, lc_handle *h) {
   c->nhandles[h->kind]--;
 }
 
+/*
+** The state a file keeps in this context under slot, created zeroed on
+** first use; NULL when out of memory. The context owns it: fini (may be
+** NULL) releases what it holds, then it is freed, when the context ends.
+*/
+void *lc_module_state (lc_ctx *c, int slot, size_t size, lc_fini_fn fini) {
+  lc_module *m = &c->mods[slot];
+  if (m->state == NULL && (m->state = calloc(1, size)) != NULL) m->fini = fini;
+  return m->state;
+}
+
+/* Adds fn to the hooks run at the end of every scheduler pass, once (a
+** module opened twice registers once). -1 when LC_MAX_PASS_HOOKS are taken:
+** a build error of ours, which the caller raises. */
+int lc_on_pass_end (lc_ctx *c, lc_pass_fn fn) {
+  int i;
+  for (i = 0; i < c->npass_end; i++)
+    if (c->pass_end[i] == fn) return 0;
+  if (c->npass_end == LC_MAX_PASS_HOOKS) return -1;
+  c->pass_end[c->npass_end++] = fn;
+  return 0;
+}
+
 /* opts[k] as an integer >= min, or def when opts (at idx) or the field is nil. */
 int lc_opt_int (lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min) {
   lua_Integer v = def;
@@ -133,8 +179,7 @@ int lc_opt_int (lua_State *L, int idx, const char *k, lua_Integer def, lua_Integ
     if (lua_getfield(L, idx, k) != LUA_TNIL) {
       int isnum;
       v = lua_tointegerx(L, -1, &isnum);
-      if (!isnum || v < min)
-        luaL_error(L, "bad option '%s' (an integer >= %d expected)", k, (int)min);
+      if (!isnum || v < min) luaL_error(L, "bad option '%s' (an integer >= %d expected)", k, (int)min);
     }
     lua_pop(L, 1);
   }
@@ -143,21 +188,35 @@ int lc_opt_int (lua_State *L, int idx, const char *k, lua_Integer def, lua_Integ
 
 #define ctxup(L) ((lc_ctx *)lua_touserdata(L, lua_upvalueindex(1)))
 
+/* core.log(level, msg): hands msg to the sink when level is not filtered. */
 static int core_log (lua_State *L) {
-  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
   lc_ctx *c = ctxup(L);
-  int level = luaL_checkoption(L, 1, NULL, levels);
+  int level = luaL_checkoption(L, 1, NULL, lc_level_names);
   size_t len;
   const char *msg = luaL_checklstring(L, 2, &len);
   if (level >= c->log_level) c->log(c->log_ud, level, msg, len);
   return 0;
 }
 
+/* core.log_level([level]) -> name, rank: sets the one minimum level there
+** is and returns it; rank (1 = debug) lets Lua skip formatting a record
+** the core would drop anyway. */
 static int core_log_level (lua_State *L) {
-  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
   lc_ctx *c = ctxup(L);
-  if (!lua_isnoneornil(L, 1)) c->log_level = luaL_checkoption(L, 1, NULL, levels);
-  lua_pushstring(L, levels[c->log_level]);
+  if (!lua_isnoneornil(L, 1)) c->log_level = luaL_checkoption(L, 1, NULL, lc_level_names);
+  lua_pushstring(L, lc_level_names[c->log_level]);
+  lua_pushinteger(L, c->log_level + 1);
+  return 2;
+}
+
+/* core.log_levels() -> {"debug", ...}: the names, in rank order. */
+static int core_log_levels (lua_State *L) {
+  int i;
+  lua_createtable(L, 4, 0);
+  for (i = 0; lc_level_names[i]; i++) {
+    lua_pushstring(L, lc_level_names[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
   return 1;
 }
 
@@ -188,27 +247,71 @@ static int core_stats (lua_State *L) {
   setcount(L, "idle_closed", c->n.idle_closed);
   setcount(L, "budget_closed", c->n.budget_closed);
   setcount(L, "frames_too_large", c->n.frames_too_large);
-  setcount(L, "buffered_in", (uint64_t)c->buffered_in);
+  setcount(L, "buffered_in", (uint64_t)lc_limits_of(c)->buffered_in);
   setcount(L, "tls_failures", c->n.tls_failures);
   return 1;
 }
 
-/* core.count(name): bumps a process counter the Lua layer owns. */
+/* core.count(name): bumps one of the counters only the Lua layer can
+** tell (a reload's outcome is known in host.lua). Everything else the core
+** counts itself, where it happens. */
 static int core_count (lua_State *L) {
-  static const char *const names[] = {"reloads", "reload_failures", "task_errors", NULL};
+  static const char *const names[] = {"reloads", "reload_failures", NULL};
   lc_ctx *c = ctxup(L);
-  switch (luaL_checkoption(L, 1, NULL, names)) {
-    case 0: c->n.reloads++; break;
-    case 1: c->n.reload_failures++; break;
-    default: c->n.task_errors++; break;
-  }
+  if (luaL_checkoption(L, 1, NULL, names) == 0) c->n.reloads++;
+  else c->n.reload_failures++;
   return 0;
 }
 
-static int core_task_budget (lua_State *L) {
-  lc_ctx *c = ctxup(L);
-  if (!lua_isnoneornil(L, 1)) c->task_budget = luaL_checknumber(L, 1);
-  lua_pushnumber(L, c->task_budget);
+/* ---- the host's hooks ---- */
+
+static const char *const host_hooks[] = {"signal", "stop", "stopping", "reload", NULL};
+
+/*
+** core.set_host{ signal = fn, stop = fn, stopping = fn, reload = fn }: the
+** one place a host plugs into the library (scripts/luacomm/host.lua).
+** signal(name) runs in a task of its own for SIGHUP/SIGTERM/SIGINT;
+** comm.stop, comm.stopping and comm.reload call the others. Replaces any
+** earlier set; an unknown key or a non-function raises.
+*/
+static int core_set_host (lua_State *L) {
+  int i;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_createtable(L, 0, 4);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) { /* t, hooks, key, value */
+    luaL_argcheck(L, lua_type(L, -2) == LUA_TSTRING, 1, "hook names are strings");
+    for (i = 0; host_hooks[i] && strcmp(host_hooks[i], lua_tostring(L, -2)) != 0; i++) {}
+    if (host_hooks[i] == NULL)
+      return luaL_error(L, "bad argument #1 to 'set_host' (unknown hook '%s')", lua_tostring(L, -2));
+    luaL_argexpected(L, lua_isfunction(L, -1), 1, "functions");
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2); /* t, hooks, key, key, value */
+    lua_rawset(L, -4);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, LC_HOST_KEY);
+  return 0;
+}
+
+/* Pushes the host's hook name and returns 1, or pushes nothing and returns
+** 0 when no host set one. */
+int lc_push_host_hook (lua_State *L, const char *name) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LC_HOST_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (lua_getfield(L, -1, name) != LUA_TFUNCTION) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* core.host(name) -> the host's hook, or nil (stock Lua). */
+static int core_host (lua_State *L) {
+  const char *name = host_hooks[luaL_checkoption(L, 1, NULL, host_hooks)];
+  if (!lc_push_host_hook(L, name)) lua_pushnil(L);
   return 1;
 }
 
@@ -263,20 +366,22 @@ static int core_versions (lua_State *L) {
 static const luaL_Reg core_funcs[] = {
   {"log", core_log},
   {"log_level", core_log_level},
+  {"log_levels", core_log_levels},
   {"stats", core_stats},
   {"count", core_count},
-  {"task_budget", core_task_budget},
+  {"set_host", core_set_host},
+  {"host", core_host},
   {"versions", core_versions},
   {"shutdown", core_shutdown},
   {"max_io", core_max_io},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 int luaopen_luacomm_core (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
   luaL_checkversion(L);
   lua_newtable(L);
-  lua_pushlightuserdata(L, c);        /* mod, ctx */
+  lua_pushlightuserdata(L, c); /* mod, ctx */
   lc_sched_open(L);
   lc_timer_open(L);
   lc_cond_open(L);
@@ -285,8 +390,8 @@ int luaopen_luacomm_core (lua_State *L) {
   lc_udp_open(L);
   lc_limits_open(L);
   lua_pushvalue(L, -1);
-  lua_insert(L, -3);                  /* ctx, mod, ctx */
-  luaL_setfuncs(L, core_funcs, 1);    /* ctx, mod */
+  lua_insert(L, -3);               /* ctx, mod, ctx */
+  luaL_setfuncs(L, core_funcs, 1); /* ctx, mod */
   lua_remove(L, -2);
   return 1;
 }

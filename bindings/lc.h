@@ -26,6 +26,8 @@
 /* Registry keys. Strings, not addresses of statics, so that two copies of
 ** the code (host and a stray core.so) would still share one context. */
 #define LC_CTX_KEY "luacomm.ctx"
+/* The host's hooks (core.set_host): a table of functions. */
+#define LC_HOST_KEY "luacomm.host"
 
 /* Userdata type names (R4). */
 #define LC_TASK_T "luacomm.task"
@@ -50,10 +52,13 @@
 #define lc_closethread(co, from) ((void)(from), lua_resetthread(co))
 #endif
 
+/* Log levels. The core owns the minimum level (ctx->log_level); a sink only
+** formats and writes what it is handed. lc_level_names (core.c) is the one
+** spelling of the names, NULL-terminated for luaL_checkoption. */
 enum lc_level { LC_DEBUG, LC_INFO, LC_WARN, LC_ERROR };
+extern const char *const lc_level_names[];
 
 typedef struct lc_ctx lc_ctx;
-struct evdns_base;
 typedef struct lc_task lc_task;
 
 /* A FIFO of parked tasks. Embedded in whatever they wait on. */
@@ -65,13 +70,49 @@ typedef struct lc_waitq {
 ** must find: listeners, connections, UDP sockets, timers. */
 typedef struct lc_handle {
   struct lc_handle *prev, *next;
-  int kind;                               /* LC_H_* */
-  void (*destroy)(struct lc_handle *h);   /* frees it at once, no flush */
+  struct lc_handle **owner;             /* its userdata's pointer (lc_hud.h), or NULL */
+  int kind;                             /* LC_H_* */
+  void (*destroy)(struct lc_handle *h); /* frees it at once, no flush */
+  void (*close)(struct lc_handle *h);   /* close() from Lua: may linger to flush */
 } lc_handle;
+
+/* A userdata type (object.c): one metatable shape for all of them. */
+typedef struct lc_class {
+  const char *name; /* LC_*_T */
+  const char *what; /* "connection": "attempt to use a closed ..." */
+  const luaL_Reg *methods;
+  const luaL_Reg *funcs;               /* module functions (ctx as upvalue 1), or NULL */
+  lua_CFunction close;                 /* close(), __close, and __gc unless gc is set (R6) */
+  lua_CFunction gc;                    /* or NULL */
+  lua_CFunction tostring;              /* or NULL: "name (fd N)" with fd, else "name (0x...)" */
+  evutil_socket_t (*fd)(lc_handle *h); /* handle classes only, else NULL */
+} lc_class;
+
+/* What Lua holds of a handle that may outlive its userdata (object.c). */
+typedef struct lc_hud {
+  const lc_class *cls; /* first: the cheap type check of lc_tohud */
+  lc_handle *h;        /* NULL once closed */
+  int user_closed;     /* closed by close(), not by the core */
+} lc_hud;
 
 enum { LC_H_LISTENER, LC_H_CONN, LC_H_UDP, LC_H_TIMER, LC_H_KINDS };
 
 typedef void (*lc_log_fn)(void *ud, int level, const char *msg, size_t len);
+
+/* State a file keeps per context, behind its own slot: lc_ctx knows the
+** slot, not the type (conn.c's read buffer and flush list, resolve.c's
+** resolver). Freed by fini, then free(), when the context ends. */
+enum { LC_MOD_CONN, LC_MOD_RESOLVE, LC_MOD_LIMITS, LC_MODS };
+typedef void (*lc_fini_fn)(lc_ctx *c, void *state);
+typedef struct lc_module {
+  void *state;
+  lc_fini_fn fini;
+} lc_module;
+
+/* Runs after every scheduler pass, once the pass's tasks have run (conn.c
+** flushes the output the pass queued, in one write per connection). */
+typedef void (*lc_pass_fn)(lc_ctx *c);
+#define LC_MAX_PASS_HOOKS 4
 
 typedef struct lc_counters {
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
@@ -81,18 +122,31 @@ typedef struct lc_counters {
   uint64_t idle_closed;      /* idle_timeout passed */
   uint64_t budget_closed;    /* cut to keep input under the budget */
   uint64_t frames_too_large; /* announced over max_frame */
-  uint64_t tls_failures; /* accepted connections whose TLS handshake failed */
+  uint64_t tls_failures;     /* accepted connections whose TLS handshake failed */
 } lc_counters;
 
 /* One warning line a second at most (limits.c). */
 typedef struct lc_ratelog {
-  double next;   /* comm.now() time the next line may go out */
-  uint64_t held; /* lines held back since the last one */
-  int level;     /* of the last one held back */
+  double next;      /* comm.now() time the next line may go out */
+  uint64_t held;    /* lines held back since the last one */
+  int level;        /* of the last one held back */
   struct event *ev; /* logs the held-back count when nothing else does */
   struct lc_ctx *ctx;
   char last[256]; /* the last one held back */
 } lc_ratelog;
+
+/* limits.c's state (slot LC_MOD_LIMITS, made when the module opens): the
+** process-wide input budget, and the rate of the core's warnings. */
+typedef struct lc_limits {
+  size_t buffered_in;    /* input bytes every connection holds, together */
+  size_t input_budget;   /* ... and how many they may hold (core.limits) */
+  struct event *trim_ev; /* gives memory back after big buffers */
+  struct {
+    lc_ratelog accept, refused, idle, budget, too_large, nomem;
+  } rl;
+} lc_limits;
+
+#define lc_limits_of(c) ((lc_limits *)(c)->mods[LC_MOD_LIMITS].state)
 
 /* Connections one listener accepted and that are still open, shared by
 ** the listener and those connections so that either may go first. */
@@ -108,27 +162,21 @@ struct lc_ctx {
   lua_State *mainL;       /* the state's main thread: for registry work anywhere */
   struct event *drain_ev; /* drains the ready queue */
   lc_waitq ready;
-  lc_task *current;     /* task being resumed, or NULL */
-  int running;          /* inside core.loop */
-  int draining;         /* inside the ready queue's pass */
-  int stopping;         /* comm.stop() was called */
-  lc_task *run_task;    /* that task, weakly */
-  int live_tasks;       /* spawned, not finished */
-  int sleepers;         /* tasks parked with a deadline */
-  lc_handle handles;    /* sentinel of a circular list */
+  lc_task *current;  /* task being resumed, or NULL */
+  int running;       /* inside core.loop */
+  int draining;      /* inside the ready queue's pass */
+  int stopping;      /* comm.stop() was called */
+  lc_task *run_task; /* that task, weakly */
+  int live_tasks;    /* spawned, not finished */
+  int sleepers;      /* tasks parked with a deadline */
+  lc_handle handles; /* sentinel of a circular list */
   int nhandles[LC_H_KINDS];
-  struct lc_conn *dirty;   /* connections with output to flush after the pass */
   lc_counters n;
-  int max_io;           /* test knob: cap every read/write at this many bytes */
-  char *scratch;        /* conn.c's read buffer, shared by every connection */
-  struct evdns_base *dns; /* resolve.c's resolver, created on first use */
-  double task_budget;   /* seconds a task may run without yielding; 0 = off */
-  size_t buffered_in;   /* input bytes every connection holds, together */
-  size_t input_budget;  /* ... and how many they may hold (core.limits) */
-  struct event *trim_ev; /* limits.c: gives memory back after big buffers */
-  struct {
-    lc_ratelog accept, refused, idle, budget, too_large, nomem;
-  } rl;
+  int max_io;                             /* test knob: cap every read/write at this many bytes */
+  lc_module mods[LC_MODS];                /* per-file state, see lc_module_state */
+  lc_pass_fn pass_end[LC_MAX_PASS_HOOKS]; /* see lc_on_pass_end */
+  int npass_end;
+  double task_budget; /* seconds a task may run without yielding; 0 = off */
   lc_log_fn log;
   void *log_ud;
   int log_level;
@@ -140,18 +188,53 @@ void lc_set_base(lua_State *L, struct event_base *base);
 struct event_base *lc_event_base_new(void);
 int lc_fail(lua_State *L, const char *err);
 void lc_logf(lc_ctx *c, int level, const char *fmt, ...);
+int lc_level_from(const char *name);
+void lc_set_log(lc_ctx *c, lc_log_fn fn, void *ud, int level);
 double lc_now(void);
 struct timeval lc_timeval(double seconds);
 void lc_handle_add(lc_ctx *c, lc_handle *h, int kind);
 void lc_handle_remove(lc_ctx *c, lc_handle *h);
+void *lc_module_state(lc_ctx *c, int slot, size_t size, lc_fini_fn fini);
+int lc_on_pass_end(lc_ctx *c, lc_pass_fn fn);
+int lc_push_host_hook(lua_State *L, const char *name);
 int lc_opt_int(lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min);
 int luaopen_luacomm_core(lua_State *L);
 
+/* ---- object.c ---- */
+void lc_newclass(lua_State *L, const lc_class *k);
+lc_hud *lc_newhud(lua_State *L, const lc_class *k);
+void lc_hud_attach(lc_hud *u, lc_handle *h);
+int lc_hud_close(lua_State *L, const lc_class *k);
+void lc_handle_detach(lc_handle *h);
+void lc_handle_unlink(lc_ctx *c, lc_handle *h);
+
+/* Inline: they run on every send and recv.
+**
+** The userdata of class k at i. A full userdata of our size whose first
+** field is the class's address is ours (no other memory holds that
+** address): this skips luaL_checkudata's registry lookup by name on every
+** send and recv; anything else still gets luaL_checkudata's error. */
+static inline lc_hud *lc_tohud (lua_State *L, int i, const lc_class *k) {
+  lc_hud *u = lua_touserdata(L, i);
+  if (u != NULL && lua_type(L, i) == LUA_TUSERDATA && lua_rawlen(L, i) == sizeof *u && u->cls == k) return u;
+  return luaL_checkudata(L, i, k->name);
+}
+
+/* Using an object one closed oneself is a programming error (it raises,
+** as for a closed file); one the core closed (the peer went away, a frame
+** too large, a graceful stop) is a condition: NULL, and the caller returns
+** nil, "closed" — another task sharing it must not blow up. */
+static inline lc_handle *lc_checkopen (lua_State *L, int i, const lc_class *k) {
+  lc_hud *u = lc_tohud(L, i, k);
+  if (u->h == NULL && u->user_closed) luaL_error(L, "attempt to use a closed %s", k->what);
+  return u->h;
+}
+
 /* ---- sched.c ---- */
-int lc_wait(lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k);
-int lc_timedout(lc_ctx *c);
-double lc_wait_deadline(lc_ctx *c);
-void lc_set_wait_deadline(lc_ctx *c, double deadline);
+int lc_wait(lc_ctx *c, lua_State *L, lc_waitq *q, lua_KContext kc, lua_KFunction k);
+lua_KContext lc_push_deadline(lua_State *L, double deadline);
+double lc_kdeadline(lua_State *L, lua_KContext kc);
+int lc_expired(lua_State *L, lua_KContext kc);
 void lc_wake(lc_ctx *c, lc_task *t);
 void lc_wake_one(lc_ctx *c, lc_waitq *q);
 void lc_wake_all(lc_ctx *c, lc_waitq *q);
@@ -159,6 +242,7 @@ double lc_deadline(lua_State *L, int idx);
 void lc_waitq_remove(lc_waitq *q, lc_task *t);
 int lc_spawn_top(lua_State *L, int nargs);
 void lc_maybe_idle(lc_ctx *c);
+int lc_fair(lc_ctx *c, lua_State *L);
 int lc_sched_open(lua_State *L);
 
 /* ---- addr.c ---- */
@@ -180,12 +264,10 @@ typedef struct lc_lookup lc_lookup;
 lc_lookup *lc_lookup_start(lua_State *L, lc_ctx *c, const char *host, const char *port, int socktype);
 lc_waitq *lc_lookup_waiters(lc_lookup *lk);
 int lc_lookup_result(lc_lookup *lk, lc_addr *a, const char **err);
-void lc_resolver_free(lc_ctx *c);
 
 /* ---- limits.c ---- */
 void lc_lograte(lc_ctx *c, lc_ratelog *r, int level, const char *fmt, ...);
 void lc_big_released(lc_ctx *c);
-void lc_limits_free(lc_ctx *c);
 int lc_limits_open(lua_State *L);
 
 /* ---- timer.c, cond.c, conn.c, listener.c, udp.c, addr.c ---- */
@@ -194,7 +276,6 @@ int lc_cond_open(lua_State *L);
 int lc_conn_open(lua_State *L);
 int lc_listener_open(lua_State *L);
 int lc_udp_open(lua_State *L);
-void lc_conn_flush_dirty(lc_ctx *c);
 int lc_conn_close_all(lc_ctx *c);
 int lc_conn_lingering(lc_ctx *c);
 void lc_conn_push(lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm);

@@ -16,10 +16,8 @@
 ** are summed up in the next one, or by a timer when no next one comes, so
 ** nothing goes unsaid. */
 static void emit (lc_ctx *c, lc_ratelog *r, int level, const char *msg) {
-  if (r->held > 0)
-    lc_logf(c, level, "%s (and %llu more like it in the last second)", msg, (unsigned long long)r->held);
-  else
-    lc_logf(c, level, "%s", msg);
+  if (r->held > 0) lc_logf(c, level, "%s (and %llu more like it in the last second)", msg, (unsigned long long)r->held);
+  else lc_logf(c, level, "%s", msg);
   r->next = lc_now() + 1;
   r->held = 0;
 }
@@ -33,7 +31,7 @@ static void on_held (evutil_socket_t fd, short what, void *arg) {
 }
 
 void lc_lograte (lc_ctx *c, lc_ratelog *r, int level, const char *fmt, ...) {
-  char buf[sizeof ((lc_ratelog *)0)->last];
+  char buf[sizeof((lc_ratelog *)0)->last];
   double now = lc_now();
   va_list ap;
   va_start(ap, fmt);
@@ -74,23 +72,23 @@ static void on_trim (evutil_socket_t fd, short what, void *arg) {
 /* A buffer of at least LC_BIG_BUFFER bytes was just released. Re-arms the
 ** quiet timer, so steady big traffic never pays for a trim. */
 void lc_big_released (lc_ctx *c) {
+  lc_limits *lim = lc_limits_of(c);
   struct timeval tv = lc_timeval(TRIM_QUIET);
-  if (c->trim_ev == NULL && (c->trim_ev = evtimer_new(c->base, on_trim, c)) == NULL) return;
-  evtimer_add(c->trim_ev, &tv);
+  if (lim->trim_ev == NULL && (lim->trim_ev = evtimer_new(c->base, on_trim, c)) == NULL) return;
+  evtimer_add(lim->trim_ev, &tv);
 }
 
-/* The timer must not keep the loop alive: core.loop ends on tasks, not
-** events, so only the context's end frees it. */
-void lc_limits_free (lc_ctx *c) {
-  lc_ratelog *all[] = {&c->rl.accept, &c->rl.refused, &c->rl.idle, &c->rl.budget, &c->rl.too_large,
-                       &c->rl.nomem};
+/* The context ends (lc_module fini): the timers go; the state is freed
+** by the caller. */
+static void limits_fini (lc_ctx *c, void *state) {
+  lc_limits *lim = state;
+  lc_ratelog *all[] = {
+    &lim->rl.accept, &lim->rl.refused, &lim->rl.idle, &lim->rl.budget, &lim->rl.too_large, &lim->rl.nomem};
   size_t i;
-  if (c->trim_ev) event_free(c->trim_ev);
-  c->trim_ev = NULL;
-  for (i = 0; i < sizeof all / sizeof all[0]; i++) {
+  (void)c;
+  if (lim->trim_ev) event_free(lim->trim_ev);
+  for (i = 0; i < sizeof all / sizeof all[0]; i++)
     if (all[i]->ev) event_free(all[i]->ev);
-    all[i]->ev = NULL;
-  }
 }
 
 #define ctxup(L) ((lc_ctx *)lua_touserdata(L, lua_upvalueindex(1)))
@@ -105,12 +103,12 @@ static int core_limits (lua_State *L) {
       int isnum;
       lua_Integer v = lua_tointegerx(L, -1, &isnum);
       if (!isnum || v < 1) luaL_error(L, "bad limit 'input_budget' (an integer >= 1 expected)");
-      c->input_budget = (size_t)v;
+      lc_limits_of(c)->input_budget = (size_t)v;
     }
     lua_pop(L, 1);
   }
   lua_createtable(L, 0, 1);
-  lua_pushinteger(L, (lua_Integer)c->input_budget);
+  lua_pushinteger(L, (lua_Integer)lc_limits_of(c)->input_budget);
   lua_setfield(L, -2, "input_budget");
   return 1;
 }
@@ -118,7 +116,9 @@ static int core_limits (lua_State *L) {
 /* Module table at -2, ctx at -1; both stay. */
 int lc_limits_open (lua_State *L) {
   lc_ctx *c = lua_touserdata(L, -1);
-  if (c->input_budget == 0) c->input_budget = LC_DEFAULT_INPUT_BUDGET;
+  lc_limits *lim = lc_module_state(c, LC_MOD_LIMITS, sizeof *lim, limits_fini);
+  if (lim == NULL) return luaL_error(L, "luacomm: out of memory");
+  if (lim->input_budget == 0) lim->input_budget = LC_DEFAULT_INPUT_BUDGET;
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, core_limits, 1);
   lua_setfield(L, -3, "limits");

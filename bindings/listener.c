@@ -26,7 +26,6 @@
 typedef struct lc_listener {
   lc_handle h;
   lc_ctx *ctx;
-  struct lc_listener **owner; /* the userdata's pointer to us, cleared on destroy */
   struct evconnlistener *lev;
   lc_waitq accepters;
   evutil_socket_t queue[ACCEPT_QUEUE];
@@ -34,30 +33,29 @@ typedef struct lc_listener {
   lc_tls_server *tls;           /* NULL on plain TCP */
   int head, count;
   int enabled;
-  int paused;           /* accept() failed: resume_ev will retry */
+  int paused; /* accept() failed: resume_ev will retry */
   struct event *resume_ev;
-  lc_slots *slots;      /* connections queued or open, shared with them */
-  int max_conns;        /* 0: no limit */
-  double idle_timeout;  /* for its connections; 0: none */
+  lc_slots *slots;     /* connections queued or open, shared with them */
+  int max_conns;       /* 0: no limit */
+  double idle_timeout; /* for its connections; 0: none */
   uint32_t max_frame;
   size_t hwm;
   char *unix_path; /* unlinked at close */
 } lc_listener;
 
-typedef struct {
-  lc_listener *l; /* NULL once closed */
-} listener_ud;
+static const lc_class listener_class;
 
-static lc_listener *checkopen (lua_State *L, int i) {
-  listener_ud *u = luaL_checkudata(L, i, LC_LISTENER_T);
-  if (u->l == NULL) luaL_error(L, "attempt to use a closed listener");
-  return u->l;
-}
+/* The listener at i, raising when closed by close(); NULL when the core
+** closed it (a graceful stop): the caller answers nil, "closed". */
+#define checkopen(L, i) ((lc_listener *)lc_checkopen(L, i, &listener_class))
 
+/* Frees the listener at once: the accepted sockets nobody took yet are
+** closed (they were never handed to Lua), a unix socket's file is
+** removed, and tasks parked in accept() wake to find it gone ("closed").
+** Ends the loop if this was the last thing pending. */
 static void destroy (lc_listener *l) {
   lc_ctx *c = l->ctx;
-  if (l->owner) *l->owner = NULL;
-  lc_handle_remove(c, &l->h);
+  lc_handle_unlink(c, &l->h);
   if (l->lev) evconnlistener_free(l->lev);
   if (l->resume_ev) event_free(l->resume_ev);
   lc_tls_server_free(l->tls); /* handshakes under way end here */
@@ -78,6 +76,7 @@ static void destroy (lc_listener *l) {
   lc_maybe_idle(c);
 }
 
+/* lc_handle.destroy and .close: a listener has nothing to flush. */
 static void handle_destroy (lc_handle *h) {
   destroy((lc_listener *)h);
 }
@@ -113,8 +112,10 @@ static void on_tls_accepted (evutil_socket_t fd, lc_tls *t, void *arg) {
   }
 }
 
-static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-                       int socklen, void *arg) {
+/* libevent's accept callback: the new fd is ours until a task takes it
+** (then the connection owns it) or destroy() closes it. Only queues and
+** wakes: no Lua runs here. */
+static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg) {
   lc_listener *l = arg;
   lc_ctx *c = l->ctx;
   (void)lev, (void)sa, (void)socklen;
@@ -123,7 +124,10 @@ static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct so
     ** backlog timeout, and the kernel's queue does not fill with them. */
     evutil_closesocket(fd);
     c->n.refused++;
-    lc_lograte(c, &c->rl.refused, LC_WARN, "connection refused: the listener has max_conns (%d) open",
+    lc_lograte(c,
+               &lc_limits_of(c)->rl.refused,
+               LC_WARN,
+               "connection refused: the listener has max_conns (%d) open",
                l->max_conns);
     return;
   }
@@ -159,17 +163,22 @@ static void on_listen_error (struct evconnlistener *lev, void *arg) {
   int err = EVUTIL_SOCKET_ERROR();
   (void)lev;
   c->n.accept_errors++;
-  lc_lograte(c, &c->rl.accept, LC_WARN, "accept failed: %s; accepting paused for %g s",
-             evutil_socket_error_to_string(err), ACCEPT_PAUSE);
+  lc_lograte(c,
+             &lc_limits_of(c)->rl.accept,
+             LC_WARN,
+             "accept failed: %s; accepting paused for %g s",
+             evutil_socket_error_to_string(err),
+             ACCEPT_PAUSE);
   l->paused = 1;
   throttle(l);
   evtimer_add(l->resume_ev, &tv);
 }
 
+/* Stack: listener, deadline (slot kc). Yields while the queue is empty. The
+** connection it returns owns the fd (and TLS session) taken from the queue. */
 static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  lc_listener *l = u->l;
-  (void)status, (void)kc;
+  lc_listener *l = (lc_listener *)lc_tohud(L, 1, &listener_class)->h;
+  (void)status;
   if (l == NULL) return lc_fail(L, "closed");
   if (l->count > 0) {
     evutil_socket_t fd = l->queue[l->head];
@@ -183,40 +192,38 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
     lc_conn_limit(L, -1, l->slots, l->idle_timeout);
     return 1;
   }
-  if (lc_timedout(l->ctx)) return lc_fail(L, "timeout");
-  return lc_wait(l->ctx, L, &l->accepters, lc_wait_deadline(l->ctx), listener_accept_k);
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  return lc_wait(l->ctx, L, &l->accepters, kc, listener_accept_k);
 }
 
 /* listener:accept([timeout]) -> conn | nil, err */
 static int listener_accept (lua_State *L) {
   lc_listener *l = checkopen(L, 1);
   double deadline = lc_deadline(L, 2);
+  if (l == NULL) return lc_fail(L, "closed");
   lua_settop(L, 1);
-  lc_set_wait_deadline(l->ctx, deadline);
-  return listener_accept_k(L, LUA_OK, 0);
+  return listener_accept_k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
+/* close(), __close, __gc: idempotent (object.c). */
 static int listener_close (lua_State *L) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  if (u->l) destroy(u->l);
-  u->l = NULL;
-  return 0;
+  return lc_hud_close(L, &listener_class);
 }
 
+/* listener:addr() -> host, port (for unix:, the path). */
 static int listener_addr (lua_State *L) {
   lc_listener *l = checkopen(L, 1);
   lc_addr a;
+  if (l == NULL) return lc_fail(L, "closed");
   a.len = sizeof a.ss;
   if (getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&a.ss, &a.len) != 0)
     return lc_fail(L, strerror(errno));
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
-static int listener_tostring (lua_State *L) {
-  listener_ud *u = luaL_checkudata(L, 1, LC_LISTENER_T);
-  if (u->l == NULL) lua_pushliteral(L, "luacomm.listener (closed)");
-  else lua_pushfstring(L, "luacomm.listener (fd %d)", (int)evconnlistener_get_fd(u->l->lev));
-  return 1;
+/* For __tostring. */
+static evutil_socket_t listener_fd (lc_handle *h) {
+  return evconnlistener_get_fd(((lc_listener *)h)->lev);
 }
 
 /* A unix socket file left by a dead process is removed; a live one is not. */
@@ -227,8 +234,7 @@ static void clear_stale_unix (const lc_addr *a) {
   if (stat(un->sun_path, &st) != 0 || !S_ISSOCK(st.st_mode)) return;
   probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (probe < 0) return;
-  if (connect(probe, (const struct sockaddr *)&a->ss, a->len) != 0 && errno == ECONNREFUSED)
-    unlink(un->sun_path);
+  if (connect(probe, (const struct sockaddr *)&a->ss, a->len) != 0 && errno == ECONNREFUSED) unlink(un->sun_path);
   close(probe);
 }
 
@@ -245,8 +251,7 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog, int reuseport
   } else {
     clear_stale_unix(a);
   }
-  if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 && listen(fd, backlog) == 0)
-    return fd;
+  if (bind(fd, (const struct sockaddr *)&a->ss, a->len) == 0 && listen(fd, backlog) == 0) return fd;
   err = errno;
   close(fd);
   errno = err;
@@ -277,7 +282,7 @@ static int listener_listen (lua_State *L) {
   double idle_timeout = opt_seconds(L, 2, "idle_timeout");
   int reuseport = 0;
   const char *bad;
-  listener_ud *u;
+  lc_hud *u;
   lc_listener *l;
   lc_addr a;
   evutil_socket_t fd;
@@ -293,9 +298,7 @@ static int listener_listen (lua_State *L) {
   if (bad) return lc_fail(L, bad);
   tls = lc_tls_server_new(L, 2, why, sizeof why); /* files are read now */
   if (tls == NULL && why[0] != '\0') return lc_fail(L, why);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->l = NULL;
-  luaL_setmetatable(L, LC_LISTENER_T);
+  u = lc_newhud(L, &listener_class);
   fd = bind_listen(&a, backlog, reuseport);
   if (fd < 0) {
     char buf[128];
@@ -316,6 +319,7 @@ static int listener_listen (lua_State *L) {
   l->hwm = hwm;
   l->enabled = 1;
   l->h.destroy = handle_destroy;
+  l->h.close = handle_destroy;
   if (a.ss.ss_family == AF_UNIX) l->unix_path = strdup(((struct sockaddr_un *)&a.ss)->sun_path);
   lc_handle_add(c, &l->h, LC_H_LISTENER);
   l->slots = calloc(1, sizeof *l->slots);
@@ -330,8 +334,7 @@ static int listener_listen (lua_State *L) {
   }
   l->slots->refs = 1;
   evconnlistener_set_error_cb(l->lev, on_listen_error);
-  u->l = l;
-  l->owner = &u->l;
+  lc_hud_attach(u, &l->h);
   return 1;
 }
 
@@ -339,25 +342,25 @@ static const luaL_Reg listener_methods[] = {
   {"accept", listener_accept},
   {"addr", listener_addr},
   {"close", listener_close},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
-static const luaL_Reg listener_metameth[] = {
-  {"__index", NULL},
-  {"__gc", listener_close},
-  {"__close", listener_close},
-  {"__tostring", listener_tostring},
-  {NULL, NULL}
+static const luaL_Reg listener_funcs[] = {
+  {"listen", listener_listen},
+  {NULL, NULL},
 };
 
+static const lc_class listener_class = {
+  .name = LC_LISTENER_T,
+  .what = "listener",
+  .methods = listener_methods,
+  .funcs = listener_funcs,
+  .close = listener_close,
+  .fd = listener_fd,
+};
+
+/* Module table at -2, ctx at -1; both stay. */
 int lc_listener_open (lua_State *L) {
-  luaL_newmetatable(L, LC_LISTENER_T);
-  luaL_setfuncs(L, listener_metameth, 0);
-  luaL_newlibtable(L, listener_methods);
-  luaL_setfuncs(L, listener_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, listener_listen);
-  lua_setfield(L, -3, "listen");
+  lc_newclass(L, &listener_class);
   return 0;
 }

@@ -32,32 +32,43 @@ typedef struct {
   lc_lookup *lk;
 } lookup_ud;
 
+/* What this file keeps per context (lc_module_state, slot LC_MOD_RESOLVE). */
+typedef struct resolve_state {
+  struct evdns_base *dns;
+} resolve_state;
+
+/* At the context's end (the module state's fini). evdns delivers every
+** answer — including "cancelled" and "shut down" — through deferred
+** callbacks, so one non-blocking turn of the loop is needed for abandoned
+** lookups to be freed. Every handle and the scheduler's event are gone by
+** now, and with c->L unset the host's signal events do nothing: no Lua runs
+** in that turn. */
+static void resolver_free (lc_ctx *c, void *state) {
+  resolve_state *rs = state;
+  if (rs->dns == NULL) return;
+  evdns_base_free(rs->dns, 1);
+  rs->dns = NULL;
+  event_base_loop(c->base, EVLOOP_NONBLOCK);
+}
+
 /* The resolver of this context, created on first use. LUACOMM_RESOLV_CONF
 ** names another resolv.conf (the specs point it at a nameserver of their own
 ** on loopback). NULL when it cannot be created. */
 static struct evdns_base *dns_base (lc_ctx *c) {
-  if (c->dns == NULL) {
+  resolve_state *rs = lc_module_state(c, LC_MOD_RESOLVE, sizeof *rs, resolver_free);
+  if (rs == NULL) return NULL;
+  if (rs->dns == NULL) {
     const char *conf = getenv("LUACOMM_RESOLV_CONF");
-    c->dns = evdns_base_new(c->base, 0);
-    if (c->dns == NULL) return NULL;
+    rs->dns = evdns_base_new(c->base, 0);
+    if (rs->dns == NULL) return NULL;
     /* A missing or empty resolv.conf leaves /etc/hosts working. */
-    evdns_base_resolv_conf_parse(c->dns, DNS_OPTIONS_ALL, conf ? conf : "/etc/resolv.conf");
+    evdns_base_resolv_conf_parse(rs->dns, DNS_OPTIONS_ALL, conf ? conf : "/etc/resolv.conf");
   }
-  return c->dns;
+  return rs->dns;
 }
 
-/* At the context's end. evdns delivers every answer — including "cancelled"
-** and "shut down" — through deferred callbacks, so one non-blocking turn of
-** the loop is needed for abandoned lookups to be freed. Every handle and
-** the scheduler's event are gone by now, and with c->L unset the host's
-** signal events do nothing: no Lua runs in that turn. */
-void lc_resolver_free (lc_ctx *c) {
-  if (c->dns == NULL) return;
-  evdns_base_free(c->dns, 1);
-  c->dns = NULL;
-  event_base_loop(c->base, EVLOOP_NONBLOCK);
-}
-
+/* evdns's answer, always delivered once per request (even cancelled): the
+** one place a lookup whose userdata went first is freed. */
 static void on_resolved (int result, struct evutil_addrinfo *res, void *arg) {
   lc_lookup *lk = arg;
   lk->req = NULL;
@@ -76,6 +87,8 @@ static void on_resolved (int result, struct evutil_addrinfo *res, void *arg) {
   if (lk->abandoned) free(lk);
 }
 
+/* __gc of the lookup's userdata: frees a finished lookup; a pending one is
+** cancelled and left to on_resolved to free. */
 static int lookup_gc (lua_State *L) {
   lookup_ud *u = luaL_checkudata(L, 1, LC_LOOKUP_T);
   lc_lookup *lk = u->lk;

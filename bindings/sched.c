@@ -24,10 +24,9 @@ struct lc_task {
   int ref;             /* registry anchor while alive, else LUA_NOREF */
   int status;          /* T_* */
   int nargs;           /* arguments for the first resume */
-  int timedout;        /* the current wait reached its deadline */
+  int streak;          /* calls that completed without waiting since the last resume */
   int watched;         /* comm.run waits for it: its error is re-raised, not logged */
   double deadline;     /* of the current wait while armed; < 0 for none */
-  double last_deadline; /* of the latest wait, kept after it fires */
   double resumed_at;   /* for the runaway guard */
   char *runaway;       /* the guard's message while it unwinds the task */
   struct event *timer; /* the wait's deadline; created on first use */
@@ -97,6 +96,8 @@ static void ready_push (lc_ctx *c, lc_task *t) {
   if (c->ready.head == t && c->running && !c->draining) event_active(c->drain_ev, EV_TIMEOUT, 0);
 }
 
+/* Cancels the wait's deadline timer, if armed; the timer event itself is
+** kept for the task's next wait (one allocation per task, not per wait). */
 static void disarm (lc_task *t) {
   if (t->deadline >= 0) {
     evtimer_del(t->timer);
@@ -118,10 +119,14 @@ void lc_wake_one (lc_ctx *c, lc_waitq *q) {
   if (q->head) lc_wake(c, q->head);
 }
 
+/* Empties q: every object that owns a wait queue calls this before it is
+** freed, since parked tasks point into the queue. */
 void lc_wake_all (lc_ctx *c, lc_waitq *q) {
   while (q->head) lc_wake(c, q->head);
 }
 
+/* A wait's deadline passed: off its queue and onto the ready queue. The
+** continuation sees it through lc_expired, after checking for data. */
 static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
   lc_task *t = arg;
   double left = t->deadline - lc_now();
@@ -133,7 +138,6 @@ static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
   }
   t->ctx->sleepers--;
   t->deadline = -1;
-  t->timedout = 1;
   if (t->waitq) lc_waitq_remove(t->waitq, t);
   ready_push(t->ctx, t);
 }
@@ -143,25 +147,52 @@ static void on_task_timeout (evutil_socket_t fd, short what, void *arg) {
 /* Raises unless L is the task being run and may yield here. */
 static lc_task *check_parkable (lc_ctx *c, lua_State *L) {
   lc_task *t = c->current;
-  if (t == NULL || !c->running)
-    luaL_error(L, "luacomm: blocking call outside a task (use comm.spawn or comm.run)");
-  else if (t->co != L)
-    luaL_error(L, "luacomm: blocking call from a nested coroutine");
+  if (t == NULL || !c->running) luaL_error(L, "luacomm: blocking call outside a task (use comm.spawn or comm.run)");
+  else if (t->co != L) luaL_error(L, "luacomm: blocking call from a nested coroutine");
   else if (!lua_isyieldable(L))
-    luaL_error(L, "luacomm: cannot block across a C-call boundary "
-                  "(metamethod called from C, table.sort, string.gsub, require)");
+    luaL_error(L,
+               "luacomm: cannot block across a C-call boundary "
+               "(metamethod called from C, table.sort, string.gsub, require)");
   return t;
 }
 
 /*
-** Parks the calling task on q (may be NULL: woken only by its deadline or
-** an explicit lc_wake) until deadline (absolute, < 0 for none), then
-** continues in k. Raises, before any side effect, when L is not the task
-** being run. Never returns to its caller: it yields.
+** A blocking call's deadline travels on its own stack, not in the task: a
+** new call can then never inherit the deadline, or the "timed out" of the
+** call before it. The first attempt pushes it (lc_push_deadline) and runs
+** its continuation directly with the slot's index as the lua_KContext; the
+** continuation hands the same kc to lc_wait, which yields with it, so every
+** retry finds the slot where the first attempt left it. kc 0: no deadline.
 */
-int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunction k) {
+lua_KContext lc_push_deadline (lua_State *L, double deadline) {
+  lua_pushnumber(L, deadline);
+  return lua_gettop(L);
+}
+
+/* The absolute deadline in slot kc, or -1 for none. */
+double lc_kdeadline (lua_State *L, lua_KContext kc) {
+  return kc > 0 ? lua_tonumber(L, (int)kc) : -1;
+}
+
+/* Whether the deadline in slot kc has passed. A continuation asks this only
+** after it found nothing to return, so a wake-up that brought data just as
+** the deadline passed still returns the data. */
+int lc_expired (lua_State *L, lua_KContext kc) {
+  double d = lc_kdeadline(L, kc);
+  return d >= 0 && lc_now() >= d;
+}
+
+/*
+** Parks the calling task on q (may be NULL: woken only by its deadline or
+** an explicit lc_wake) until the deadline in slot kc (see lc_push_deadline),
+** then continues in k(L, LUA_YIELD, kc). Raises, before any side effect,
+** when L is not the task being run. Never returns to its caller: it yields.
+** While parked the task is reachable from its registry anchor only; q must
+** outlive the wait or be emptied with lc_wake_all before it goes.
+*/
+int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, lua_KContext kc, lua_KFunction k) {
   lc_task *t = check_parkable(c, L);
-  t->timedout = 0;
+  double deadline = lc_kdeadline(L, kc);
   if (deadline >= 0) {
     struct timeval tv = lc_timeval(deadline - lc_now());
     if (t->timer == NULL) t->timer = evtimer_new(c->base, on_task_timeout, t);
@@ -170,28 +201,28 @@ int lc_wait (lc_ctx *c, lua_State *L, lc_waitq *q, double deadline, lua_KFunctio
     evtimer_add(t->timer, &tv);
     c->sleepers++;
   }
-  t->deadline = t->last_deadline = deadline;
+  t->deadline = deadline;
   if (q) waitq_push(q, t);
   t->status = T_WAITING;
-  return lua_yieldk(L, 0, 0, k);
+  return lua_yieldk(L, 0, kc, k);
 }
 
-int lc_timedout (lc_ctx *c) {
-  return c->current && c->current->timedout;
-}
+/*
+** Fairness. A task whose calls keep completing at once (frames already
+** buffered, room under the high-water mark, values queued) would run until
+** it chose to wait, starving every other ready task. So every LC_SLICE
+** such calls since it was last resumed, the next one first yields: true
+** means "queued to run again; return lua_yieldk(L, 0, 0, k) now", and k
+** then does the call. A count rather than a clock: no syscall per call,
+** and one task gives way after the same amount of work on any machine.
+*/
+#define LC_SLICE 64
 
-/* The deadline of the wait the current task just returned from, so a
-** continuation that must wait again keeps the caller's timeout. */
-double lc_wait_deadline (lc_ctx *c) {
-  return c->current ? c->current->last_deadline : -1;
-}
-
-/* Starts a new blocking operation in the current task, if any: its first
-** attempt runs the continuation directly, which then finds this deadline. */
-void lc_set_wait_deadline (lc_ctx *c, double deadline) {
-  if (c->current == NULL) return;
-  c->current->last_deadline = deadline;
-  c->current->timedout = 0;
+int lc_fair (lc_ctx *c, lua_State *L) {
+  lc_task *t = c->current;
+  if (t == NULL || t->co != L || ++t->streak < LC_SLICE || !lua_isyieldable(L)) return 0;
+  ready_push(c, t);
+  return 1;
 }
 
 /* ---- spawning ---- */
@@ -215,8 +246,11 @@ static void runaway_hook (lua_State *L, lua_Debug *ar) {
     ** line with the same message until the task unwinds, so a pcall in the
     ** runaway code cannot swallow the error for good. */
     char what[96];
-    snprintf(what, sizeof what, "task ran %.3g s without yielding (budget %.3g s): interrupted",
-             lc_now() - t->resumed_at, c->task_budget);
+    snprintf(what,
+             sizeof what,
+             "task ran %.3g s without yielding (budget %.3g s): interrupted",
+             lc_now() - t->resumed_at,
+             c->task_budget);
     luaL_where(L, 0);
     lua_pushfstring(L, "%s%s", lua_tostring(L, -1), what);
     t->runaway = strdup(lua_tostring(L, -1));
@@ -242,8 +276,8 @@ int lc_spawn_top (lua_State *L, int nargs) {
   t->status = T_DONE; /* "closed" until fully built (R5) */
   luaL_setmetatable(L, LC_TASK_T);
   co = lua_newthread(L);
-  lua_setiuservalue(L, -2, 1);        /* fn, args..., task */
-  lua_rotate(L, -(nargs + 2), 1);     /* task, fn, args... */
+  lua_setiuservalue(L, -2, 1);    /* fn, args..., task */
+  lua_rotate(L, -(nargs + 2), 1); /* task, fn, args... */
   lua_xmove(L, co, nargs + 1);
   t->co = co;
   t->nargs = nargs;
@@ -256,6 +290,7 @@ int lc_spawn_top (lua_State *L, int nargs) {
   return 1;
 }
 
+/* comm.spawn(fn, ...) -> task. Never yields: the task runs at the next pass. */
 static int sched_spawn (lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   return lc_spawn_top(L, lua_gettop(L) - 1);
@@ -293,7 +328,7 @@ static void store_results (lc_ctx *c, lc_task *t, int nres) {
   int i;
   push_task(c, t);
   lua_createtable(L, nres, 1);
-  lua_xmove(t->co, L, nres);          /* task, results, v1..vn */
+  lua_xmove(t->co, L, nres); /* task, results, v1..vn */
   for (i = nres; i >= 1; i--) lua_rawseti(L, -1 - i, i);
   lua_pushinteger(L, nres);
   lua_setfield(L, -2, "n");
@@ -325,10 +360,13 @@ static const char *error_text (lua_State *L) {
   return lua_tostring(L, -1);
 }
 
+/* The task failed: keep the error as its result (join returns it) and,
+** unless comm.run waits for this task and re-raises it, log it with the
+** task's own traceback and count it. */
 static void store_error (lc_ctx *c, lc_task *t) {
   lua_State *L = c->L;
   push_task(c, t);
-  lua_xmove(t->co, L, 1);             /* task, err */
+  lua_xmove(t->co, L, 1); /* task, err */
   if (!t->watched) {
     const char *msg = error_text(L);  /* task, err, text */
     luaL_traceback(L, t->co, msg, 0); /* the task's own stack, still intact */
@@ -352,15 +390,20 @@ static void store_error (lc_ctx *c, lc_task *t) {
 ** connection now, not at some later collection. Errors are logged. */
 static void close_cancelled (lua_State *from, lc_task *t) {
   if (lc_closethread(t->co, from) != LUA_OK) {
-    lc_logf(t->ctx, LC_WARN, "closing a cancelled task: %s",
+    lc_logf(t->ctx,
+            LC_WARN,
+            "closing a cancelled task: %s",
             lua_isstring(t->co, -1) ? lua_tostring(t->co, -1) : "(error object is not a string)");
   }
   lua_settop(t->co, 0);
 }
 
+/* The one place a task is resumed (on_drain). c->current names it while it
+** runs: blocking calls check they come from it (check_parkable). */
 static void resume (lc_ctx *c, lc_task *t) {
   int nres, st, nargs = t->nargs;
   t->nargs = 0;
+  t->streak = 0;
   t->status = T_RUNNING;
   t->resumed_at = lc_now();
   c->current = t;
@@ -389,6 +432,7 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
   static const struct timeval zero = {0, 0};
   lc_ctx *c = arg;
   lc_task *last = c->ready.tail, *t;
+  int i;
   (void)fd, (void)what;
   c->draining = 1;
   while ((t = c->ready.head) != NULL) {
@@ -396,7 +440,7 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
     resume(c, t);
     if (t == last) break;
   }
-  lc_conn_flush_dirty(c);
+  for (i = 0; i < c->npass_end; i++) c->pass_end[i](c); /* lc_on_pass_end */
   c->draining = 0;
   /* Not event_active: libevent would run us again in this same iteration,
   ** and tasks that keep yielding would starve I/O and timers. A zero
@@ -474,19 +518,29 @@ static int sched_sleep_k (lua_State *L, int status, lua_KContext kc) {
   return 0;
 }
 
+/* comm.sleep(s): yields for at least s seconds (R18: rounded up). */
 static int sched_sleep (lua_State *L) {
   lc_ctx *c = ctxup(L);
   double s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s == s, 1, "not a number");
-  return lc_wait(c, L, NULL, lc_now() + (s > 0 ? s : 0), sched_sleep_k);
+  return lc_wait(c, L, NULL, lc_push_deadline(L, lc_now() + (s > 0 ? s : 0)), sched_sleep_k);
 }
 
+/* comm.yield(): back on the ready queue, behind every task already there. */
 static int sched_yield (lua_State *L) {
   lc_ctx *c = ctxup(L);
   ready_push(c, check_parkable(c, L));
   return lua_yieldk(L, 0, 0, sched_sleep_k);
 }
 
+/* core.turn(): counts one call that completed without waiting, and yields
+** when the task has used up its slice (lc_fair). For the Lua layer. */
+static int sched_turn (lua_State *L) {
+  if (lc_fair(ctxup(L), L)) return lua_yieldk(L, 0, 0, sched_sleep_k);
+  return 0;
+}
+
+/* comm.running() -> the calling task, or nil outside one. */
 static int sched_running (lua_State *L) {
   lc_ctx *c = ctxup(L);
   if (c->current == NULL || c->current->co != L) lua_pushnil(L);
@@ -529,20 +583,24 @@ static int push_outcome (lua_State *L, lc_task *t) {
   }
 }
 
+/* Stack: task, deadline (slot kc). Yields until the task ends. */
 static int task_join_k (lua_State *L, int status, lua_KContext kc) {
   lc_task *t = totask(L, 1);
-  lc_ctx *c = t->ctx;
-  (void)status, (void)kc;
-  lua_settop(L, 1);
-  if (!alive(t)) return push_outcome(L, t);
-  if (lc_timedout(c)) {
+  (void)status;
+  if (!alive(t)) {
+    lua_settop(L, 1);
+    return push_outcome(L, t);
+  }
+  if (lc_expired(L, kc)) {
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "timeout");
     return 2;
   }
-  return lc_wait(c, L, &t->joiners, lc_wait_deadline(c), task_join_k);
+  return lc_wait(t->ctx, L, &t->joiners, kc, task_join_k);
 }
 
+/* task:join([timeout]) -> true, results... | false, err. Yields until the
+** task ends (task_join_k). */
 static int task_join (lua_State *L) {
   lc_task *t = totask(L, 1);
   lc_ctx *c = t->ctx;
@@ -555,7 +613,7 @@ static int task_join (lua_State *L) {
     lua_pushliteral(L, "timeout");
     return 2;
   }
-  return lc_wait(c, L, &t->joiners, deadline, task_join_k);
+  return lc_wait(c, L, &t->joiners, lc_push_deadline(L, deadline), task_join_k);
 }
 
 /* The task never runs again. Cancelling the running task takes effect when
@@ -565,12 +623,13 @@ static int task_cancel (lua_State *L) {
   lc_ctx *c = t->ctx;
   if (!alive(t)) return 0;
   if (t->waitq) lc_waitq_remove(t->waitq, t);
-  release(c, L, t, T_CANCELLED); /* arg 1 keeps the userdata alive */
+  release(c, L, t, T_CANCELLED);               /* arg 1 keeps the userdata alive */
   if (c->current == t) return lua_yield(L, 0); /* closed by resume() */
   close_cancelled(L, t);
   return 0;
 }
 
+/* task:status() -> "ready" | "running" | ... (T_* order). */
 static int task_status (lua_State *L) {
   static const char *const names[] = {"ready", "running", "waiting", "done", "failed", "cancelled"};
   lc_task *t = totask(L, 1);
@@ -578,6 +637,8 @@ static int task_status (lua_State *L) {
   return 1;
 }
 
+/* __gc: only a task that is not alive can be collected (a live one is
+** anchored), so this only frees what its waits used. */
 static int task_gc (lua_State *L) {
   lc_task *t = totask(L, 1);
   free(t->runaway);
@@ -589,23 +650,11 @@ static int task_gc (lua_State *L) {
   return 0;
 }
 
-static int task_tostring (lua_State *L) {
-  lua_pushfstring(L, "luacomm.task (%p)", lua_touserdata(L, 1));
-  return 1;
-}
-
 static const luaL_Reg task_methods[] = {
   {"join", task_join},
   {"cancel", task_cancel},
   {"status", task_status},
-  {NULL, NULL}
-};
-
-static const luaL_Reg task_metameth[] = {
-  {"__index", NULL},
-  {"__gc", task_gc},
-  {"__tostring", task_tostring},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg sched_funcs[] = {
@@ -614,10 +663,23 @@ static const luaL_Reg sched_funcs[] = {
   {"stop", sched_stop},
   {"sleep", sched_sleep},
   {"yield", sched_yield},
+  {"turn", sched_turn},
   {"running", sched_running},
   {"now", sched_now},
   {"time", sched_time},
-  {NULL, NULL}
+  {NULL, NULL},
+};
+
+/* A to-be-closed task is cancelled at the end of its block (structured
+** concurrency: nothing it started outlives the scope); a collected one is
+** no longer alive and frees what its waits used. */
+static const lc_class task_class = {
+  .name = LC_TASK_T,
+  .what = "task",
+  .methods = task_methods,
+  .funcs = sched_funcs,
+  .close = task_cancel,
+  .gc = task_gc,
 };
 
 /* Module table at -2, ctx at -1 on entry; both stay. */
@@ -627,15 +689,6 @@ int lc_sched_open (lua_State *L) {
     c->drain_ev = event_new(c->base, -1, 0, on_drain, c);
     if (c->drain_ev == NULL) return luaL_error(L, "luacomm: cannot create the scheduler event");
   }
-  luaL_newmetatable(L, LC_TASK_T);    /* mod, ctx, mt */
-  luaL_setfuncs(L, task_metameth, 0);
-  luaL_newlibtable(L, task_methods);  /* mod, ctx, mt, methods */
-  luaL_setfuncs(L, task_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushvalue(L, -1);
-  lua_insert(L, -3);                  /* ctx, mod, ctx */
-  luaL_setfuncs(L, sched_funcs, 1);   /* ctx, mod */
-  lua_insert(L, -2);                  /* mod, ctx */
+  lc_newclass(L, &task_class);
   return 0;
 }

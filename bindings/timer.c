@@ -15,7 +15,7 @@ typedef struct lc_timer {
   lc_handle h;
   lc_ctx *ctx;
   struct event *ev;
-  int ref;      /* registry anchor while armed */
+  int ref; /* registry anchor while armed */
   int repeat;
   int nargs;
   double due;      /* of a one-shot: comm.now() time it may fire */
@@ -24,6 +24,9 @@ typedef struct lc_timer {
 
 #define totimer(L, i) ((lc_timer *)luaL_checkudata(L, i, LC_TIMER_T))
 
+/* Stops the timer and drops its registry anchor (L: any thread that may
+** run API calls now). Bumping gen makes firings already queued as tasks
+** do nothing, so nothing runs once cancel() has returned. */
 static void disarm (lua_State *L, lc_timer *t) {
   t->gen++;
   if (t->ref == LUA_NOREF) return;
@@ -40,6 +43,7 @@ static void handle_destroy (lc_handle *h) {
   disarm(t->ctx->mainL, t);
 }
 
+/* After fn returned (it may have yielded): its results are the task's. */
 static int callback_k (lua_State *L, int status, lua_KContext kc) {
   (void)status, (void)kc;
   return lua_gettop(L) - 2;
@@ -52,13 +56,16 @@ static int callback (lua_State *L) {
   lc_timer *t = totimer(L, 1);
   int i;
   if (t->gen != lua_tointeger(L, 2)) return 0;
-  lua_getiuservalue(L, 1, 1);                  /* timer, gen, {fn, args} */
+  lua_getiuservalue(L, 1, 1); /* timer, gen, {fn, args} */
   for (i = 1; i <= t->nargs + 1; i++) lua_rawgeti(L, 3, i);
-  lua_remove(L, 3);                            /* timer, gen, fn, args... */
+  lua_remove(L, 3); /* timer, gen, fn, args... */
   lua_callk(L, t->nargs, LUA_MULTRET, 0, callback_k);
   return callback_k(L, LUA_OK, 0);
 }
 
+/* libevent fired: spawn a task for this firing (fn may block; an error is
+** the scheduler's to log, and an `every` keeps going). A one-shot drops
+** its anchor now: the task's stack keeps the timer alive until it ran. */
 static void on_fire (evutil_socket_t fd, short what, void *arg) {
   lc_timer *t = arg;
   lc_ctx *c = t->ctx;
@@ -71,8 +78,8 @@ static void on_fire (evutil_socket_t fd, short what, void *arg) {
   }
   lua_pushcfunction(L, callback);
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  lua_pushinteger(L, t->gen);                  /* callback, timer, gen */
-  lc_spawn_top(L, 2);                          /* task */
+  lua_pushinteger(L, t->gen); /* callback, timer, gen */
+  lc_spawn_top(L, 2);         /* task */
   lua_pop(L, 1);
   if (!t->repeat) {
     lua_Integer gen = t->gen;
@@ -81,6 +88,9 @@ static void on_fire (evutil_socket_t fd, short what, void *arg) {
   }
 }
 
+/* comm.after/every(s, fn, ...) -> timer. The timer is anchored in the
+** registry while armed (nothing else may reference it) and counts as
+** pending for the loop; { fn, args } live in its user value. */
 static int arm (lua_State *L, int repeat) {
   lc_ctx *c = lc_getctx(L);
   double s = luaL_checknumber(L, 1);
@@ -124,16 +134,19 @@ static int timer_every (lua_State *L) {
   return arm(L, 1);
 }
 
+/* timer:cancel() and __close: idempotent. */
 static int timer_cancel (lua_State *L) {
   disarm(L, totimer(L, 1));
   return 0;
 }
 
+/* timer:active() -> whether it is still armed. */
 static int timer_active (lua_State *L) {
   lua_pushboolean(L, totimer(L, 1)->ref != LUA_NOREF);
   return 1;
 }
 
+/* __gc: an unanchored timer is disarmed already; free its event. */
 static int timer_gc (lua_State *L) {
   lc_timer *t = totimer(L, 1);
   if (t->ev) {
@@ -147,25 +160,28 @@ static int timer_gc (lua_State *L) {
 static const luaL_Reg timer_methods[] = {
   {"cancel", timer_cancel},
   {"active", timer_active},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
-static const luaL_Reg timer_metameth[] = {
-  {"__index", NULL},
-  {"__gc", timer_gc},
-  {NULL, NULL}
+/* A to-be-closed timer is cancelled at the end of its block; a collected
+** one (never armed, or fired and let go) frees its event. */
+static const luaL_Reg timer_funcs[] = {
+  {"after", timer_after},
+  {"every", timer_every},
+  {NULL, NULL},
 };
 
+static const lc_class timer_class = {
+  .name = LC_TIMER_T,
+  .what = "timer",
+  .methods = timer_methods,
+  .funcs = timer_funcs,
+  .close = timer_cancel,
+  .gc = timer_gc,
+};
+
+/* Module table at -2, ctx at -1; both stay. */
 int lc_timer_open (lua_State *L) {
-  luaL_newmetatable(L, LC_TIMER_T);
-  luaL_setfuncs(L, timer_metameth, 0);
-  luaL_newlibtable(L, timer_methods);
-  luaL_setfuncs(L, timer_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, timer_after);
-  lua_setfield(L, -3, "after");
-  lua_pushcfunction(L, timer_every);
-  lua_setfield(L, -3, "every");
+  lc_newclass(L, &timer_class);
   return 0;
 }

@@ -200,8 +200,8 @@ int lc_tls_client_setup (SSL *ssl, const char *server_name, char *err, size_t er
   }
   if (SSL_get_verify_mode(ssl) == SSL_VERIFY_NONE) return 0;
   X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-  if ((ip ? X509_VERIFY_PARAM_set1_ip_asc(param, server_name)
-          : X509_VERIFY_PARAM_set1_host(param, server_name, 0)) != 1) {
+  if ((ip ? X509_VERIFY_PARAM_set1_ip_asc(param, server_name) : X509_VERIFY_PARAM_set1_host(param, server_name, 0)) !=
+      1) {
     snprintf(err, errlen, "tls: bad server_name '%s'", server_name);
     ERR_clear_error();
     return -1;

@@ -62,8 +62,8 @@ typedef void (*lc_tls_done_fn)(lc_tls *t, const char *err, void *arg);
 ** stays the caller's; the session holds its own reference). A client
 ** session checks server_name as lc_tls_client_setup says. NULL with err
 ** filled when OpenSSL cannot make it. */
-lc_tls *lc_tls_new(lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name,
-                   char *err, size_t errlen);
+lc_tls *lc_tls_new(lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name, char *err,
+                   size_t errlen);
 
 /* Starts the handshake on the session's own events (once: later calls do
 ** nothing); done runs from the loop when it ends or when timeout seconds

@@ -29,9 +29,9 @@ struct lc_tls {
   SSL *ssl;
   evutil_socket_t fd;
   int state;
-  struct event *ev;        /* the handshake's readiness and timeout */
-  double deadline;         /* of the handshake (lc_now() clock), 0 = none */
-  char why[200];           /* the reason it failed */
+  struct event *ev; /* the handshake's readiness and timeout */
+  double deadline;  /* of the handshake (lc_now() clock), 0 = none */
+  char why[200];    /* the reason it failed */
   lc_tls_done_fn done;
   void *arg;
   struct lc_tls *prev, *next; /* a server's handshakes under way */
@@ -104,8 +104,8 @@ static BIO *sock_bio (lc_tls *t) {
 
 /* ---- sessions ---- */
 
-lc_tls *lc_tls_new (lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name,
-                    char *err, size_t errlen) {
+lc_tls *lc_tls_new (lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name, char *err,
+                    size_t errlen) {
   lc_tls *t = calloc(1, sizeof *t);
   BIO *b;
   if (t == NULL || (t->ssl = SSL_new(ctx)) == NULL || (b = sock_bio(t)) == NULL) {
@@ -242,11 +242,8 @@ static ssize_t io_result (lc_tls *t, int r) {
   int e = SSL_get_error(t->ssl, r);
   switch (e) {
     case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-      errno = EAGAIN;
-      return -1;
-    case SSL_ERROR_ZERO_RETURN:
-      return 0;
+    case SSL_ERROR_WANT_WRITE: errno = EAGAIN; return -1;
+    case SSL_ERROR_ZERO_RETURN: return 0;
     case SSL_ERROR_SYSCALL:
       ERR_clear_error();
       if (errno == 0) errno = ECONNRESET;
@@ -326,8 +323,7 @@ static void push_dns_names (lua_State *L, X509 *cert) {
   for (i = 0; i < n; i++) {
     GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
     if (g->type == GEN_DNS) {
-      lua_pushlstring(L, (const char *)ASN1_STRING_get0_data(g->d.dNSName),
-                      (size_t)ASN1_STRING_length(g->d.dNSName));
+      lua_pushlstring(L, (const char *)ASN1_STRING_get0_data(g->d.dNSName), (size_t)ASN1_STRING_length(g->d.dNSName));
       lua_rawseti(L, -2, ++k);
     }
   }
@@ -341,8 +337,8 @@ int lc_tls_push_info (lua_State *L, const lc_tls *t) {
   lua_setfield(L, -2, "version");
   lua_pushstring(L, SSL_get_cipher_name(t->ssl));
   lua_setfield(L, -2, "cipher");
-  lua_pushboolean(L, peer != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK &&
-                         SSL_get_verify_mode(t->ssl) != SSL_VERIFY_NONE);
+  lua_pushboolean(
+    L, peer != NULL && SSL_get_verify_result(t->ssl) == X509_V_OK && SSL_get_verify_mode(t->ssl) != SSL_VERIFY_NONE);
   lua_setfield(L, -2, "verified");
   if (peer != NULL) {
     push_cn(L, peer);

@@ -15,57 +15,67 @@
 typedef struct lc_udp {
   lc_handle h;
   lc_ctx *ctx;
-  struct lc_udp **owner; /* the userdata's pointer to us, cleared on destroy */
   evutil_socket_t fd;
   struct event *rev, *wev;
   lc_waitq readers, writers;
+  char *dns_name;   /* the last name sendto looked up (malloc'ed, ours) */
+  lc_addr dns_addr; /* its answer ... */
+  double dns_until; /* ... good until then (comm.now() time) */
 } lc_udp;
 
-typedef struct {
-  lc_udp *s; /* NULL once closed */
-} udp_ud;
+static const lc_class udp_class;
 
-static lc_udp *checkopen (lua_State *L, int i) {
-  udp_ud *u = luaL_checkudata(L, i, LC_UDP_T);
-  if (u->s == NULL) luaL_error(L, "attempt to use a closed socket");
-  return u->s;
-}
+/* The socket at i, raising when closed by close(); NULL when the core
+** closed it: the caller answers nil, "closed". */
+#define checkopen(L, i) ((lc_udp *)lc_checkopen(L, i, &udp_class))
 
+/* In a continuation: argument 1 was checked by the first call. */
+#define argudp(L) ((lc_udp *)((lc_hud *)lua_touserdata(L, 1))->h)
+
+/* Frees the socket at once (datagrams have nothing to flush), closes its
+** fd and wakes parked readers and writers, who find it gone ("closed").
+** Ends the loop if this was the last thing pending. */
 static void destroy (lc_udp *s) {
   lc_ctx *c = s->ctx;
-  if (s->owner) *s->owner = NULL;
-  lc_handle_remove(c, &s->h);
+  lc_handle_unlink(c, &s->h);
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->fd >= 0) evutil_closesocket(s->fd);
   lc_wake_all(c, &s->readers);
   lc_wake_all(c, &s->writers);
+  free(s->dns_name);
   free(s);
   lc_maybe_idle(c);
 }
 
+/* lc_handle.destroy and .close. */
 static void handle_destroy (lc_handle *h) {
   destroy((lc_udp *)h);
 }
 
+/* Readable or writable again: wake the side that waits; its continuation
+** retries the system call. */
 static void on_ready (evutil_socket_t fd, short what, void *arg) {
   lc_udp *s = arg;
   (void)fd;
   lc_wake_all(s->ctx, what & EV_READ ? &s->readers : &s->writers);
 }
 
+/* nil, the errno's text (R8 vocabulary where lc_strerror has a word). */
 static int io_error (lua_State *L, int err) {
   char buf[128];
   return lc_fail(L, lc_strerror(err, buf, sizeof buf));
 }
 
+/* Stack: sock, deadline (slot kc). Yields until a datagram arrives; the
+** read event is only armed while a task waits, so an idle socket costs
+** the loop nothing. */
 static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
-  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
-  lc_udp *s = u->s;
+  lc_udp *s = argudp(L);
   char buf[MAX_DATAGRAM];
   lc_addr from;
   ssize_t n;
-  (void)status, (void)kc;
+  (void)status;
   if (s == NULL) return lc_fail(L, "closed");
   from.len = sizeof from.ss;
   n = recvfrom(s->fd, buf, sizeof buf, 0, (struct sockaddr *)&from.ss, &from.len);
@@ -77,30 +87,30 @@ static int udp_recvfrom_k (lua_State *L, int status, lua_KContext kc) {
     return 2;
   }
   if (errno != EAGAIN && errno != EINTR) return io_error(L, errno);
-  if (lc_timedout(s->ctx)) {
+  if (lc_expired(L, kc)) {
     event_del(s->rev);
     return lc_fail(L, "timeout");
   }
   event_add(s->rev, NULL);
-  return lc_wait(s->ctx, L, &s->readers, lc_wait_deadline(s->ctx), udp_recvfrom_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, udp_recvfrom_k);
 }
 
 /* sock:recvfrom([timeout]) -> data, "host:port" | nil, err */
 static int udp_recvfrom (lua_State *L) {
   lc_udp *s = checkopen(L, 1);
   double deadline = lc_deadline(L, 2);
+  if (s == NULL) return lc_fail(L, "closed");
   if (s->readers.head) return luaL_error(L, "luacomm: another task is already reading this socket");
   lua_settop(L, 1);
-  lc_set_wait_deadline(s->ctx, deadline);
-  return udp_recvfrom_k(L, LUA_OK, 0);
+  return udp_recvfrom_k(L, LUA_OK, lc_push_deadline(L, deadline));
 }
 
+/* Stack: sock, data, addr, to. Yields while the socket buffer is full. */
 static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
-  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
-  lc_udp *s = u->s;
+  lc_udp *s = argudp(L);
   size_t len;
   const char *p = lua_tolstring(L, 2, &len);
-  lc_addr *to = lua_touserdata(L, 3);
+  lc_addr *to = lua_touserdata(L, 4);
   ssize_t n;
   (void)status, (void)kc;
   if (s == NULL) return lc_fail(L, "closed");
@@ -113,37 +123,96 @@ static int udp_sendto_k (lua_State *L, int status, lua_KContext kc) {
   }
   if (errno != EAGAIN && errno != EINTR) return io_error(L, errno);
   event_add(s->wev, NULL);
-  return lc_wait(s->ctx, L, &s->writers, -1, udp_sendto_k);
+  return lc_wait(s->ctx, L, &s->writers, 0, udp_sendto_k);
 }
 
-/* sock:sendto(data, addr) -> true | nil, err */
+/* How long a looked-up name is reused: evdns's getaddrinfo does not tell
+** the record's TTL, and a name a node sends to is looked up at most this
+** often instead of once per datagram. */
+#define DNS_CACHE_SECONDS 30.0
+
+/* Stack: sock, data, addr, to, lookup. Yields until the name lookup for
+** sendto answered (evdns always answers, within its own timeout). */
+static int udp_resolve_k (lua_State *L, int status, lua_KContext kc) {
+  lc_udp *s = argudp(L);
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 5);
+  lc_addr *to = lua_touserdata(L, 4);
+  const char *err = NULL;
+  (void)status;
+  if (s == NULL) return lc_fail(L, "closed");
+  switch (lc_lookup_result(lk, to, &err)) {
+    case 0: {
+      char *name = strdup(lua_tostring(L, 3));
+      if (name != NULL) { /* else no cache: the next send asks again */
+        free(s->dns_name);
+        s->dns_name = name;
+        s->dns_addr = *to;
+        s->dns_until = lc_now() + DNS_CACHE_SECONDS;
+      }
+      lua_settop(L, 4);
+      return udp_sendto_k(L, LUA_OK, 0);
+    }
+    case 1: return lc_fail(L, err);
+    default: return lc_wait(s->ctx, L, lc_lookup_waiters(lk), kc, udp_resolve_k);
+  }
+}
+
+/* The datagram's destination into *to: a numeric address at once, a name
+** from the cache, else a lookup through resolve.c, pushed at 5 with
+** *lookup set (the caller waits for it). NULL, or the error to return. */
+static const char *destination (lua_State *L, lc_udp *s, lc_addr *to, int *lookup) {
+  const char *where = lua_tostring(L, 3), *bad, *host, *port;
+  char buf[512];
+  *lookup = 0;
+  bad = lc_parse_addr_opt(where, SOCK_DGRAM, to, 1);
+  if (bad == NULL) return NULL;
+  if (bad[0] == '!') luaL_argerror(L, 3, bad + 1);
+  if (bad[0] != LC_NEEDS_DNS[0]) return bad;
+  if (s->dns_name && strcmp(s->dns_name, where) == 0 && lc_now() < s->dns_until) {
+    *to = s->dns_addr;
+    return NULL;
+  }
+  lc_split_addr(where, buf, sizeof buf, &host, &port);
+  if (lc_lookup_start(L, s->ctx, host, port, SOCK_DGRAM) == NULL) return lua_tostring(L, -1);
+  *lookup = 1;
+  return NULL;
+}
+
+/* sock:sendto(data, addr) -> true | nil, err. May yield: for a name
+** lookup (not a blocking getaddrinfo), and while the socket buffer is full. */
 static int udp_sendto (lua_State *L) {
-  const char *bad;
+  lc_udp *s = checkopen(L, 1);
   lc_addr *to;
-  checkopen(L, 1);
+  const char *err;
+  int lookup;
+  if (s == NULL) return lc_fail(L, "closed");
   luaL_checkstring(L, 2);
-  to = lua_newuserdatauv(L, sizeof *to, 0);   /* kept on the stack across waits */
-  bad = lc_parse_addr(luaL_checkstring(L, 3), SOCK_DGRAM, to);
-  if (bad && bad[0] == '!') return luaL_argerror(L, 3, bad + 1);
-  if (bad) return lc_fail(L, bad);
-  lua_replace(L, 3);
+  luaL_checkstring(L, 3);
   lua_settop(L, 3);
+  to = lua_newuserdatauv(L, sizeof *to, 0); /* 4: kept on the stack across waits */
+  if ((err = destination(L, s, to, &lookup)) != NULL) return lc_fail(L, err);
+  if (lookup) return udp_resolve_k(L, LUA_OK, 0);
   return udp_sendto_k(L, LUA_OK, 0);
 }
 
+/* sock:addr() -> host, port it is bound to. */
 static int udp_addr (lua_State *L) {
   lc_udp *s = checkopen(L, 1);
   lc_addr a;
+  if (s == NULL) return lc_fail(L, "closed");
   a.len = sizeof a.ss;
   if (getsockname(s->fd, (struct sockaddr *)&a.ss, &a.len) != 0) return io_error(L, errno);
   return lc_push_sockaddr(L, (struct sockaddr *)&a.ss, a.len);
 }
 
+/* close(), __close, __gc: idempotent (object.c). */
 static int udp_close (lua_State *L) {
-  udp_ud *u = luaL_checkudata(L, 1, LC_UDP_T);
-  if (u->s) destroy(u->s);
-  u->s = NULL;
-  return 0;
+  return lc_hud_close(L, &udp_class);
+}
+
+/* For __tostring. */
+static evutil_socket_t udp_fd (lc_handle *h) {
+  return ((lc_udp *)h)->fd;
 }
 
 /* comm.udp([addr]) -> socket | nil, err */
@@ -151,16 +220,14 @@ static int udp_new (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
   const char *where = luaL_optstring(L, 1, "127.0.0.1:0");
   const char *bad;
-  udp_ud *u;
+  lc_hud *u;
   lc_udp *s;
   lc_addr a;
   evutil_socket_t fd;
   bad = lc_parse_addr(where, SOCK_DGRAM, &a);
   if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad) return lc_fail(L, bad);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->s = NULL;
-  luaL_setmetatable(L, LC_UDP_T);
+  u = lc_newhud(L, &udp_class);
   fd = lc_socket(&a, SOCK_DGRAM);
   if (fd < 0) return io_error(L, errno);
   if (bind(fd, (struct sockaddr *)&a.ss, a.len) != 0) {
@@ -176,6 +243,7 @@ static int udp_new (lua_State *L) {
   s->ctx = c;
   s->fd = fd;
   s->h.destroy = handle_destroy;
+  s->h.close = handle_destroy;
   lc_handle_add(c, &s->h, LC_H_UDP);
   s->rev = event_new(c->base, fd, EV_READ | EV_PERSIST, on_ready, s);
   s->wev = event_new(c->base, fd, EV_WRITE | EV_PERSIST, on_ready, s);
@@ -183,8 +251,7 @@ static int udp_new (lua_State *L) {
     destroy(s);
     return luaL_error(L, "luacomm: out of memory");
   }
-  u->s = s;
-  s->owner = &u->s;
+  lc_hud_attach(u, &s->h);
   return 1;
 }
 
@@ -193,24 +260,25 @@ static const luaL_Reg udp_methods[] = {
   {"recvfrom", udp_recvfrom},
   {"addr", udp_addr},
   {"close", udp_close},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
-static const luaL_Reg udp_metameth[] = {
-  {"__index", NULL},
-  {"__gc", udp_close},
-  {"__close", udp_close},
-  {NULL, NULL}
+static const luaL_Reg udp_funcs[] = {
+  {"udp", udp_new},
+  {NULL, NULL},
 };
 
+static const lc_class udp_class = {
+  .name = LC_UDP_T,
+  .what = "socket",
+  .methods = udp_methods,
+  .funcs = udp_funcs,
+  .close = udp_close,
+  .fd = udp_fd,
+};
+
+/* Module table at -2, ctx at -1; both stay. */
 int lc_udp_open (lua_State *L) {
-  luaL_newmetatable(L, LC_UDP_T);
-  luaL_setfuncs(L, udp_metameth, 0);
-  luaL_newlibtable(L, udp_methods);
-  luaL_setfuncs(L, udp_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lua_pushcfunction(L, udp_new);
-  lua_setfield(L, -3, "udp");
+  lc_newclass(L, &udp_class);
   return 0;
 }

@@ -30,8 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 ** libFuzzer's extra counters, so inputs that reach new Lua lines are kept.
 ** Threads created later inherit the hook. */
 #define LUA_COUNTERS 65536
-__attribute__((used, section("__libfuzzer_extra_counters")))
-static uint8_t lua_cov[LUA_COUNTERS];
+__attribute__((used, section("__libfuzzer_extra_counters"))) static uint8_t lua_cov[LUA_COUNTERS];
 
 static void line_hook (lua_State *L, lua_Debug *ar) {
   uint32_t h = 2166136261u;

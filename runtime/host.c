@@ -79,7 +79,7 @@ static void set_paths (lua_State *L, const rt_opts *o) {
     if (slash) lua_pushlstring(L, o->script, (size_t)(slash - o->script));
     else lua_pushliteral(L, ".");
     add_dir(L, lua_tostring(L, -1), 0);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luacomm.host.scriptdir");
+    lua_pop(L, 1);
   }
   for (i = o->nincludes - 1; i >= 0; i--) add_dir(L, o->includes[i], 1);
 }
@@ -110,8 +110,6 @@ static int pmain (lua_State *L) {
   int i, nargs = o->argc - o->script_index - 1;
   luaL_openlibs(L);
   c = lc_getctx(L);
-  c->log = rt_log_sink;
-  c->log_level = o->log_level;
   c->task_budget = o->task_budget;
   preload_core(L);
   set_paths(L, o);
@@ -160,10 +158,10 @@ static void remove_pidfile (void) {
   pidfile_written = NULL;
 }
 
-static void write_pidfile (const char *path) {
+static void write_pidfile (lc_ctx *c, const char *path) {
   FILE *f = fopen(path, "w");
   if (f == NULL) {
-    rt_logf(LC_WARN, "cannot write pidfile %s", path);
+    lc_logf(c, LC_WARN, "cannot write pidfile %s", path);
     return; /* not ours to remove: it may be another process's */
   }
   fprintf(f, "%ld\n", (long)getpid());
@@ -184,16 +182,19 @@ void rt_host_exit_now (int status) {
 int rt_host_run (const rt_opts *o) {
   struct event_base *base = lc_event_base_new();
   lua_State *L = luaL_newstate();
+  lc_ctx *c;
   int status;
   if (base == NULL || L == NULL) {
     fprintf(stderr, "luacomm: cannot create the event loop or the Lua state\n");
     return 1;
   }
-  rt_log_configure(o->log_level, o->log_json);
-  if (o->pidfile) write_pidfile(o->pidfile);
+  rt_log_configure(o->log_json);
   lua_gc(L, LUA_GCSTOP);
   lc_set_base(L, base);
-  if (rt_signals_install(base, L) != 0) rt_logf(LC_WARN, "cannot install signal handlers");
+  c = lc_getctx(L);
+  lc_set_log(c, rt_log_sink, NULL, o->log_level);
+  if (o->pidfile) write_pidfile(c, o->pidfile);
+  if (rt_signals_install(base, L) != 0) lc_logf(c, LC_WARN, "cannot install signal handlers");
   lua_pushcfunction(L, pmain);
   lua_pushlightuserdata(L, (void *)o);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {

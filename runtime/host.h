@@ -7,15 +7,15 @@ typedef struct rt_opts {
   const char *code;      /* -e CODE, or NULL */
   const char **includes; /* -I dirs, in the order given */
   int nincludes;
-  int check;             /* -c / --check */
+  int check; /* -c / --check */
   int log_level;
   int log_json;
   const char *pidfile;
   double stop_timeout;
   double task_budget;
-  char **argv;           /* the whole command line */
+  char **argv; /* the whole command line */
   int argc;
-  int script_index;      /* argv index of SCRIPT (or of -e's CODE) */
+  int script_index; /* argv index of SCRIPT (or of -e's CODE) */
 } rt_opts;
 
 int rt_host_run(const rt_opts *o);

@@ -1,9 +1,9 @@
 /*
-** log.c — one line per record on stderr, flushed at once so a supervisor or
+** log.c — the host's sink: it formats and writes, nothing else (the level
+** is the core's, the names are lc_level_names). One line per record on stderr, flushed at once so a supervisor or
 ** a spec reads it as it happens. Text: "2026-11-27T14:08:33.123Z [info] msg".
 ** JSON: {"ts":"…","level":"info","msg":"…"}.
 */
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -11,20 +11,10 @@
 #include "lc.h"
 #include "log.h"
 
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
-static int min_level = LC_INFO;
 static int as_json = 0;
 
-void rt_log_configure (int level, int json) {
-  min_level = level;
+void rt_log_configure (int json) {
   as_json = json;
-}
-
-int rt_log_level_from (const char *name) {
-  int i;
-  for (i = 0; i < 4; i++)
-    if (strcmp(name, level_names[i]) == 0) return i;
-  return -1;
 }
 
 static void timestamp (char *buf, size_t size) {
@@ -83,27 +73,17 @@ static void put_json_string (FILE *f, const char *msg, size_t len) {
   fputc('"', f);
 }
 
+/* The core's sink (lc_set_log): the core filtered already, this writes. */
 void rt_log_sink (void *ud, int level, const char *msg, size_t len) {
   char ts[64];
   (void)ud;
-  if (level < min_level) return;
   timestamp(ts, sizeof ts);
   if (as_json) {
-    fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level_names[level]);
+    fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, lc_level_names[level]);
     put_json_string(stderr, msg, len);
     fputs("}\n", stderr);
   } else {
-    fprintf(stderr, "%s [%s] %.*s\n", ts, level_names[level], (int)len, msg);
+    fprintf(stderr, "%s [%s] %.*s\n", ts, lc_level_names[level], (int)len, msg);
   }
   fflush(stderr);
-}
-
-void rt_logf (int level, const char *fmt, ...) {
-  char buf[1024];
-  va_list ap;
-  int n;
-  va_start(ap, fmt);
-  n = vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  if (n >= 0) rt_log_sink(NULL, level, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
 }

@@ -4,9 +4,7 @@
 
 #include <stddef.h>
 
-void rt_log_configure(int level, int json);
-int rt_log_level_from(const char *name); /* -1 when unknown */
+void rt_log_configure(int json);
 void rt_log_sink(void *ud, int level, const char *msg, size_t len);
-void rt_logf(int level, const char *fmt, ...);
 
 #endif

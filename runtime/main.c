@@ -13,7 +13,6 @@
 
 #include "host.h"
 #include "lc.h"
-#include "log.h"
 
 #define MAX_INCLUDES 64
 
@@ -35,7 +34,8 @@ static void usage (FILE *f) {
           "  -v, --version       print the version\n"
           "  -h, --help          print this help\n"
           "  --                  end of options\n",
-          progname, progname);
+          progname,
+          progname);
 }
 
 static int usage_error (const char *fmt, const char *what) {
@@ -98,7 +98,7 @@ static int collect_args (int argc, char **argv, rt_opts *o, const char **incs) {
       incs[o->nincludes++] = dir;
     } else if (is_opt(a, "--log-level")) {
       if ((v = value_of(argc, argv, &i, "--log-level")) == NULL) return usage_error("'%s' needs an argument", a);
-      if ((o->log_level = rt_log_level_from(v)) < 0) return usage_error("unknown log level '%s'", v);
+      if ((o->log_level = lc_level_from(v)) < 0) return usage_error("unknown log level '%s'", v);
     } else if (is_opt(a, "--log-format")) {
       if ((v = value_of(argc, argv, &i, "--log-format")) == NULL) return usage_error("'%s' needs an argument", a);
       if (strcmp(v, "json") != 0 && strcmp(v, "text") != 0) return usage_error("unknown log format '%s'", v);

@@ -1,7 +1,7 @@
 /*
 ** signals.c — signals become loop events (evsignal), so their handling runs
 ** between task resumes like any other event. Each one spawns a task that
-** calls the Lua function registered at RT_SIGNAL_HANDLER with the signal's
+** calls the host's "signal" hook (core.set_host, from host.lua) with the signal's
 ** name ("HUP", "TERM", "INT"); the policy (reload, graceful stop) is Lua's.
 ** A second TERM/INT while a stop is under way exits at once with status 1.
 */
@@ -10,7 +10,6 @@
 
 #include "lc.h"
 #include "host.h"
-#include "log.h"
 #include "signals.h"
 
 static struct event *events[3];
@@ -29,15 +28,11 @@ static void on_signal (evutil_socket_t sig, short what, void *arg) {
   lua_State *L = c->L;
   (void)what;
   if (sig != SIGHUP && ++stop_signals > 1) {
-    rt_logf(LC_ERROR, "second SIG%s during the stop: exiting now", a->name);
+    lc_logf(c, LC_ERROR, "second SIG%s during the stop: exiting now", a->name);
     rt_host_exit_now(1);
   }
-  if (L == NULL) return; /* the loop is not running: nothing to do it in */
-  lua_getfield(L, LUA_REGISTRYINDEX, RT_SIGNAL_HANDLER);
-  if (!lua_isfunction(L, -1)) {
-    lua_pop(L, 1);
-    return;
-  }
+  if (L == NULL) return;                       /* the loop is not running: nothing to do it in */
+  if (!lc_push_host_hook(L, "signal")) return; /* no host hooks yet */
   lua_pushstring(L, a->name);
   lc_spawn_top(L, 1);
   lua_pop(L, 1);

@@ -6,8 +6,6 @@
 
 #include "lua.h"
 
-#define RT_SIGNAL_HANDLER "luacomm.host.signal"
-
 int rt_signals_install(struct event_base *base, lua_State *L);
 void rt_signals_free(void);
 

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages luacomm needs to build, test and benchmark,
 # and does nothing (quickly) when they are all present already.
 set -eu
-PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang libclang-rt-14-dev"
+PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

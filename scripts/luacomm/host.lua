@@ -1,6 +1,16 @@
 -- luacomm.host: what the luacomm command does with a script, in Lua so the
 -- policy reads plainly: run the main chunk in a task, start a service,
 -- handle signals, stop gracefully. runtime/host.c calls main(opts).
+--
+-- The seam with the library is one call, core.set_host{...} in main():
+--   startup  host.c: lc_set_base, lc_set_log -> require "luacomm.host" -> H.main
+--            H.main -> core.set_host{ signal, stop, stopping, reload }
+--   SIGHUP   signals.c -> hook "signal"("HUP") in a task -> reload(opts) here
+--            -> loader:reload -> core.count("reloads" | "reload_failures")
+--   SIGTERM  signals.c -> hook "signal"("TERM") -> H.stop -> graceful_stop:
+--            core.shutdown("listeners"), service stop, core.shutdown("conns"),
+--            core.drained("conns") (woken by conn.c), core.shutdown("all"), core.stop
+--   comm.stop / comm.stopping / comm.reload (luacomm.lua) -> core.host(name)
 local core = require "luacomm.core"
 local comm = require "luacomm"
 local loader = require "luacomm.loader"
@@ -30,7 +40,7 @@ local function graceful_stop(opts)
     end
   end
   core.shutdown("conns")
-  while core.stats().conns > 0 and core.now() < deadline do core.sleep(0.01) end
+  core.drained("conns", math.max(0, deadline - core.now())) -- signalled by the core
   local left = core.stats()
   if left.conns > 0 then
     comm.log.warn("stop timeout (%gs): cutting %d connection(s) with unsent output",
@@ -46,15 +56,6 @@ function H.stop(opts, status)
   H.status = status or 0
   core.spawn(graceful_stop, opts)
 end
-
-local signal_actions = {
-  HUP = function()
-    comm.log.info("SIGHUP: reloading")
-    return comm.reload()
-  end,
-  TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
-  INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
-}
 
 local function load_main(opts)
   if opts.code then return load(opts.code, "=(command line)") end
@@ -110,8 +111,46 @@ local function reload(opts)
   return false, err
 end
 
+-- What each signal does (host.c turns them into loop events).
+local signal_actions = {
+  HUP = function(opts)
+    comm.log.info("SIGHUP: reloading")
+    return reload(opts)
+  end,
+  TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
+  INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,
+}
+
+-- Names that look like a hook but are not one (M.Start, M.relaod): the
+-- service would silently never have it called.
+local HOOKS = { start = true, reload = true, stop = true }
+local function letters(s)
+  local t = {}
+  for c in s:gmatch(".") do t[#t + 1] = c end
+  table.sort(t)
+  return table.concat(t)
+end
+local function lookalike(key)
+  if type(key) ~= "string" or HOOKS[key] then return nil end
+  local low = key:lower()
+  for hook in pairs(HOOKS) do
+    if low == hook or low == "on_" .. hook or (#low == #hook and letters(low) == letters(hook)) then return hook end
+  end
+end
+
+local function warn_lookalikes(service)
+  for k, v in pairs(service) do
+    local hook = lookalike(k)
+    if hook and type(v) == "function" then
+      comm.log.warn("service: M.%s looks like the hook M.%s, which luacomm calls; M.%s is never called "
+                    .. "(hooks are start, reload and stop, lower case)", k, hook, k)
+    end
+  end
+end
+
 -- A script that returned a table is a service: start(state, ...) runs once.
 local function start_service(opts, service)
+  warn_lookalikes(service)
   H.service, H.state = service, {}
   -- looked up at stop time: a reload may have added or changed it
   H.on_stop = function()
@@ -137,10 +176,13 @@ function H.main(opts)
   H.loader:install()
   local chunk, err = load_main(opts)
   if not chunk then return fail(opts, err) end
-  comm._stop = function(status) H.stop(opts, status) end
-  comm.stopping = function() return H.stopping end
-  comm.reload = function() return reload(opts) end
-  debug.getregistry()["luacomm.host.signal"] = function(name) return signal_actions[name](opts) end
+  -- The one place the host plugs into the library.
+  core.set_host{
+    signal = function(name) return signal_actions[name](opts) end,
+    stop = function(status) H.stop(opts, status) end,
+    stopping = function() return H.stopping end,
+    reload = function() return reload(opts) end,
+  }
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
   if not r[1] then return fail(opts, r[2]) end
   if type(r[2]) == "table" and not H.stopping then

@@ -11,8 +11,9 @@
 -- service's folders (the script's folder, -I folders) is the service's;
 -- luacomm's library and system modules never are.
 local core = require "luacomm.core"
+local comm = require "luacomm"
 
-local pairs, type, xpcall, tostring = pairs, type, xpcall, tostring
+local pairs, type, xpcall, tostring, require = pairs, type, xpcall, tostring, require
 local traceback = debug.traceback
 
 local M = {}
@@ -69,29 +70,41 @@ local function protect(fn, ...)
   return table.unpack(r, 2, r.n)
 end
 
+-- The environment the new code runs in: the globals, except `require`,
+-- which gives the staged version of a service module. Only chunks loaded
+-- with this environment see it; every other task keeps the real require.
+-- After staging, `require` here is the real one again, so a function of the
+-- new code that requires lazily gets the live modules.
+local function staging_env(staged_require)
+  return setmetatable({ require = staged_require }, { __index = _G, __newindex = _G })
+end
+
 -- Runs the new versions of the script and its modules against a staging
--- table. `require` of a service module during the run gets the staged
+-- table. `require` of a service module from the new code gets the staged
 -- version. Returns staged (name -> value) and the script's value, or nil, err.
 function Loader:stage(script, args)
-  local staged, real_require = {}, require
+  local staged, env = {}, nil
   local function load_module(name)
     local filename = self.by_name[name]
-    local chunk, err = loadfile(filename)
+    local chunk, err = loadfile(filename, "bt", env)
     if not chunk then load_error(err) end
     local v = chunk(name, filename)
     if v == nil then v = true end
     staged[name] = v
     return v
   end
-  local function staged_require(name)
+  env = staging_env(function(name)
     if staged[name] ~= nil then return staged[name] end
     if self.by_name[name] then return load_module(name) end
-    return real_require(name)
-  end
-  _G.require = staged_require
+    -- a failure (a module not found) is the require's line, not this one
+    local ok, v, extra = pcall(require, name)
+    if not ok then error(v, 2) end
+    return v, extra
+  end)
   local last_line = 0
   local ok, result = protect(function()
-    local chunk, err = loadfile(script)
+    comm._staging = core.running() -- timers, tasks, listeners started here fail the reload
+    local chunk, err = loadfile(script, "bt", env)
     if not chunk then load_error(err) end
     for line in pairs(debug.getinfo(chunk, "L").activelines) do
       if line > last_line then last_line = line end
@@ -102,7 +115,8 @@ function Loader:stage(script, args)
     end
     return v
   end)
-  _G.require = real_require
+  rawset(env, "require", require)
+  comm._staging = nil
   if not ok then return nil, result end
   if type(result) ~= "table" then
     -- the last line with code is where the chunk returns

@@ -566,7 +566,14 @@ function K.msg(self, link, env)
   local fn = self._handlers[env.type]
   if fn == nil then
     count(self, "no_handler")
-    return self._log.debug("node %s: no handler for message %q from %s", self.name, env.type, env.src)
+    -- a sender's mistake nobody else would see; at most one line a second
+    local now = self._clock.now()
+    if (self._nh_t or -1) + 1 <= now then
+      self._nh_t = now
+      self._log.warn("node %s: no handler for message %q from %s: dropped (counted in no_handler)",
+                     self.name, env.type, env.src)
+    end
+    return
   end
   count(self, "received")
   self:_work(run_message, fn, env)

@@ -30,12 +30,7 @@ end
 
 -- Runs fn with a host process started from args; the process is always
 -- stopped afterwards, even when an assertion fails.
-local function with_host(args, opts, fn)
-  local p = helpers.spawn_host(args, opts)
-  local ok, err = pcall(fn, p)
-  p:kill()
-  if not ok then error(err, 0) end
-end
+local with_host = helpers.with_host
 
 describe("luacomm arg and ...", function()
   -- The reference: the standard interpreter on the same script and args.
@@ -285,7 +280,7 @@ describe("luacomm process lifetime", function()
   for what, code in pairs(pending) do
     it(("stays alive while a %s is pending, and SIGTERM ends it with 0"):format(what), function()
       helpers.run(function()
-        with_host({ "-e", "local comm = require 'luacomm'; " .. code .. "; print('ready')" }, nil, function(p)
+        with_host({ "-e", "local comm = require 'luacomm'; " .. code .. "; print('ready')" }, function(p)
           assert.truthy(p:wait_output("ready\n"))
           assert.is_nil(p:wait(0.5)) -- still running
           p:signal("TERM")
@@ -317,7 +312,7 @@ describe("luacomm process lifetime", function()
 
   it("logs a task's error with its traceback and keeps serving", function()
     helpers.run(function()
-      with_host({ FIX .. "task_error.lua" }, nil, function(p)
+      with_host({ FIX .. "task_error.lua" }, function(p)
         local port = assert(p:wait_output("listening (%d+)\n"))
         local addr = "127.0.0.1:" .. port
         local c1 = assert(comm.connect(addr))
@@ -390,7 +385,7 @@ describe("luacomm logs", function()
   it("--log-format json covers the host's own lines (stop)", function()
     helpers.run(function()
       with_host({ "--log-format", "json", "-e", "assert(require('luacomm').listen('127.0.0.1:0')); print('ready')" },
-        nil, function(p)
+        function(p)
         assert.truthy(p:wait_output("ready\n"))
         p:signal("TERM")
         assert.are.equal(0, p:wait(10))
@@ -431,7 +426,7 @@ describe("luacomm logs", function()
   it("--log-level error hides warnings, including the host's stop lines", function()
     helpers.run(function()
       with_host({ "--log-level", "error", "-e", "assert(require('luacomm').listen('127.0.0.1:0')); print('ready')" },
-        nil, function(p)
+        function(p)
         assert.truthy(p:wait_output("ready\n"))
         p:signal("TERM")
         assert.are.equal(0, p:wait(10))
@@ -445,7 +440,7 @@ describe("luacomm --pidfile", function()
   it("holds the pid while running and is removed at exit", function()
     helpers.run(function()
       local pidfile = helpers.tmpdir() .. "/luacomm.pid"
-      with_host({ "--pidfile", pidfile, "-e", "require('luacomm').every(1, function() end); print('ready')" }, nil,
+      with_host({ "--pidfile", pidfile, "-e", "require('luacomm').every(1, function() end); print('ready')" },
         function(p)
         assert.truthy(p:wait_output("ready\n"))
         assert.are.equal(tostring(p.pid) .. "\n", helpers.readfile(pidfile))
@@ -467,7 +462,7 @@ end)
 describe("luacomm stdout", function()
   it("reaches the reader line by line while the process runs", function()
     helpers.run(function()
-      with_host({ "-e", "print('before the sleep'); io.write('written\\n'); require('luacomm').sleep(60)" }, nil,
+      with_host({ "-e", "print('before the sleep'); io.write('written\\n'); require('luacomm').sleep(60)" },
         function(p)
         assert.truthy(p:wait_output("before the sleep\nwritten\n", "out", 5))
         assert.is_nil(p:status())

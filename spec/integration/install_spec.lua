@@ -74,6 +74,22 @@ describe("make install PREFIX=...", function()
     end
   end)
 
+  it("installs the man page, the docs and the examples", function()
+    local man = prefix .. "/share/man/man1/luacomm.1"
+    assert.are.equal(helpers.readfile(helpers.ROOT .. "/docs/luacomm.1"), helpers.readfile(man))
+    -- `man luacomm` finds it through the prefix's man folder
+    local st, out = helpers.run_host({}, {
+      argv = { "env", "-u", "LD_PRELOAD", "-u", "ASAN_OPTIONS", "MANPATH=" .. prefix .. "/share/man", "MANWIDTH=80",
+               "man", "luacomm" } })
+    assert.are.equal(0, st)
+    assert.truthy(out:find("luacomm - run a scriptable messaging node", 1, true), out)
+    local doc = prefix .. "/share/doc/luacomm/"
+    for _, rel in ipairs{ "README.md", "CHANGELOG.md", "docs/API.md", "docs/NODE.md", "docs/TESTING.md",
+                          "docs/PROTOCOL.md", "examples/echo.lua", "examples/pubsub/broker.lua" } do
+      assert.are.equal(helpers.readfile(helpers.ROOT .. "/" .. rel), helpers.readfile(doc .. rel), rel)
+    end
+  end)
+
   it("the installed host finds its own library with no LUA_PATH set", function()
     local code = ROUND_TRIP:gsub("RUN%(go%)", "go()")
     local st, out, err = helpers.run_host({}, {

@@ -1,10 +1,10 @@
--- Retries and receiver-side dedup, with tools/proxy.lua between the spec's
+-- Retries and receiver-side dedup, with luacomm.testing.proxy between the spec's
 -- node "t" and a real node process "b": the proxy loses replies on purpose,
 -- and the handler must still run once per request.
 local comm = require "luacomm"
 local helpers = require "helpers"
 local cluster = require "fixtures.node.cluster"
-local proxy = require "proxy"
+local proxy = require "luacomm.testing.proxy"
 local node = require "luacomm.node"
 
 local quiet = { debug = function() end, info = function() end, warn = comm.log.warn, error = comm.log.error }

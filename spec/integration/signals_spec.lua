@@ -23,14 +23,7 @@ local function exists(path)
 end
 
 -- Runs fn(p) in a task with the host started from args, always killing it after.
-local function with_host(args, fn, opts)
-  helpers.run(function()
-    local p = helpers.spawn_host(args, opts)
-    local ok, err = pcall(fn, p)
-    p:kill()
-    if not ok then error(err, 0) end
-  end, 40)
-end
+local with_host = helpers.with_host
 
 -- Starts big_sender.lua's exchange: a client that asks for a frame of n
 -- bytes and then does not read (hwm = 1: it takes one chunk and stops), so

@@ -60,15 +60,39 @@ describe("log", function()
   before_each(function() saved = core.log_level() end)
   after_each(function() core.log_level(saved) end)
 
-  it("formats with string.format and never raises on good arguments", function()
-    core.log_level("error") -- keep the spec output quiet: filtered, but still formatted
-    assert.has_no_error(function()
+  it("formats with string.format; without arguments the text is used as is", function()
+    local st, _, err = run_lua([[
+      local comm = require "luacomm"
+      comm.log.level("debug")
       comm.log.debug("d %s %d", "x", 1)
       comm.log.info("i %s %d %q", "x", 1, "q")
       comm.log.warn("w %5.2f", 1.5)
       comm.log.info("no args, so 100% is not a format")
       comm.log.info(42)
-    end)
+      comm.log.error("%s", setmetatable({}, { __tostring = function() return "obj" end }))
+    ]])
+    assert.are.equal(0, st)
+    local lines = {}
+    for l in err:gmatch("[^\n]+") do lines[#lines + 1] = l:gsub("^.-%[", "[") end
+    assert.are.same({
+      "[debug] d x 1",
+      '[info] i x 1 "q"',
+      "[warn] w  1.50",
+      "[info] no args, so 100% is not a format",
+      "[info] 42",
+      "[error] obj",
+    }, lines)
+  end)
+
+  it("does not format a record below the level, and a bad format raises above it", function()
+    local formatted = 0
+    local probe = setmetatable({}, { __tostring = function() formatted = formatted + 1; return "p" end })
+    core.log_level("error")
+    comm.log.debug("%s", probe)
+    comm.log.info("%s", probe)
+    comm.log.warn("%s", probe)
+    assert.are.equal(0, formatted)
+    assert.has_error(function() comm.log.error("%d", "not a number") end)
   end)
 
   it("core.log_level reads and sets the level; comm.log.level is the same", function()
@@ -104,6 +128,24 @@ describe("log", function()
       "[error] shown error",
       "[debug] shown debug",
     }, lines)
+  end)
+  -- Under the host the level set from Lua is the one the sink applies:
+  -- there is one level, the core's, whatever --log-level said at start.
+  it("comm.log.level() decides what the host writes", function()
+    local st, out, err = helpers.run_host({ "--log-level", "warn", "-e", [[
+      local comm = require "luacomm"
+      comm.log.info("hidden info")
+      print(comm.log.level("debug"))
+      comm.log.debug("shown debug %d", 1)
+      comm.log.info("shown info")
+      comm.log.level("error")
+      comm.log.warn("hidden warn")
+    ]] })
+    assert.are.equal(0, st)
+    assert.are.equal("debug\n", out)
+    local lines = {}
+    for l in err:gmatch("[^\n]+") do lines[#lines + 1] = l:gsub("^.-%[", "[") end
+    assert.are.same({ "[debug] shown debug 1", "[info] shown info" }, lines)
   end)
 end)
 

@@ -1,6 +1,7 @@
 -- luacomm.loader in-process: staging, in-place patching, rollback, and
 -- upvalue rebinding, without a host or signals (the integration spec
 -- covers those).
+local comm = require "luacomm"
 local helpers = require "helpers"
 local loader = require "luacomm.loader"
 
@@ -85,5 +86,28 @@ insulate("luacomm.loader", function()
     assert.are.equal(1, M.v())
     assert.is_nil(M.reload)
     assert.are.equal(1, package.loaded.lmod.x)
+  end)
+
+  -- A reload stages the new code while the service keeps running: a task
+  -- that requires a module in that window must get the module as loaded,
+  -- not the staging loader's view of a file that may be broken.
+  it("leaves require alone for every other task while it stages", function()
+    local script, M = first_load("require 'lmod'\nreturn {}\n", "return { x = 'live' }")
+    local live = require "lmod"
+    write_service("local comm = require 'luacomm'\ncomm.sleep(0.2)\nrequire 'lmod'\nreturn {}\n")
+    helpers.writefile(dir .. "/lmod.lua", "return { x = -- broken on purpose\n")
+    local ok, err, got, why = helpers.run(function()
+      local staging = comm.spawn(function() return L:reload(script, { n = 0 }, M, {}) end)
+      comm.sleep(0.05) -- the staged script is now asleep inside the reload
+      local by = comm.spawn(function() return pcall(require, "lmod") end)
+      local _, rok, rv = by:join(5)
+      local _, sok, serr = staging:join(5)
+      return sok, serr, rok, rv
+    end)
+    assert.is_true(got, tostring(why))
+    assert.are.equal(live, why)
+    assert.is_false(ok)                               -- the broken file fails the reload ...
+    assert.truthy(err:match("lmod%.lua:%d+:"), err)   -- ... and says where
+    assert.are.equal(require, _G.require)
   end)
 end)

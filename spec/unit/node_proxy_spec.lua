@@ -1,8 +1,8 @@
--- tools/proxy.lua, the fault-injecting proxy the node fault specs stand
+-- luacomm.testing.proxy, the fault-injecting proxy the node fault specs stand
 -- on: it must forward faithfully, and do exactly what its rules say.
 local comm = require "luacomm"
 local helpers = require "helpers"
-local proxy = require "proxy"
+local proxy = require "luacomm.testing.proxy"
 
 -- An upstream that answers each frame with "re:" .. frame.
 local function upstream()
