@@ -2,13 +2,13 @@
 PREFIX   ?= /usr/local
 CC       ?= cc
 CFLAGS   ?= -O2 -g
-PKGS     := lua5.4 libevent_core libevent_extra libssl libcrypto
+PKGS     := lua5.4 libevent_core libevent_extra libevent_openssl libssl libcrypto
 WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wundef -Wwrite-strings \
             -Wmissing-prototypes -Wstrict-prototypes -Wold-style-definition
 CPPFLAGS += -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ibindings -Iruntime \
             $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) -MMD -MP
-LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libssl libcrypto)
+LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libevent_openssl libssl libcrypto)
 LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4
@@ -19,7 +19,7 @@ DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/tls.c bindings/tls_conn.c bindings/limits.c
+        bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).
@@ -89,6 +89,11 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	@lua5.4 tools/demo.lua
 
+# The HTTP gateway of examples/http in front of the cluster, driven by curl.
+demo-http: deps
+	@$(MAKE) --no-print-directory all
+	@lua5.4 tools/demo_http.lua
+
 # Every .lua under scripts/ keeps its path below share/lua/5.4.
 LUA_FILES := $(shell find scripts -name '*.lua')
 # install-rock: the command and the modules (what luarocks installs, see
@@ -114,18 +119,22 @@ include fuzz/fuzz.mk
 # Speed against a C ceiling in the same run: ceiling and examples/echo.lua
 # under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
 BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
+# HTTP rows: wrk against nginx and http.serve (bench/http.sh).
 bench: deps
+	@sh tools/install-deps.sh bench
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
+	bash bench/http.sh
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
+	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
 
 clean:
 	rm -rf build build-asan build-werror build-fuzz
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-asan valgrind demo install install-rock clean bench bench-quick
+.PHONY: all deps check test test-asan valgrind demo demo-http install install-rock clean bench bench-quick

@@ -60,6 +60,11 @@ struct event_base *lc_event_base_new (void) {
   struct event_base *base;
   if (cfg == NULL) return NULL;
   event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+  /* Batches epoll_ctl calls per loop turn: evhttp turns reading off and on
+  ** again for every request, and a connection's write event comes and goes
+  ** within a pass; only the net change reaches the kernel. (Unsafe only for
+  ** dup()ed descriptors, which luacomm never makes.) */
+  event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
   base = event_base_new_with_config(cfg);
   event_config_free(cfg);
   return base;
@@ -389,6 +394,7 @@ int luaopen_luacomm_core (lua_State *L) {
   lc_listener_open(L);
   lc_udp_open(L);
   lc_limits_open(L);
+  lc_http_open(L);
   lua_pushvalue(L, -1);
   lua_insert(L, -3);               /* ctx, mod, ctx */
   luaL_setfuncs(L, core_funcs, 1); /* ctx, mod */

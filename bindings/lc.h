@@ -95,7 +95,10 @@ typedef struct lc_hud {
   int user_closed;     /* closed by close(), not by the core */
 } lc_hud;
 
-enum { LC_H_LISTENER, LC_H_CONN, LC_H_UDP, LC_H_TIMER, LC_H_KINDS };
+/* LC_H_AUX: a listener that serves the operator, not the script (the
+** metrics endpoint): it stays open through a stop's "listeners" step and
+** does not keep the process alive by itself. */
+enum { LC_H_LISTENER, LC_H_CONN, LC_H_UDP, LC_H_TIMER, LC_H_AUX, LC_H_KINDS };
 
 typedef void (*lc_log_fn)(void *ud, int level, const char *msg, size_t len);
 
@@ -276,6 +279,7 @@ int lc_cond_open(lua_State *L);
 int lc_conn_open(lua_State *L);
 int lc_listener_open(lua_State *L);
 int lc_udp_open(lua_State *L);
+int lc_http_open(lua_State *L);
 int lc_conn_close_all(lc_ctx *c);
 int lc_conn_lingering(lc_ctx *c);
 void lc_conn_push(lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm);

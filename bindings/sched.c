@@ -456,7 +456,8 @@ static int idle (const lc_ctx *c) {
   /* A running task may still sleep or open something: a destroy() inside
   ** it must not end the loop under its feet. */
   if (c->current || c->ready.head || c->sleepers) return 0;
-  for (k = 0; k < LC_H_KINDS; k++) h += c->nhandles[k];
+  for (k = 0; k < LC_H_KINDS; k++)
+    if (k != LC_H_AUX) h += c->nhandles[k];
   return h == 0;
 }
 
@@ -637,13 +638,16 @@ static int task_status (lua_State *L) {
   return 1;
 }
 
-/* __gc: only a task that is not alive can be collected (a live one is
-** anchored), so this only frees what its waits used. */
+/* Only a finished task is collected, except at lua_close, where one may
+** still be parked: it leaves its queue and its deadline here, so that a
+** connection finalized after it does not wake it through a freed timer. */
 static int task_gc (lua_State *L) {
   lc_task *t = totask(L, 1);
   free(t->runaway);
   t->runaway = NULL;
+  if (t->waitq) lc_waitq_remove(t->waitq, t);
   if (t->timer) {
+    disarm(t);
     event_free(t->timer);
     t->timer = NULL;
   }

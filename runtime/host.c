@@ -131,6 +131,9 @@ static int pmain (lua_State *L) {
   lua_setfield(L, -2, "stop_timeout");
   lua_pushboolean(L, o->log_json);
   lua_setfield(L, -2, "log_json");
+  if (o->metrics) lua_pushstring(L, o->metrics);
+  else lua_pushnil(L);
+  lua_setfield(L, -2, "metrics");
   lua_createtable(L, nargs, 1);
   for (i = 0; i < nargs; i++) {
     lua_pushstring(L, o->argv[o->script_index + 1 + i]);

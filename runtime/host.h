@@ -11,6 +11,7 @@ typedef struct rt_opts {
   int log_level;
   int log_json;
   const char *pidfile;
+  const char *metrics; /* --metrics ADDR, or NULL */
   double stop_timeout;
   double task_budget;
   char **argv; /* the whole command line */

@@ -31,6 +31,7 @@ static void usage (FILE *f) {
           "  --pidfile FILE      write the pid there at start, remove it at exit\n"
           "  --stop-timeout S    seconds a graceful stop may take (default 5)\n"
           "  --task-budget S     seconds a task may run without yielding (default 5, 0 = off)\n"
+          "  --metrics ADDR      serve /metrics, /health and /peers over HTTP on ADDR\n"
           "  -v, --version       print the version\n"
           "  -h, --help          print this help\n"
           "  --                  end of options\n",
@@ -108,6 +109,8 @@ static int collect_args (int argc, char **argv, rt_opts *o, const char **incs) {
     } else if (is_opt(a, "--stop-timeout")) {
       if ((v = value_of(argc, argv, &i, "--stop-timeout")) == NULL || parse_seconds(v, &o->stop_timeout) != 0)
         return usage_error("'%s' needs a number of seconds", "--stop-timeout");
+    } else if (is_opt(a, "--metrics")) {
+      if ((o->metrics = value_of(argc, argv, &i, "--metrics")) == NULL) return usage_error("'%s' needs an address", a);
     } else if (is_opt(a, "--task-budget")) {
       if ((v = value_of(argc, argv, &i, "--task-budget")) == NULL || parse_seconds(v, &o->task_budget) != 0)
         return usage_error("'%s' needs a number of seconds", "--task-budget");

@@ -290,4 +290,15 @@ for rank, name in ipairs(core.log_levels()) do
 end
 function M.log.level(l) return (core.log_level(l)) end
 
+---------------------------------------------------------------- metrics
+
+-- comm.metrics: loaded on first use, so a script that never asks for it
+-- pays nothing (scripts/luacomm/metrics.lua).
+setmetatable(M, { __index = function(t, k)
+  if k ~= "metrics" then return nil end
+  local m = require "luacomm.metrics"
+  rawset(t, k, m)
+  return m
+end })
+
 return M

@@ -17,6 +17,8 @@ local function under_valgrind(args)
   return helpers.spawn_host(nil, { argv = argv })
 end
 
+local http = require "luacomm.http"
+
 local function connect(port)
   return helpers.wait_until(function() return (comm.connect("127.0.0.1:" .. port)) end, 30, 0.1)
 end
@@ -72,6 +74,33 @@ local cases = {
     plain:signal("TERM")
     plain:wait(10)
     return a
+  end,
+  ["examples/http/gateway.lua (HTTP in, n:request, /metrics, garbage, --metrics)"] = function()
+    local pn, ph, pm = helpers.free_port(), helpers.free_port(), helpers.free_port()
+    local plain = helpers.spawn_host({ "examples/cluster/node.lua", "a", "127.0.0.1:" .. pn })
+    local g = under_valgrind({ "--metrics", "127.0.0.1:" .. pm, "examples/http/gateway.lua", "127.0.0.1:" .. ph,
+                               "127.0.0.1:" .. pn })
+    local base = "http://127.0.0.1:" .. ph
+    assert(helpers.wait_until(function()
+      local r = http.request{ url = base .. "/peers", timeout = 5 }
+      return r and r.body:find('"up"', 1, true)
+    end, 60, 0.2), "the gateway never saw node a")
+    local function status(o) return assert(http.request(o)).status end
+    assert(status{ method = "PUT", url = base .. "/kv/k", body = '"v"', timeout = 30 } == 200)
+    assert(assert(http.request{ url = base .. "/kv/k", timeout = 30 }).body:find('"v"', 1, true))
+    assert(status{ url = base .. "/kv/missing", timeout = 30 } == 404)
+    assert(status{ url = base .. "/peers?format=html", timeout = 30 } == 200)
+    assert(status{ url = "http://127.0.0.1:" .. pm .. "/metrics", timeout = 30 } == 200)
+    local c = assert(connect(ph))
+    c:write("\1\2 not http\r\n\r\n")
+    c:read(1, 30)
+    c:close()
+    c = assert(connect(ph))
+    c:write("GET /kv/k HTTP/1.1\r\nHost: x\r\n") -- and gone mid-request
+    c:close()
+    plain:signal("TERM")
+    plain:wait(10)
+    return g
   end,
 }
 

@@ -41,6 +41,8 @@ local function graceful_stop(opts)
   end
   core.shutdown("conns")
   core.drained("conns", math.max(0, deadline - core.now())) -- signalled by the core
+  -- HTTP requests still in handlers are answered too (their replies are output)
+  while core.http_pending() > 0 and core.now() < deadline do core.sleep(0.01) end
   local left = core.stats()
   if left.conns > 0 then
     comm.log.warn("stop timeout (%gs): cutting %d connection(s) with unsent output",
@@ -183,6 +185,10 @@ function H.main(opts)
     stopping = function() return H.stopping end,
     reload = function() return reload(opts) end,
   }
+  if opts.metrics then
+    local srv, why = comm.metrics.serve(opts.metrics)
+    if not srv then return fail(opts, "luacomm: --metrics " .. opts.metrics .. ": " .. why) end
+  end
   local r = pack(run_task(chunk, unpack(opts.args, 1, opts.args.n)))
   if not r[1] then return fail(opts, r[2]) end
   if type(r[2]) == "table" and not H.stopping then

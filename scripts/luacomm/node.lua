@@ -769,6 +769,7 @@ function Node:start()
   local clock = self._clock
   self._inc = floor(clock.time() * 1000)
   self._running = true
+  require("luacomm.registry").nodes[self] = true -- /metrics and /peers list it
   if self.listen then
     local l, err = self._transport.listen(self.listen, { max_frame = self.max_frame })
     if l == nil then
@@ -792,6 +793,7 @@ end
 function Node:stop()
   if not self._running then return end
   self._running = false
+  require("luacomm.registry").nodes[self] = nil
   local me = self._clock.running()
   if self._listener then self._listener:close() end
   for addr, t in pairs(self._dialers) do
