@@ -19,7 +19,7 @@ DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c
+        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).
@@ -66,6 +66,12 @@ endif
 test: deps
 	@$(MAKE) --no-print-directory all
 	$(TEST_ENV) LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' $(SPECS)
+
+# The multi-host specs (spec/hosts) on network-namespace test hosts:
+# needs root, ip and nft; says why and skips where they are missing.
+test-hosts: deps
+	@$(MAKE) --no-print-directory all
+	OUT=$(OUT) sh tools/test-hosts.sh
 
 # The same suite against the ASan + UBSan build.
 test-asan:
@@ -137,4 +143,4 @@ clean:
 	rm -rf build build-asan build-werror build-fuzz
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-asan valgrind demo demo-http install install-rock clean bench bench-quick
+.PHONY: all deps check test test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick

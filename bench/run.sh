@@ -11,7 +11,8 @@
 #
 # Env: R runs per scenario (3), D measured seconds (5), WARMUP seconds (1),
 #   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000), IDLE_HOLD seconds (3),
-#   OUT report file (bench/RESULTS.md), BENCH_PORT_BASE, BENCH_NO_BUILD=1.
+#   OUT report file (bench/RESULTS.md), BENCH_PORT_BASE, BENCH_NO_BUILD=1,
+#   BENCH_SCENARIOS (e.g. "B E"), BENCH_NO_PIN=1 (no CPU pinning).
 #
 # Every run starts a fresh server; runs are interleaved (ceiling, other,
 # ceiling, other, ...) so drift hits all servers alike; the table shows
@@ -29,7 +30,8 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 OUT=${OUT:-bench/RESULTS.md}
 LOADGEN=build/bench/loadgen
 
-SCENARIOS=(A B C D E)
+# BENCH_SCENARIOS="B E" runs some only.
+read -ra SCENARIOS <<<"${BENCH_SCENARIOS:-A B C D E}"
 declare -A SCEN_DESC=(
     [A]="1 conn, window 1, 64 B"
     [B]="64 conns, window 1, 64 B"
@@ -79,7 +81,10 @@ parse_servers() {
 setup_pinning() {
     SERVER_PIN=() LOADGEN_PIN=()
     PINNING="none (fewer than 2 CPUs or no taskset)"
-    if (($(nproc) >= 2)) && command -v taskset >/dev/null; then
+    # BENCH_NO_PIN=1: a server of several processes (--workers) needs every CPU
+    if [[ -n ${BENCH_NO_PIN:-} ]]; then
+        PINNING="none (BENCH_NO_PIN)"
+    elif (($(nproc) >= 2)) && command -v taskset >/dev/null; then
         SERVER_PIN=(taskset -c 0) LOADGEN_PIN=(taskset -c 1)
         PINNING="server on CPU 0, loadgen on CPU 1"
     fi

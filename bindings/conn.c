@@ -1154,6 +1154,21 @@ static int conn_stats (lua_State *L) {
   return 1;
 }
 
+/* conn:set_max_frame(n) -> true | nil, "closed": the largest frame this
+** connection accepts from now on, either way (a node holds it low until a
+** peer has completed its handshake). A reader already waiting re-checks
+** the announced length when it wakes. */
+static int conn_set_max_frame (lua_State *L) {
+  lc_conn *s;
+  lua_Integer n;
+  CHECKOPEN(s, L);
+  n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 0 && n <= (lua_Integer)UINT32_MAX, 2, "0 to 4294967295 bytes");
+  s->max_frame = (uint32_t)n;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* conn:tls() -> nil on plain TCP, else { version, cipher, peer, ... } */
 static int conn_tls (lua_State *L) {
   lc_conn *s;
@@ -1195,6 +1210,7 @@ static const luaL_Reg conn_methods[] = {
   {"addr", conn_addr},
   {"stats", conn_stats},
   {"closed", conn_is_closed},
+  {"set_max_frame", conn_set_max_frame},
   {"tls", conn_tls},
   {NULL, NULL},
 };

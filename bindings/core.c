@@ -393,6 +393,7 @@ int luaopen_luacomm_core (lua_State *L) {
   lc_conn_open(L);
   lc_listener_open(L);
   lc_udp_open(L);
+  lc_crypto_open(L);
   lc_limits_open(L);
   lc_http_open(L);
   lua_pushvalue(L, -1);

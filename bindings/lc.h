@@ -279,6 +279,7 @@ int lc_cond_open(lua_State *L);
 int lc_conn_open(lua_State *L);
 int lc_listener_open(lua_State *L);
 int lc_udp_open(lua_State *L);
+int lc_crypto_open(lua_State *L);
 int lc_http_open(lua_State *L);
 int lc_conn_close_all(lc_ctx *c);
 int lc_conn_lingering(lc_ctx *c);

@@ -184,9 +184,12 @@ static int is_ip_literal (const char *name) {
   return 1;
 }
 
+const char lc_tls_any_name[] = "";
+
 int lc_tls_client_setup (SSL *ssl, const char *server_name, char *err, size_t errlen) {
   X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
   int ip;
+  if (server_name == lc_tls_any_name) return 0; /* the chain is checked; names are the caller's */
   if (server_name == NULL || server_name[0] == '\0') {
     if (SSL_get_verify_mode(ssl) == SSL_VERIFY_NONE) return 0;
     snprintf(err, errlen, "tls: no server_name to verify the certificate against");
@@ -211,6 +214,7 @@ int lc_tls_client_setup (SSL *ssl, const char *server_name, char *err, size_t er
 
 const char *lc_tls_server_name (lua_State *L, int opts_idx, const char *host) {
   const char *name = opt_string(L, lua_absindex(L, opts_idx), "server_name");
+  if (!opt_bool(L, lua_absindex(L, opts_idx), "verify_name", 1)) return lc_tls_any_name;
   return name != NULL ? name : host;
 }
 

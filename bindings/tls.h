@@ -41,7 +41,11 @@ SSL_CTX *lc_tls_ctx_new(lua_State *L, int opts_idx, int server, char *err, size_
 int lc_tls_client_setup(SSL *ssl, const char *server_name, char *err, size_t errlen);
 
 /* The server name to check for opts.tls at opts_idx: tls.server_name if
-** set, else host (the host part of the address being connected to). */
+** set, else host (the host part of the address being connected to); or,
+** when tls.verify_name is false, lc_tls_any_name: the certificate chain is
+** verified but no name in it (the caller checks names itself, as a node
+** checks that the certificate names the node it claims to be). */
+extern const char lc_tls_any_name[];
 const char *lc_tls_server_name(lua_State *L, int opts_idx, const char *host);
 
 /* Why a handshake or I/O call on ssl failed (ret is what it returned), as

@@ -16,6 +16,7 @@
 #include "lc.h"
 #include "log.h"
 #include "signals.h"
+#include "workers.h"
 
 #ifndef LC_SHARE_DIR
 #define LC_SHARE_DIR "/usr/local/share/lua/5.4"
@@ -109,6 +110,7 @@ static int pmain (lua_State *L) {
   lc_ctx *c;
   int i, nargs = o->argc - o->script_index - 1;
   luaL_openlibs(L);
+  rt_workers_publish(L); /* comm.worker() and the reload report, under --workers */
   c = lc_getctx(L);
   c->task_budget = o->task_budget;
   preload_core(L);

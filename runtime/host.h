@@ -14,6 +14,7 @@ typedef struct rt_opts {
   const char *metrics; /* --metrics ADDR, or NULL */
   double stop_timeout;
   double task_budget;
+  int workers; /* --workers N, or 0 */
   char **argv; /* the whole command line */
   int argc;
   int script_index; /* argv index of SCRIPT (or of -e's CODE) */

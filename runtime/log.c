@@ -2,7 +2,9 @@
 ** log.c — the host's sink: it formats and writes, nothing else (the level
 ** is the core's, the names are lc_level_names). One line per record on stderr, flushed at once so a supervisor or
 ** a spec reads it as it happens. Text: "2026-11-27T14:08:33.123Z [info] msg".
-** JSON: {"ts":"…","level":"info","msg":"…"}.
+** JSON: {"ts":"…","level":"info","msg":"…"}. Under --workers each record
+** says whose it is: "[supervisor]" / "[worker N]" after the level, or a
+** "worker" field (0 for the supervisor).
 */
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +14,11 @@
 #include "log.h"
 
 static int as_json = 0;
+static int worker_id = -1; /* under --workers: 0 supervisor, 1.. a worker */
+
+void rt_log_set_worker (int id) {
+  worker_id = id;
+}
 
 void rt_log_configure (int json) {
   as_json = json;
@@ -81,7 +88,12 @@ void rt_log_sink (void *ud, int level, const char *msg, size_t len) {
   if (as_json) {
     fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, lc_level_names[level]);
     put_json_string(stderr, msg, len);
+    if (worker_id >= 0) fprintf(stderr, ",\"worker\":%d", worker_id);
     fputs("}\n", stderr);
+  } else if (worker_id == 0) {
+    fprintf(stderr, "%s [%s] [supervisor] %.*s\n", ts, lc_level_names[level], (int)len, msg);
+  } else if (worker_id > 0) {
+    fprintf(stderr, "%s [%s] [worker %d] %.*s\n", ts, lc_level_names[level], worker_id, (int)len, msg);
   } else {
     fprintf(stderr, "%s [%s] %.*s\n", ts, lc_level_names[level], (int)len, msg);
   }

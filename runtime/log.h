@@ -6,5 +6,6 @@
 
 void rt_log_configure(int json);
 void rt_log_sink(void *ud, int level, const char *msg, size_t len);
+void rt_log_set_worker(int id); /* -1 none, 0 supervisor, N worker N */
 
 #endif

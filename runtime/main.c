@@ -13,8 +13,10 @@
 
 #include "host.h"
 #include "lc.h"
+#include "workers.h"
 
 #define MAX_INCLUDES 64
+#define MAX_WORKERS 256
 
 static const char *const progname = "luacomm";
 
@@ -32,6 +34,7 @@ static void usage (FILE *f) {
           "  --stop-timeout S    seconds a graceful stop may take (default 5)\n"
           "  --task-budget S     seconds a task may run without yielding (default 5, 0 = off)\n"
           "  --metrics ADDR      serve /metrics, /health and /peers over HTTP on ADDR\n"
+          "  --workers N         N worker processes sharing the listening ports, under a supervisor\n"
           "  -v, --version       print the version\n"
           "  -h, --help          print this help\n"
           "  --                  end of options\n",
@@ -114,6 +117,14 @@ static int collect_args (int argc, char **argv, rt_opts *o, const char **incs) {
     } else if (is_opt(a, "--task-budget")) {
       if ((v = value_of(argc, argv, &i, "--task-budget")) == NULL || parse_seconds(v, &o->task_budget) != 0)
         return usage_error("'%s' needs a number of seconds", "--task-budget");
+    } else if (is_opt(a, "--workers")) {
+      char *end;
+      long n;
+      if ((v = value_of(argc, argv, &i, "--workers")) == NULL) return usage_error("'%s' needs a number", a);
+      n = strtol(v, &end, 10);
+      if (*v == '\0' || *end != '\0' || n < 1 || n > MAX_WORKERS)
+        return usage_error("--workers needs a number from 1 to 256, not '%s'", v);
+      o->workers = (int)n;
     } else {
       return usage_error("unknown option '%s'", a);
     }
@@ -140,6 +151,13 @@ int main (int argc, char **argv) {
   if (o.check) {
     if (o.script == NULL) return usage_error("%s", "--check needs a SCRIPT");
     return rt_host_check(o.script);
+  }
+  if (o.workers > 0 && o.metrics) /* each worker would bind the one address: all but one would fail */
+    return usage_error("%s", "--metrics cannot be combined with --workers (yet): serve metrics from the script");
+  if (o.workers > 0) {
+    int is_worker = 0;
+    st = rt_workers_run(&o, &is_worker);
+    if (!is_worker) return st;
   }
   return rt_host_run(&o);
 }

@@ -11,11 +11,33 @@ local M = {}
 M._VERSION = (core.versions())
 
 -- Straight from C: these already follow the contract's conventions.
-for _, name in ipairs{ "sleep", "yield", "now", "time", "stats", "running", "limits" } do
+for _, name in ipairs{ "sleep", "yield", "now", "time", "stats", "running", "cond", "limits" } do
   M[name] = core[name]
 end
 
 local function pack(...) return { n = select("#", ...), ... } end
+
+-- comm.worker() -> id, count: which of the `luacomm --workers N` processes
+-- this is (the host publishes it in the registry); 1, 1 otherwise.
+local worker = debug.getregistry()["luacomm.worker"]
+function M.worker()
+  if worker then return worker[1], worker[2] end
+  return 1, 1
+end
+
+-- Under --workers, every listener shares its port with the other workers
+-- (SO_REUSEPORT), whatever the script asked: the kernel spreads the
+-- connections over the workers.
+local listen = core.listen
+if worker then
+  listen = function(addr, opts)
+    if opts ~= nil and type(opts) ~= "table" then return core.listen(addr, opts) end -- misuse: core says why
+    local o = { reuseport = true }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    o.reuseport = true
+    return core.listen(addr, o)
+  end
+end
 
 ---------------------------------------------------------------- misuse, where it happens
 
@@ -56,7 +78,7 @@ local function setup_call(name, fn, opts_index, staged)
   end
 end
 
-M.listen = setup_call("listen", core.listen, 2, true)
+M.listen = setup_call("listen", listen, 2, true)
 M.connect = setup_call("connect", core.connect, 2, false)
 M.udp = setup_call("udp", core.udp, nil, true)
 M.after = setup_call("after", core.after, nil, true)
@@ -133,7 +155,7 @@ function M.serve(addr, handler, opts)
   if type(handler) ~= "function" then error("bad argument #2 to 'serve' (function expected)", 2) end
   staging_check("serve")
   check_opts("serve", 3, opts)
-  local fine, listener, err = pcall(core.listen, addr, opts)
+  local fine, listener, err = pcall(listen, addr, opts)
   if not fine then user_error("serve", listener) end
   if not listener then return nil, err end
   core.spawn(function()
@@ -250,6 +272,15 @@ function Channel:len() return self:_len() end
 function Channel:cap() return self._cap end
 function Channel:closed() return self._closed == true end
 function Channel:__len() return self:_len() end
+
+---------------------------------------------------------------- crypto
+
+-- OpenSSL's, for authenticating peers: nothing here is hand-written.
+M.crypto = {
+  hmac_sha256 = core.hmac_sha256,          -- (key, data) -> 32 raw bytes
+  random_bytes = core.random_bytes,        -- (n <= 1024) -> n bytes (RAND_bytes)
+  equal_consttime = core.equal_consttime,  -- (a, b) -> boolean (CRYPTO_memcmp)
+}
 
 -- comm.select(cases, [timeout]): see scripts/luacomm/select.lua.
 M.select = require("luacomm.select").select

@@ -80,6 +80,15 @@ function M.server(name, extra)
   return t
 end
 
+-- Node tls options (node.new's `tls`) with a certificate made for `cn`
+-- (CN and DNS SAN, signed by the test CA, or by `issuer`), under the file
+-- name `file` (default cn).
+function M.node(cn, file, issuer)
+  file = file or cn
+  if not io.open(M.path(file .. ".pem")) then sign(file, cn, "DNS:" .. cn, issuer) end
+  return { cert = M.path(file .. ".pem"), key = M.path(file .. ".key"), ca = M.path("ca.pem") }
+end
+
 -- Client-side tls options trusting the test CA.
 function M.client(extra)
   local t = { ca = M.path("ca.pem") }

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages luacomm needs to build, test and benchmark,
 # and does nothing (quickly) when they are all present already.
 set -eu
-PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db curl prometheus clang libclang-rt-14-dev"
+PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db curl prometheus iproute2 nftables clang libclang-rt-14-dev"
 # `install-deps.sh bench`: the load generator and the reference server too.
 if [ "${1:-}" = bench ]; then PKGS="$PKGS wrk nginx"; fi
 missing=""

@@ -3,7 +3,7 @@
 -- below answer with the new code while the links, the data and every
 -- request in flight carry on.
 --
---   luacomm examples/cluster/node.lua NAME LISTEN [PEER...]
+--   luacomm [--workers N] examples/cluster/node.lua NAME LISTEN [PEER...]
 --   e.g. luacomm examples/cluster/node.lua a 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003
 --
 -- Every node takes writes. A write gets a Lamport timestamp (counter, node
@@ -97,10 +97,27 @@ end
 
 local HANDLERS = { "put", "get", "replicate", "dump", "info", "say" }
 
+-- Under `luacomm --workers N`, each worker is a node of its own: worker 1
+-- is NAME on LISTEN, worker i is NAME.i on LISTEN's port + i - 1 and also
+-- dials worker 1, so the workers of one machine form part of the mesh and
+-- every write reaches every worker's replica. Node ports are never shared
+-- between workers: a link must reach the node it names.
+local function worker_identity(name, listen, peers)
+  local id, count = comm.worker()
+  if count == 1 or id == 1 then return name, listen, peers end
+  local host, port = listen:match("^(.*):(%d+)$")
+  assert(host, "LISTEN must be host:port under --workers")
+  local mine = { listen }
+  for _, p in ipairs(peers) do mine[#mine + 1] = p end
+  return ("%s.%d"):format(name, id), ("%s:%d"):format(host, tonumber(port) + id - 1), mine
+end
+
 function M.start(state, name, listen, ...)
   assert(name and listen, "usage: luacomm node.lua NAME LISTEN [PEER...]")
+  local peers
+  name, listen, peers = worker_identity(name, listen, { ... })
   state.name, state.store, state.clock = name, {}, 0
-  state.node = node.new{ name = name, listen = listen, peers = { ... },
+  state.node = node.new{ name = name, listen = listen, peers = peers,
                          heartbeat = 0.2, timeout = 1.0, reconnect = { min = 0.05, max = 1 } }
   -- Each handler goes through M at every call: after a reload, new code.
   for _, h in ipairs(HANDLERS) do

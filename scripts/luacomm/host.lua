@@ -117,7 +117,11 @@ end
 local signal_actions = {
   HUP = function(opts)
     comm.log.info("SIGHUP: reloading")
-    return reload(opts)
+    local ok, err = reload(opts)
+    -- under --workers the supervisor waits for this before the next worker
+    local report = debug.getregistry()["luacomm.worker.report"]
+    if report then report(ok, err) end
+    return ok, err
   end,
   TERM = function(opts) comm.log.info("SIGTERM: stopping"); H.stop(opts, 0) end,
   INT = function(opts) comm.log.info("SIGINT: stopping"); H.stop(opts, 0) end,

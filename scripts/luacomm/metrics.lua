@@ -20,7 +20,7 @@ M.nodes = require("luacomm.registry").nodes
 -- key only grows: a counter, exposed with _total.
 local PROCESS_GAUGES = { tasks = true, timers = true, conns = true, listeners = true,
                          lingering = true, udp = true, buffered_in = true }
-local NODE_GAUGES = { links = true, pending = true, dedup = true }
+local NODE_GAUGES = { links = true, pending = true, dedup = true, dedup_senders = true, known_nodes = true }
 
 ---------------------------------------------------------------- formatting
 

@@ -80,7 +80,8 @@ describe("node API", function()
       assert.has_error(function() n:request("a", "x", nil, { timeout = -1 }) end)
       assert.has_error(function() n:request("a", "x", nil, { retries = 1.5 }) end)
       assert.has_error(function() n:send(nil, "x") end)
-      assert.has_error(function() n:request("a", "x", function() end) end) -- not JSON
+      -- not JSON (to the node itself a body is never encoded, so to another)
+      assert.has_error(function() n:request("b", "x", function() end) end)
       n:stop()
     end)
   end)
@@ -98,6 +99,14 @@ describe("node API", function()
       assert.is_true(n:send("solo", "note", "to me"))
       assert.are.equal("to me", got:get(1))
       assert.are.equal(0, n:broadcast("note", "nobody else")) -- not to itself
+      -- never encoded on the way: the handler gets the very table sent, and
+      -- the requester the very table the handler returned
+      local body = { k = "v" }
+      assert.is_true(n:send("solo", "note", body))
+      assert.is_true(rawequal(body, got:get(1)))
+      local reply = { "mine" }
+      n:on("same", function() return reply end)
+      assert.is_true(rawequal(reply, n:request("solo", "same", nil, { timeout = 1 })))
       n:stop()
     end)
   end)

@@ -61,4 +61,19 @@ describe("node dedup cache", function()
     assert.are.equal(2, c:size("a"))
     assert.are.equal("new", c:begin("a", 1, 1))
   end)
+
+  it("forgets senders: silent ones after ttl, and never more than its cap", function()
+    local c, tick = cache{ ttl = 10, senders = 100 }
+    for i = 1, 20000 do c:begin("src" .. i, 1, 1) end
+    assert.is_true(c:senders_count() <= 100, c:senders_count())
+    local n = 0
+    for _ in pairs(c.senders) do n = n + 1 end
+    assert.are.equal(c:senders_count(), n)
+    -- the most recent are the ones kept
+    assert.are.equal("running", c:begin("src20000", 1, 1))
+    tick(11)
+    for i = 1, 70 do c:begin("late" .. i, 1, 1) end
+    assert.is_true(c:senders_count() <= 70 + 64, c:senders_count())
+    assert.are.equal("new", c:begin("src20000", 1, 1))
+  end)
 end)

@@ -59,7 +59,7 @@ describe("node envelopes", function()
           local good = {}
           for f, w in pairs(spec) do
             local t = w:gsub("^%?", "")
-            good[f] = ({ string = "s", name = "n", number = 1.5, integer = 1, count = 0, id = 1,
+            good[f] = ({ string = "s", name = "n", addr = "h:1", time = 1.5, uint = 0, id = 1,
                          links = { { node = "x", inc = 1 } } })[t]
           end
           good.kind = kind
@@ -73,6 +73,45 @@ describe("node envelopes", function()
     end
   end)
 
+  it("refuses every number from the wire that is not finite and in range (1e999 and friends)", function()
+    local good = {
+      hello = '{"kind":"hello","v":2,"node":"a","inc":1}',
+      welcome = '{"kind":"welcome","v":2,"node":"a","inc":1}',
+      ping = '{"kind":"ping","t":1}', pong = '{"kind":"pong","t":1}',
+      links = '{"kind":"links","origin":"a","epoch":1,"seq":1,"links":[{"node":"b","inc":1}]}',
+      msg = '{"kind":"msg","src":"a","dst":"b","type":"t","hops":0}',
+      req = '{"kind":"req","src":"a","dst":"b","type":"t","hops":0,"id":1,"ttl":1,"inc":1}',
+      rep = '{"kind":"rep","src":"a","dst":"b","hops":0,"id":1}',
+    }
+    local fields = { hello = { "v", "inc" }, welcome = { "v", "inc" }, ping = { "t" }, pong = { "t" },
+                     links = { "epoch", "seq", "inc" }, msg = { "hops" }, req = { "hops", "id", "ttl", "inc" },
+                     rep = { "hops", "id" } }
+    local n = 0
+    for kind, text in pairs(good) do
+      assert.is_table(envelope.decode(text), text)
+      for _, f in ipairs(fields[kind]) do
+        for _, bad in ipairs{ "1e999", "-1e999", "NaN", "1e15", "-1" } do
+          if not (bad == "-1" and (f == "t" or f == "ttl")) then
+            local poisoned = text:gsub('"' .. f .. '":[^,}]+', '"' .. f .. '":' .. bad, 1)
+            assert.are_not.equal(text, poisoned)
+            local env, why = envelope.decode(poisoned)
+            assert.is_nil(env, poisoned)
+            assert.are.equal("bad_envelope", why, poisoned)
+            n = n + 1
+          end
+        end
+      end
+    end
+    assert.is_true(n >= 60)
+    -- names and lists are bounded too
+    local long = string.rep("n", envelope.MAX_NAME + 1)
+    assert.is_nil(envelope.decode('{"kind":"hello","v":2,"node":"' .. long .. '","inc":1}'))
+    assert.is_table(envelope.decode('{"kind":"hello","v":2,"node":"' .. long:sub(2) .. '","inc":1}'))
+    local many = {}
+    for i = 1, envelope.MAX_LINKS + 1 do many[i] = { node = "n" .. i, inc = 1 } end
+    assert.is_nil(envelope.decode(comm.json.encode{ kind = "links", origin = "a", epoch = 1, seq = 1, links = many }))
+  end)
+
   it("writes an empty link list as a JSON array", function()
     local f = envelope.encode_links("a", 1, 2, {})
     assert.truthy(f:find('"links":[]', 1, true))
@@ -82,12 +121,33 @@ describe("node envelopes", function()
     assert.are.same(list, envelope.links(g.links))
   end)
 
-  it("splices a body encoded once", function()
-    local f = envelope.encode_with_body({ kind = "msg", src = "a", dst = "b", type = "t", hops = 0 },
-                                        comm.json.encode{ n = 1 })
+  it("sends a body after the header, and lets it pass undecoded", function()
+    local f = envelope.encode{ kind = "msg", src = "a", dst = "b", type = "t", hops = 0, body = { n = 1 } }
+    local head, body = f:match("^([^\n]*)\n(.*)$")
+    assert.are.same({ n = 1 }, comm.json.decode(body))
+    assert.is_nil(comm.json.decode(head).body)
     local env = assert(envelope.decode(f))
-    assert.are.equal(1, env.body.n)
-    assert.is_nil(assert(envelope.decode(envelope.encode_with_body(
-      { kind = "msg", src = "a", dst = "b", type = "t", hops = 0 }, nil))).body)
+    assert.is_nil(env.body)
+    -- a relay re-encodes the header and passes the body text on as it came
+    env.hops = 1
+    local g = envelope.encode(env)
+    assert.are.equal(body, g:match("\n(.*)$"))
+    assert.are.equal(1, comm.json.decode(g:match("^[^\n]*")).hops)
+    assert.are.same({ n = 1 }, envelope.body(assert(envelope.decode(g))))
+    -- straight to its destination, the body goes inside: one JSON text
+    local whole = envelope.encode(env, true)
+    assert.are.same({ n = 1 }, comm.json.decode(whole).body)
+    assert.are.same({ n = 1 }, envelope.body(assert(envelope.decode(whole))))
+    -- no body: no line feed; a body inside the header is fine too
+    assert.is_nil(envelope.encode{ kind = "msg", src = "a", dst = "b", type = "t", hops = 0 }:find("\n"))
+    local inline = assert(envelope.decode('{"kind":"msg","src":"a","dst":"b","type":"t","hops":0,"body":[1]}'))
+    assert.are.same({ 1 }, envelope.body(inline))
+    -- a bad body is found only where it is decoded; two bodies are refused
+    local bad = assert(envelope.decode('{"kind":"msg","src":"a","dst":"b","type":"t","hops":0}\n{oops'))
+    local v, err = envelope.body(bad)
+    assert.is_nil(v)
+    assert.is_string(err)
+    assert.are.same({ nil, "bad_envelope", "msg with two bodies" }, { envelope.decode(
+      '{"kind":"msg","src":"a","dst":"b","type":"t","hops":0,"body":1}\n2') })
   end)
 end)

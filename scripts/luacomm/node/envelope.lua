@@ -3,35 +3,60 @@
 -- that nothing malformed gets past the reader.
 local json = require("luacomm").json
 
-local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
+local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
 local floor = math.floor
+local find, sub = string.find, string.sub
 local encode, decode = json.encode, json.decode
 
 local M = {}
-M._VERSION = "0.1.0"
-M.VERSION = 1 -- the protocol version this implementation speaks
+M._VERSION = "0.2.0"
+M.VERSION = 2 -- the protocol version this implementation speaks
+
+-- The key under which a decoded envelope keeps its body as JSON text, not
+-- yet decoded (no JSON key can be a table). Relays pass it on as it came;
+-- only the destination decodes it (M.body).
+local RAW = setmetatable({}, { __name = "envelope.RAW" })
+M.RAW = RAW
+
+-- Limits on what a peer may send, whatever its authentication. Every
+-- number from the wire is finite and in range here, in one place, so that
+-- nothing downstream (JSON encoding, comparisons, sums) meets an infinity
+-- or a NaN: integers (ids, incarnations, epochs, seqs, hops, versions)
+-- are whole and 0 <= n < 1e14 (JSON as lua-cjson writes it keeps them
+-- exact below that); times (ttl, ping t) finite, within +-1e9 s.
+M.MAX_INT = 1e14
+M.MAX_TIME = 1e9
+M.MAX_NAME = 255   -- bytes in a node name
+M.MAX_LINKS = 1024 -- entries in one links announcement
+M.MAX_ADDR = 1024  -- bytes in a listen address
 
 -- Field checks by name, as Lua expressions on `v` (compiled below); a
 -- leading "?" in a spec makes the field optional.
 local checks = {
   string = 'type(v) == "string"',
-  name = 'type(v) == "string" and v ~= ""',
-  number = 'type(v) == "number" and v == v',
-  integer = 'type(v) == "number" and floor(v) == v',
-  count = 'type(v) == "number" and v >= 0 and floor(v) == v',
-  id = 'type(v) == "number" and v >= 1 and floor(v) == v',
+  name = 'type(v) == "string" and v ~= "" and #v <= MAX_NAME',
+  addr = 'type(v) == "string" and #v <= MAX_ADDR',
+  time = 'type(v) == "number" and v >= -MAX_TIME and v <= MAX_TIME',
+  uint = 'type(v) == "number" and v >= 0 and v < MAX_INT and floor(v) == v',
+  id = 'type(v) == "number" and v >= 1 and v < MAX_INT and floor(v) == v',
   links = 'links(v)',
 }
 
--- A list of { node = name, inc = number } (an empty JSON object passes for
--- an empty list).
+-- A list of at most MAX_LINKS { node = name, inc = uint } (an empty JSON
+-- object passes for an empty list).
 local function links(v)
   if type(v) ~= "table" then return false end
   local n = 0
-  for _ in pairs(v) do n = n + 1 end
+  for _ in pairs(v) do
+    n = n + 1
+    if n > M.MAX_LINKS then return false end
+  end
   for i = 1, n do
     local l = v[i]
-    if type(l) ~= "table" or type(l.node) ~= "string" or l.node == "" or type(l.inc) ~= "number" then
+    if type(l) ~= "table" then return false end
+    local node, inc = l.node, l.inc
+    if type(node) ~= "string" or node == "" or #node > M.MAX_NAME or type(inc) ~= "number"
+      or not (inc >= 0 and inc < M.MAX_INT and floor(inc) == inc) then
       return false
     end
   end
@@ -41,25 +66,28 @@ end
 -- The kinds and the fields each must carry. Unknown fields are ignored
 -- (a later version may add some); `body` is any JSON value, or absent.
 M.KINDS = {
-  hello = { v = "integer", node = "name", inc = "number", listen = "?string" },
-  welcome = { v = "integer", node = "name", inc = "number", listen = "?string" },
+  hello = { v = "uint", node = "name", inc = "uint", listen = "?addr", nonce = "?string" },
+  challenge = { node = "name", nonce = "string" },
+  auth = { mac = "string" },
+  welcome = { v = "uint", node = "name", inc = "uint", listen = "?addr", mac = "?string" },
   reject = { reason = "string", node = "?string" },
   bye = { reason = "?string" },
-  ping = { t = "number" },
-  pong = { t = "number" },
-  links = { origin = "name", epoch = "number", seq = "number", links = "links" },
-  msg = { src = "name", dst = "name", type = "string", hops = "count" },
-  req = { src = "name", dst = "name", type = "string", hops = "count", id = "id",
-          ttl = "number", inc = "number" },
-  rep = { src = "name", dst = "name", hops = "count", id = "id", err = "?string", type = "?string",
-          by = "?string" },
+  ping = { t = "time" },
+  pong = { t = "time" },
+  links = { origin = "name", epoch = "uint", seq = "uint", links = "links" },
+  msg = { src = "name", dst = "name", type = "string", hops = "uint" },
+  req = { src = "name", dst = "name", type = "string", hops = "uint", id = "id",
+          ttl = "time", inc = "uint" },
+  rep = { src = "name", dst = "name", hops = "uint", id = "id", err = "?string", type = "?string",
+          by = "?name" },
 }
 
 -- Each kind's spec is compiled once into a checking function, so that the
 -- per-message check is straight-line code: fn(env) -> nil when fine, else
 -- the detail of what is wrong.
 local function compile(kind, spec)
-  local lines = { "local type, floor, links = ...", "return function(env)", "local v" }
+  local lines = { "local type, floor, links, MAX_NAME, MAX_ADDR, MAX_TIME, MAX_INT = ...",
+                  "return function(env)", "local v" }
   local fields = {}
   for field in pairs(spec) do fields[#fields + 1] = field end
   table.sort(fields)
@@ -74,7 +102,8 @@ local function compile(kind, spec)
               kind .. " with a bad " .. field)
   end
   lines[#lines + 1] = "end"
-  return assert(load(table.concat(lines, "\n"), "=envelope:" .. kind))(type, floor, links)
+  return assert(load(table.concat(lines, "\n"), "=envelope:" .. kind))(type, floor, links, M.MAX_NAME,
+                                                                     M.MAX_ADDR, M.MAX_TIME, M.MAX_INT)
 end
 
 local compiled = {}
@@ -94,16 +123,53 @@ function M.check(env)
 end
 
 -- A frame -> env, or nil, reason ("bad_json", "bad_envelope",
--- "unknown_kind"), detail. Never raises.
+-- "unknown_kind"), detail. Never raises. A frame is the header (compact
+-- JSON, no line feed in it), then, if there is a body, a line feed and the
+-- body's JSON text, kept undecoded in env[RAW]; a body inside the header
+-- is accepted too.
 function M.decode(frame)
-  local env, err = decode(frame)
+  if type(frame) ~= "string" then return nil, "bad_json", "not a string" end
+  local lf = find(frame, "\n", 1, true)
+  local head, raw = frame, nil
+  if lf then head, raw = sub(frame, 1, lf - 1), sub(frame, lf + 1) end
+  local env, err = decode(head)
   if env == nil then return nil, "bad_json", tostring(err) end
-  return M.check(env)
+  local why, detail
+  env, why, detail = M.check(env)
+  if env and raw then
+    if env.body ~= nil then return nil, "bad_envelope", env.kind .. " with two bodies" end
+    env[RAW] = raw
+  end
+  return env, why, detail
 end
 
--- An envelope -> frame. Raises on a value JSON cannot hold (the caller's
--- body, usually).
-M.encode = encode
+-- The body of a decoded envelope: value (nil when absent), or nil, err
+-- when its JSON text is bad. Decoded once.
+function M.body(env)
+  local raw = env[RAW]
+  if raw == nil then return env.body end
+  local v, err = decode(raw)
+  if v == nil then return nil, tostring(err) end
+  env.body, env[RAW] = v, nil
+  return v
+end
+
+-- An envelope -> frame. With `inline` (the frame goes straight to its
+-- destination: nobody relays it) the body is written inside the header,
+-- one JSON text; else after the header and a line feed, so that relays
+-- need not touch it. The body is env.body, or env[RAW] as it arrived.
+-- Raises on a value JSON cannot hold (the caller's body, usually).
+function M.encode(env, inline)
+  local body, raw = env.body, env[RAW]
+  if raw == nil and (inline or body == nil) then return encode(env) end
+  env.body, env[RAW] = nil, nil
+  local ok, head = pcall(encode, env)
+  env.body, env[RAW] = body, raw
+  if not ok then error(head, 2) end
+  raw = raw or encode(body)
+  if inline then return sub(head, 1, -2) .. ',"body":' .. raw .. "}" end
+  return head .. "\n" .. raw
+end
 
 -- A links announcement. lua-cjson writes an empty table as {}, so the
 -- empty list is spelled out: the protocol says `links` is an array.
@@ -113,14 +179,6 @@ function M.encode_links(origin, epoch, seq, list)
   end
   local s = encode{ kind = "links", origin = origin, epoch = epoch, seq = seq }
   return s:sub(1, -2) .. ',"links":[]}'
-end
-
--- An envelope whose body is already JSON text (broadcast encodes the body
--- once for every destination): fields + "body": body_json.
-function M.encode_with_body(env, body_json)
-  local s = encode(env)
-  if body_json == nil then return s end
-  return s:sub(1, -2) .. ',"body":' .. body_json .. '}'
 end
 
 -- A checked `links` field as a list (an empty JSON object from another

@@ -21,9 +21,12 @@ M._VERSION = "0.2.0"
 local Routes = {}
 Routes.__index = Routes
 
-function M.new(self_name)
+-- max: how many origins' announcements it keeps at most (default 1024).
+function M.new(self_name, max)
   return setmetatable({
     name = self_name,
+    max = max or 1024,
+    n = 0,          -- origins in db
     own = {},       -- neighbour -> its incarnation, for this node's live links
     db = {},        -- origin -> { epoch, seq, links = { {node, inc} }, set = { node -> inc } }
     dirty = true,
@@ -58,16 +61,20 @@ end
 
 -- Applies an announcement (links: { {node =, inc =} }); true if it was
 -- newer than what the table had (the caller then floods it on), false for
--- a stale one or one about this node. News of a newer incarnation of a
--- neighbour makes that neighbour's own stored announcement worthless.
+-- a stale one or one about this node, or false, "full" for a new origin
+-- past `max`. News of a newer incarnation of a neighbour makes that
+-- neighbour's own stored announcement worthless.
 function Routes:update(origin, epoch, seq, links)
-  if origin == self.name or not newer(self.db[origin], epoch, seq) then return false end
+  local old = self.db[origin]
+  if origin == self.name or not newer(old, epoch, seq) then return false end
+  if old == nil and self.n >= self.max and not self:_evict() then return false, "full" end
   local set = {}
   for _, l in ipairs(links) do
     set[l.node] = l.inc
     local e = self.db[l.node]
-    if e and e.epoch < l.inc then self.db[l.node] = nil end
+    if e and e.epoch < l.inc then self:forget(l.node) end
   end
+  if self.db[origin] == nil then self.n = self.n + 1 end
   self.db[origin] = { epoch = epoch, seq = seq, links = links, set = set }
   self.dirty = true
   return true
@@ -138,13 +145,33 @@ function Routes:reachable()
   return self.order
 end
 
+-- Makes room for one origin: forgets one that no route reaches (news
+-- nobody confirms: from a node gone, or made up). false when every
+-- stored origin is reachable.
+function Routes:_evict()
+  if self.dirty then self:_recompute() end
+  for origin in pairs(self.db) do
+    if self.dist[origin] == nil then
+      self:forget(origin)
+      return true
+    end
+  end
+  return false
+end
+
 -- Forgets an origin's announcement (a node that restarted: its old news
 -- is void).
 function Routes:forget(origin)
   if self.db[origin] then
     self.db[origin] = nil
+    self.n = self.n - 1
     self.dirty = true
   end
+end
+
+-- How many origins' announcements are stored.
+function Routes:size()
+  return self.n
 end
 
 return M

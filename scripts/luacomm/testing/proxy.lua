@@ -100,7 +100,8 @@ end
 -- The rule acting on this frame, or nil.
 function Proxy:_pick(frame, info)
   if #self.rules == 0 then return nil end
-  local env = comm.json.decode(frame)
+  -- a node frame is its JSON header, then a line feed and the body
+  local env = comm.json.decode(frame:match("^[^\n]*"))
   for _, r in ipairs(self.rules) do
     if matches(r, frame, env, info) then
       r.hits = r.hits + 1
