@@ -1,7 +1,6 @@
 -- A node listening on a unix socket. Found while writing the fuzz
 -- harnesses: start() raised in formatting its own address ("unix:" has a
 -- path and no port), so no node could listen on one.
-local comm = require "luacomm"
 local node = require "luacomm.node"
 local helpers = require "helpers"
 
