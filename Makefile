@@ -67,6 +67,12 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	$(TEST_ENV) LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' $(SPECS)
 
+# The simulation scenarios over 1000 seeds each (`make test` runs them
+# over 50): CONTRACT §10 used on the node library and the cluster example.
+test-sim: deps
+	@$(MAKE) --no-print-directory all
+	LUACOMM_SIM_SEEDS=1000 LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' spec/sim
+
 # The multi-host specs (spec/hosts) on network-namespace test hosts:
 # needs root, ip and nft; says why and skips where they are missing.
 test-hosts: deps
@@ -122,25 +128,52 @@ install: install-rock
 include bench/bench.mk
 include fuzz/fuzz.mk
 
-# Speed against a C ceiling in the same run: ceiling and examples/echo.lua
-# under one load generator, interleaved, medians, ratios; bench/RESULTS.md.
-BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'luacomm=build/luacomm examples/echo.lua $$PORT'
-# HTTP rows: wrk against nginx and http.serve (bench/http.sh).
+# Speed against C in the same run: the ceiling, the floor (one malloc and
+# copy per frame), examples/echo.lua and echo servers on the Lua runtimes
+# luv, cqueues and copas (bench/peers/), under one load generator,
+# interleaved, medians, ratios; bench/RESULTS.md. Debian's copas.lua is
+# installed for 5.1/5.2 only; it is pure Lua and runs on lua5.4 from there.
+COPAS_PATH := ;;/usr/share/lua/5.1/?.lua
+BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'floor=build/bench/floor $$PORT' \
+	'luacomm=build/luacomm examples/echo.lua $$PORT' \
+	'luv=lua5.4 bench/peers/luv_echo.lua $$PORT' \
+	'cqueues=lua5.4 bench/peers/cqueues_echo.lua $$PORT' \
+	'copas=env LUA_PATH="$(COPAS_PATH)" lua5.4 bench/peers/copas_echo.lua $$PORT'
+# Copas 1.1.7 waits with select(): no descriptor past FD_SETSIZE (1024).
+BENCH_ENV := SKIP='copas:E:select()_limit_1024_fds copas:idle:select()_limit_1024_fds'
+# HTTP rows: wrk against nginx, the C-only evhttp floor and http.serve (bench/http.sh).
 bench: deps
 	@sh tools/install-deps.sh bench
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
-	BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
+	$(BENCH_ENV) BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
 	bash bench/http.sh
+	lua5.4 bench/sim_rate.lua | tee -a bench/RESULTS.md
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
-	QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
+	$(BENCH_ENV) QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
+	lua5.4 bench/sim_rate.lua 5 | tee -a build/bench/RESULTS-quick.md
+
+# Instructions per echoed message (callgrind, a fixed number of frames per
+# scenario): luacomm's echo example and the floor, stable on a busy machine.
+# A markdown table on stdout (append it to bench/RESULTS.md after make bench).
+bench-callgrind: deps
+	@$(MAKE) --no-print-directory all $(BENCH_BINS)
+	@bash bench/callgrind.sh >build/bench/callgrind.luacomm
+	@SERVER='build/bench/floor $$PORT' bash bench/callgrind.sh >build/bench/callgrind.floor
+	@echo; echo '## Instructions per echoed message (callgrind, `make bench-callgrind`)'; echo
+	@echo '| scenario | luacomm | floor | luacomm / floor |'; echo '|---|--:|--:|--:|'
+	@for f in luacomm floor; do \
+	  sed 's/.*scen=\([A-E]\).*ir_per_msg=\([0-9]*\).*/\1 \2/' build/bench/callgrind.$$f >build/bench/callgrind.$$f.col; \
+	done
+	@join build/bench/callgrind.luacomm.col build/bench/callgrind.floor.col | \
+	  awk '{ printf "| %s | %d | %d | %.1f |\n", $$1, $$2, $$3, $$2 / $$3 }'
 
 clean:
 	rm -rf build build-asan build-werror build-fuzz
 
 -include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick
+.PHONY: all deps check test test-sim test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind

@@ -1,4 +1,6 @@
-# Benchmark tools: load generator/verifier and the libevent "ceiling" server.
+# Benchmark tools: load generator/verifier, the libevent "ceiling" server,
+# the "floor" (the same echo paying one malloc and copy per frame) and the
+# C-only evhttp "hello" server (the HTTP floor).
 #
 # Included from the top-level Makefile (which defines CC and uses build/ for
 # output), or used standalone from the repository root:
@@ -10,15 +12,20 @@ BENCH_CFLAGS ?= -std=c11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wpedantic \
 	-Wshadow -Wmissing-prototypes -Wstrict-prototypes
 BENCH_EVENT_CFLAGS := $(shell pkg-config --cflags libevent_core)
 BENCH_EVENT_LIBS := $(shell pkg-config --libs libevent_core)
-BENCH_BINS := build/bench/loadgen build/bench/ceiling
+BENCH_EVHTTP_LIBS := $(shell pkg-config --libs libevent_extra) $(BENCH_EVENT_LIBS)
+BENCH_BINS := build/bench/loadgen build/bench/ceiling build/bench/floor build/bench/http_floor
 
 build/bench/loadgen: bench/loadgen.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -o $@ $<
 
-build/bench/ceiling: bench/ceiling.c bench/bench.mk
+build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS)
+
+build/bench/http_floor: bench/http_floor.c bench/bench.mk
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVHTTP_LIBS)
 
 .PHONY: bench-selftest
 bench-selftest: $(BENCH_BINS)

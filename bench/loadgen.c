@@ -13,6 +13,10 @@
  *   throughput (default): prints one line, e.g.
  *     conns=64 window=16 size=64 secs=5.00 msgs=... msgs_per_s=... mb_per_s=...
  *     p50_us=... p99_us=... p999_us=... errors=0
+ *   --count N: every connection sends exactly N frames (window as given),
+ *     waits for all of them to come back verified, and prints
+ *     "count_msgs=TOTAL ok": a fixed amount of work, for instruction counts
+ *     under callgrind.
  *   --idle N: opens N connections, does one verified round trip on each, then
  *     holds them open for --duration seconds and prints "idle_conns=N ok".
  *
@@ -46,6 +50,7 @@
 #define CONNECT_BATCH 256            /* connects in progress at once */
 #define CONNECT_TIMEOUT_NS (10 * NS_PER_S) /* without any connect completing */
 #define DRAIN_TIMEOUT_NS (5 * NS_PER_S)    /* for in-flight frames at the end */
+#define COUNT_TIMEOUT_NS (600 * NS_PER_S)    /* --count: all frames back */
 #define ROUNDTRIP_TIMEOUT_NS (30 * NS_PER_S) /* --idle: first echo on all conns */
 #define GAP_GRACE_NS (NS_PER_S)      /* how long a skipped frame may be late */
 #define MAX_EVENTS 512
@@ -59,7 +64,7 @@
 
 struct opts {
     const char *addr;
-    uint32_t conns, window, size, idle;
+    uint32_t conns, window, size, idle, count;
     double duration, warmup;
 };
 
@@ -619,6 +624,15 @@ static void run_throughput(void)
            hist_percentile_us(&g.hist, 0.999));
 }
 
+static void run_count(void)
+{
+    g.seq_limit = g.o.count;
+    start_all();
+    run_until(now_ns() + COUNT_TIMEOUT_NS, true);
+    die_if_outstanding();
+    printf("count_msgs=%" PRIu64 " ok\n", (uint64_t)g.o.count * g.o.conns);
+}
+
 static void run_idle(void)
 {
     g.seq_limit = 1;
@@ -638,6 +652,7 @@ _Noreturn static void usage(void)
 {
     fputs("usage: loadgen --addr HOST:PORT|unix:PATH [--conns N] [--window W]\n"
           "               [--size BYTES] [--duration S] [--warmup S]\n"
+          "       loadgen --addr ADDR --count N [--conns N] [--window W] [--size BYTES]\n"
           "       loadgen --addr ADDR --idle N [--duration S]\n", stderr);
     exit(2);
 }
@@ -701,6 +716,7 @@ static void parse_opts(int argc, char **argv)
         { "duration", required_argument, NULL, 'd' },
         { "warmup", required_argument, NULL, 'u' },
         { "idle", required_argument, NULL, 'i' },
+        { "count", required_argument, NULL, 'n' },
         { NULL, 0, NULL, 0 },
     };
     g.o = (struct opts){ .conns = 1, .window = 1, .size = 64, .duration = 5, .warmup = 1 };
@@ -714,6 +730,7 @@ static void parse_opts(int argc, char **argv)
         case 'd': g.o.duration = parse_secs("duration", optarg); break;
         case 'u': g.o.warmup = parse_secs("warmup", optarg); break;
         case 'i': g.o.idle = parse_u32("idle", optarg, 1, 1000000); break;
+        case 'n': g.o.count = parse_u32("count", optarg, 1, UINT32_MAX); break;
         default: usage();
         }
     }
@@ -759,6 +776,8 @@ int main(int argc, char **argv)
     connect_all();
     if (g.o.idle)
         run_idle();
+    else if (g.o.count)
+        run_count();
     else
         run_throughput();
     return 0;

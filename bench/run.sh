@@ -7,12 +7,16 @@
 #   $PORT; it is set per run) and must exec the server, so that its PID is the
 #   server's (RSS is read from /proc/PID). Without arguments, SERVERS is used:
 #   NAME=COMMAND entries separated by newlines or ';'. Ratios are relative to
-#   the server named "ceiling" (or the first one listed).
+#   the server named "ceiling" (or the first one listed); when a server named
+#   "floor" is listed, a second column gives the ratio to it.
 #
 # Env: R runs per scenario (3), D measured seconds (5), WARMUP seconds (1),
 #   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000), IDLE_HOLD seconds (3),
 #   OUT report file (bench/RESULTS.md), BENCH_PORT_BASE, BENCH_NO_BUILD=1,
-#   BENCH_SCENARIOS (e.g. "B E"), BENCH_NO_PIN=1 (no CPU pinning).
+#   BENCH_SCENARIOS (e.g. "B E"), BENCH_NO_PIN=1 (no CPU pinning),
+#   SKIP="NAME:WHAT:why ..." runs left out, WHAT a scenario letter or "idle",
+#   with why (printed in the report; use _ for spaces): for a server that
+#   cannot hold that many connections.
 #
 # Every run starts a fresh server; runs are interleaved (ceiling, other,
 # ceiling, other, ...) so drift hits all servers alike; the table shows
@@ -76,6 +80,8 @@ parse_servers() {
     ((${#NAMES[@]} > 0)) || { log "no servers given"; exit 2; }
     BASE=${NAMES[0]}
     [[ -n ${CMDS[ceiling]+set} ]] && BASE=ceiling
+    FLOOR=
+    [[ -n ${CMDS[floor]+set} && $BASE != floor ]] && FLOOR=floor
 }
 
 setup_pinning() {
@@ -170,12 +176,25 @@ idle_one() {
     stop_server "$SERVER_PID" || log "    $name exited with status $? on SIGTERM"
 }
 
+# skip_reason NAME WHAT: prints why NAME sits out WHAT (a scenario or
+# "idle") as SKIP says; false if it does not.
+skip_reason() {
+    local e
+    for e in ${SKIP:-}; do
+        if [[ $e == "$1:$2:"* ]]; then
+            echo "${e#"$1:$2:"}" | tr _ ' '
+            return 0
+        fi
+    done
+    return 1
+}
+
 mib() { awk -v k="$1" 'BEGIN { if (k == "-") print "-"; else printf "%.1f", k / 1024 }'; }
 
-# vs_base NAME VALUE BASE_VALUE: "baseline" for the baseline server, else the
-# ratio VALUE / BASE_VALUE.
+# vs_base NAME VALUE BASE_VALUE [REF]: "baseline" for the reference server
+# REF (default $BASE), else the ratio VALUE / BASE_VALUE.
 vs_base() {
-    if [[ $1 == "$BASE" ]]; then
+    if [[ $1 == "${4:-$BASE}" ]]; then
         echo baseline
         return
     fi
@@ -203,26 +222,37 @@ report_header() {
 }
 
 report_throughput() {
-    local scen name r base_mps mps
+    local scen name r base_mps floor_mps mps extra_h='' extra_s='' extra why
+    if [[ -n $FLOOR ]]; then
+        extra_h=" msgs/s vs $FLOOR |" extra_s="--:|"
+    fi
     echo
-    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE |"
-    echo "|---|---|--:|--:|--:|--:|--:|"
+    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE |$extra_h"
+    echo "|---|---|--:|--:|--:|--:|--:|$extra_s"
     for scen in "${SCENARIOS[@]}"; do
         base_mps=$(column_stat 1 "$TMP/res.$scen.$BASE")
+        [[ -n $FLOOR ]] && floor_mps=$(column_stat 1 "$TMP/res.$scen.$FLOOR")
         for name in "${NAMES[@]}"; do
             r=$TMP/res.$scen.$name
             mps=$(column_stat 1 "$r")
-            printf '| %s | %s | %s | %s | %s | %s | %s |\n' \
+            extra=
+            if why=$(skip_reason "$name" "$scen"); then
+                printf '| %s | %s | not run: %s | - | - | - | - |%s\n' \
+                    "$scen: ${SCEN_DESC[$scen]}" "$name" "$why" "${FLOOR:+ - |}"
+                continue
+            fi
+            [[ -n $FLOOR ]] && extra=" $(vs_base "$name" "$mps" "$floor_mps" "$FLOOR") |"
+            printf '| %s | %s | %s | %s | %s | %s | %s |%s\n' \
                 "$scen: ${SCEN_DESC[$scen]}" "$name" "$mps" \
                 "$(column_stat 2 "$r")" "$(column_stat 3 "$r")" \
                 "$(mib "$(column_stat 4 "$r" max)")" \
-                "$(vs_base "$name" "$mps" "$base_mps")"
+                "$(vs_base "$name" "$mps" "$base_mps")" "$extra"
         done
     done
 }
 
 report_idle() {
-    local name base rss base_rss=- line
+    local name base rss base_rss=- line why
     echo
     echo "## $IDLE_CONNS idle connections"
     echo
@@ -232,6 +262,10 @@ report_idle() {
     for name in "${NAMES[@]}"; do
         line="- -"
         [[ -s $TMP/idle.res.$name ]] && line=$(cat "$TMP/idle.res.$name")
+        if why=$(skip_reason "$name" idle); then
+            printf '| %s | - | not run: %s | - | - |\n' "$name" "$why"
+            continue
+        fi
         read -r base rss <<<"$line"
         printf '| %s | %s | %s | %s | %s |\n' "$name" "$(mib "$base")" "$(mib "$rss")" \
             "$(awk -v b="$base" -v r="$rss" -v n="$IDLE_CONNS" 'BEGIN {
@@ -248,7 +282,7 @@ main() {
     parse_servers "$@"
     setup_pinning
     if [[ -z ${BENCH_NO_BUILD:-} ]]; then
-        make -s -f bench/bench.mk build/bench/loadgen build/bench/ceiling || exit 1
+        make -s -f bench/bench.mk build/bench/loadgen build/bench/ceiling build/bench/floor || exit 1
     fi
     TMP=$(mktemp -d)
     trap 'bench_cleanup; rm -rf "$TMP"' EXIT
@@ -259,12 +293,12 @@ main() {
     for scen in "${SCENARIOS[@]}"; do
         for ((run = 1; run <= R; run++)); do
             for name in "${NAMES[@]}"; do
-                run_one "$scen" "$name" "$run"
+                skip_reason "$name" "$scen" >/dev/null || run_one "$scen" "$name" "$run"
             done
         done
     done
     for name in "${NAMES[@]}"; do
-        idle_one "$name"
+        skip_reason "$name" idle >/dev/null || idle_one "$name"
     done
 
     { report_header; report_throughput; report_idle; } >"$TMP/report.md"

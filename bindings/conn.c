@@ -27,6 +27,9 @@
 #define ZERO_COPY_MIN (8 * 1024)
 #define SMALL_FRAME 256
 #define READ_MAX_CHUNK (1024 * 1024)
+#define READ_BLOCK (128 * 1024 - 256) /* under malloc's mmap threshold */
+#define READ_HANDOVER_MIN (8 * 1024)
+#define READ_CARRY_MAX (32 * 1024)
 /* A direct read reserves at most what already arrived, and at least this
 ** (a power of two less libevent's chain header, so no chain is wasted). */
 #define READ_GROW_MIN (16 * 1024 - 256)
@@ -35,7 +38,7 @@ struct lc_conn {
   lc_handle h; /* first: the handle list hands us back this pointer */
   lc_ctx *ctx;
   evutil_socket_t fd;
-  struct event *rev, *wev;
+  struct event *rev, *wev; /* wev made on first need (arm_write) */
   struct evbuffer *in, *out;
   lc_waitq readers; /* at most one task (a second reader raises) */
   lc_waitq writers; /* tasks held back by the high-water mark */
@@ -68,6 +71,7 @@ typedef struct lc_conn lc_conn;
 typedef struct conn_state {
   lc_conn *dirty;   /* connections with output to flush after the pass */
   char *scratch;    /* the read buffer every connection shares */
+  char *spare;      /* READ_BLOCK bytes read into first, see read_some */
   int lingering;    /* closed by the user, still flushing */
   lc_waitq drained; /* tasks in core.drained(): woken as connections go */
 } conn_state;
@@ -201,6 +205,20 @@ static ssize_t write_some (lc_conn *s, size_t cap) {
   return w;
 }
 
+static void on_writable(evutil_socket_t fd, short what, void *arg);
+
+/* Adds the write event, made on first need: most connections never fill
+** the socket, and 10,000 idle ones need not carry 10,000 events. */
+static int arm_write (lc_conn *s) {
+  if (s->wev == NULL && (s->wev = event_new(s->ctx->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s)) == NULL) {
+    fail_io(s, ENOMEM);
+    return -1;
+  }
+  event_add(s->wev, NULL);
+  s->writing = 1;
+  return 0;
+}
+
 /* Writes what it can now; arms the write event for the rest. */
 static void flush (lc_conn *s) {
   lc_ctx *c = s->ctx;
@@ -215,8 +233,7 @@ static void flush (lc_conn *s) {
   if (n > 0) touch(s);
   left = evbuffer_get_length(s->out);
   if (left > 0 && !s->writing) {
-    event_add(s->wev, NULL);
-    s->writing = 1;
+    if (arm_write(s) != 0) return;
   } else if (left == 0 && s->writing) {
     event_del(s->wev);
     s->writing = 0;
@@ -280,6 +297,7 @@ static void free_state (lc_ctx *c, void *state) {
   conn_state *cs = state;
   (void)c;
   free(cs->scratch);
+  free(cs->spare);
 }
 
 static void flush_dirty (lc_ctx *c) {
@@ -326,10 +344,60 @@ static ssize_t read_tls (lc_conn *s, size_t cap) {
   return n;
 }
 
+/* libevent's cleanup for a block handed over by read_into_spare. */
+static void free_block (const void *data, size_t len, void *arg) {
+  (void)len, (void)arg;
+  free((void *)data);
+}
+
+/* The common read: into the spare block, then the scratch buffer, in one
+** readv. A large read hands the block itself to the input buffer, cut to
+** size, instead of copying it (libevent frees it once drained); a small
+** one is copied and the block stays for the next read. Either way the
+** input buffer holds what came, not a power-of-two chain around it.
+** carry: bytes of s->in (all of it) moved to the block's start first, so
+** that a frame begun in an earlier read ends up in one piece: a frame
+** split over two chains costs recv two copies (luaL_Buffer) instead of
+** one, and with large frames that is every other frame. */
+static ssize_t read_into_spare (lc_conn *s, conn_state *cs, size_t carry) {
+  struct iovec vec[2];
+  size_t first;
+  char *b;
+  ssize_t n;
+  if (cs->spare == NULL && (cs->spare = malloc(READ_BLOCK)) == NULL) return -1;
+  if (carry > 0) evbuffer_remove(s->in, cs->spare, carry);
+  vec[0].iov_base = cs->spare + carry;
+  vec[0].iov_len = READ_BLOCK - carry;
+  vec[1].iov_base = cs->scratch;
+  vec[1].iov_len = READ_SCRATCH;
+  n = readv(s->fd, vec, 2);
+  if (n <= 0) {
+    int err = errno;
+    if (carry > 0 && evbuffer_add(s->in, cs->spare, carry) != 0) return errno = ENOMEM, -1; /* put back */
+    errno = err;
+    return n;
+  }
+  first = carry + ((size_t)n < READ_BLOCK - carry ? (size_t)n : READ_BLOCK - carry);
+  if (first < READ_HANDOVER_MIN) {
+    if (evbuffer_add(s->in, cs->spare, first) != 0) return errno = ENOMEM, -1;
+  } else {
+    b = first < READ_BLOCK ? realloc(cs->spare, first) : cs->spare; /* shrinks in place */
+    if (b == NULL) b = cs->spare;
+    cs->spare = NULL;
+    if (evbuffer_add_reference(s->in, b, first, free_block, NULL) != 0) {
+      free(b);
+      return errno = ENOMEM, -1;
+    }
+  }
+  if (carry + (size_t)n > first && evbuffer_add(s->in, cs->scratch, carry + (size_t)n - first) != 0)
+    return errno = ENOMEM, -1;
+  return n;
+}
+
 /* Reads straight into the input buffer when a large frame is expected (one
-** copy); otherwise into the shared scratch buffer and appends what came:
-** a big chain reserved per read and freed once drained would make malloc
-** grow and trim the heap on every readiness event. */
+** copy); otherwise through read_into_spare: a big chain reserved per read
+** and freed once drained would make malloc grow and trim the heap on every
+** readiness event. */
 static ssize_t read_some (lc_conn *s) {
   lc_ctx *c = s->ctx;
   conn_state *cs = cstate(c);
@@ -340,6 +408,10 @@ static ssize_t read_some (lc_conn *s) {
   errno = ENOMEM; /* for the allocation failures below */
   if (cs->scratch == NULL && (cs->scratch = malloc(READ_SCRATCH)) == NULL) return -1;
   if (s->tls) return read_tls(s, cap);
+  /* A reader waits for more than is in: all of it is the start of what it
+  ** waits for (see read_into_spare). */
+  if (cap == SIZE_MAX && s->readers.head && have > 0 && have <= READ_CARRY_MAX && s->want <= READ_BLOCK)
+    return read_into_spare(s, cs, have);
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
     ** follows it into the scratch buffer, in one readv. The space grows
@@ -351,6 +423,8 @@ static ssize_t read_some (lc_conn *s) {
     if (evbuffer_reserve_space(s->in, (ev_ssize_t)rest, vec, 1) < 1) return -1;
     vec[0].iov_len = rest;
     direct = 1;
+  } else if (cap == SIZE_MAX) {
+    return read_into_spare(s, cs, 0);
   }
   vec[direct].iov_base = cs->scratch;
   vec[direct].iov_len = READ_SCRATCH;
@@ -466,13 +540,12 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
   s->max_frame = max_frame;
   s->hwm = hwm;
   s->rev = event_new(c->base, fd, EV_READ | EV_PERSIST, on_readable, s);
-  s->wev = event_new(c->base, fd, EV_WRITE | EV_PERSIST, on_writable, s);
   s->in = evbuffer_new();
   s->out = evbuffer_new();
   s->h.destroy = handle_destroy;
   s->h.close = handle_close;
   lc_handle_add(c, &s->h, LC_H_CONN);
-  if (!s->rev || !s->wev || !s->in || !s->out) {
+  if (!s->rev || !s->in || !s->out) {
     destroy(s);
     luaL_error(L, "luacomm: out of memory");
   }
@@ -638,8 +711,10 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContex
     return io_error(L, err);
   }
   udconn(u)->connecting = 1;
-  event_add(udconn(u)->wev, NULL);
-  udconn(u)->writing = 1;
+  if (arm_write(udconn(u)) != 0) {
+    destroy(udconn(u));
+    return io_error(L, ENOMEM);
+  }
   return lc_wait(c, L, &udconn(u)->readers, kc, conn_connect_k);
 }
 
@@ -729,50 +804,69 @@ static void consumed (lc_conn *s) {
   start_reading(s);
 }
 
+/* Whether the next frame is all in s->in (1, its payload length in *len),
+** or not yet (0, s->want set to what it needs); -1 when its header
+** announces more than max_frame. *h: the header, in place or copied to hb;
+** *contiguous: the bytes readable at *h. */
+static int frame_in (lc_conn *s, unsigned char hb[4], const unsigned char **h, size_t *contiguous, uint32_t *len) {
+  size_t have = evbuffer_get_length(s->in);
+  struct evbuffer_iovec first;
+  s->want = 4;
+  if (have < 4) return 0;
+  evbuffer_peek(s->in, -1, NULL, &first, 1);
+  *contiguous = first.iov_len;
+  if (first.iov_len >= 4) {
+    *h = first.iov_base;
+  } else {
+    evbuffer_copyout(s->in, hb, 4);
+    *h = hb;
+  }
+  *len = (uint32_t)(*h)[0] << 24 | (uint32_t)(*h)[1] << 16 | (uint32_t)(*h)[2] << 8 | (*h)[3];
+  if (*len > s->max_frame) return -1;
+  if (have < 4 + (size_t)*len) {
+    s->want = 4 + (size_t)*len;
+    return 0;
+  }
+  return 1;
+}
+
+/* Pushes the next frame when it is all in s->in (1), or sets s->want to
+** what it needs and returns 0; -1 when its header announces more than
+** max_frame. */
+static int take_frame (lua_State *L, lc_conn *s) {
+  unsigned char hb[4];
+  const unsigned char *h;
+  size_t contiguous;
+  uint32_t len;
+  int got = frame_in(s, hb, &h, &contiguous, &len);
+  if (got <= 0) return got;
+  if (contiguous >= 4 + (size_t)len) { /* the common case: one copy, no calls */
+    lua_pushlstring(L, (const char *)h + 4, len);
+    evbuffer_drain(s->in, 4 + (size_t)len);
+  } else {
+    evbuffer_drain(s->in, 4);
+    push_bytes(L, s->in, len);
+  }
+  s->frames_in++;
+  s->ctx->n.frames_in++;
+  consumed(s);
+  return 1;
+}
+
 /* Stack: conn, deadline (slot kc). Yields until a whole frame is in. */
 static int conn_recv_k (lua_State *L, int status, lua_KContext kc) {
   lc_hud *u = argconn(L);
   lc_conn *s = udconn(u);
-  lc_ctx *c;
-  size_t have;
+  int got;
   (void)status;
   if (s == NULL) return lc_fail(L, "closed");
-  c = s->ctx;
-  have = evbuffer_get_length(s->in);
-  s->want = 4;
-  if (have >= 4) {
-    struct evbuffer_iovec first;
-    const unsigned char *h;
-    unsigned char hb[4];
-    uint32_t len;
-    evbuffer_peek(s->in, -1, NULL, &first, 1);
-    if (first.iov_len >= 4) {
-      h = first.iov_base;
-    } else {
-      evbuffer_copyout(s->in, hb, 4);
-      h = hb;
-    }
-    len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-    if (len > s->max_frame) return frame_too_large(L, u);
-    if (have >= 4 + (size_t)len) {
-      if (first.iov_len >= 4 + (size_t)len) { /* the common case: one copy, no calls */
-        lua_pushlstring(L, (const char *)h + 4, len);
-        evbuffer_drain(s->in, 4 + (size_t)len);
-      } else {
-        evbuffer_drain(s->in, 4);
-        push_bytes(L, s->in, len);
-      }
-      s->frames_in++;
-      c->n.frames_in++;
-      consumed(s);
-      return 1;
-    }
-    s->want = 4 + (size_t)len;
-  }
-  if (s->eof || s->err) return frame_closed_error(L, s, have);
+  got = take_frame(L, s);
+  if (got > 0) return 1;
+  if (got < 0) return frame_too_large(L, u);
+  if (s->eof || s->err) return frame_closed_error(L, s, evbuffer_get_length(s->in));
   if (lc_expired(L, kc)) return lc_fail(L, "timeout");
   start_reading(s);
-  return lc_wait(c, L, &s->readers, kc, conn_recv_k);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_recv_k);
 }
 
 /* Common entry of the reading calls: one reader at a time. */
@@ -793,13 +887,66 @@ static int first_try (lua_State *L, lc_ctx *c, double deadline, lua_KFunction k)
 }
 
 /* conn:recv([timeout]) -> frame | nil, err. Yields until a whole frame
-** is in (conn_recv_k); results go above the arguments. */
+** is in (conn_recv_k); results go above the arguments. A frame already
+** buffered is returned at once, without the deadline slot: most calls
+** under load. */
 static int conn_recv (lua_State *L) {
   lc_conn *s;
+  int turn;
   CHECKOPEN(s, L);
   double deadline = begin_read(L, s, 2);
+  turn = lc_fair(s->ctx, L); /* counted here, once: first_try gets NULL */
+  if (!turn && take_frame(L, s) > 0) return 1;
   lua_settop(L, 1);
-  return first_try(L, s->ctx, deadline, conn_recv_k);
+  if (turn) return lua_yieldk(L, 0, lc_push_deadline(L, deadline), conn_recv_k);
+  return first_try(L, NULL, deadline, conn_recv_k);
+}
+
+/* Stack: src, dst, deadline (slot kc). Yields until a whole frame is in
+** src and dst is under its high-water mark, then moves the frame. */
+static int conn_forward_k (lua_State *L, int status, lua_KContext kc) {
+  lc_hud *u = argconn(L);
+  lc_conn *s = udconn(u), *d = udconn((lc_hud *)lua_touserdata(L, 2));
+  unsigned char hb[4];
+  const unsigned char *h;
+  size_t contiguous;
+  uint32_t len;
+  int got;
+  (void)status;
+  if (s == NULL) return lc_fail(L, "closed");
+  if (d == NULL || d->err || d->closed) return lc_fail(L, "destination closed");
+  got = frame_in(s, hb, &h, &contiguous, &len);
+  if (got < 0) return frame_too_large(L, u);
+  if (got > 0 && len > d->max_frame) return lc_fail(L, "frame too large"); /* left for recv */
+  if (got > 0 && evbuffer_get_length(d->out) <= d->hwm) {
+    evbuffer_remove_buffer(s->in, d->out, 4 + (size_t)len); /* whole chains move, no copy */
+    s->frames_in++, d->frames_out++;
+    s->ctx->n.frames_in++, s->ctx->n.frames_out++;
+    d->bytes_out += 4 + (size_t)len;
+    s->ctx->n.bytes_out += 4 + (size_t)len;
+    mark_dirty(d);
+    start_reading(s);
+    lua_pushinteger(L, (lua_Integer)len);
+    return 1;
+  }
+  if (got == 0 && (s->eof || s->err)) return frame_closed_error(L, s, evbuffer_get_length(s->in));
+  if (lc_expired(L, kc)) return lc_fail(L, "timeout");
+  if (got > 0) return lc_wait(s->ctx, L, &d->writers, kc, conn_forward_k); /* dst backpressure */
+  start_reading(s);
+  return lc_wait(s->ctx, L, &s->readers, kc, conn_forward_k);
+}
+
+/* conn:forward(dst, [timeout]) -> payload size | nil, err. Receives the
+** next frame and sends it on dst unchanged, never as a Lua string: the
+** bytes move between the two connections' buffers. */
+static int conn_forward (lua_State *L) {
+  lc_conn *s, *d;
+  CHECKOPEN(s, L);
+  d = (lc_conn *)lc_checkopen(L, 2, &conn_class);
+  double deadline = begin_read(L, s, 3);
+  luaL_argcheck(L, d != s, 2, "a connection cannot forward to itself");
+  lua_settop(L, 2);
+  return first_try(L, s->ctx, deadline, conn_forward_k);
 }
 
 /* Whether recv would return without waiting: a whole frame (or an
@@ -883,16 +1030,11 @@ static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, siz
   evbuffer_add(s->out, data, len);
 }
 
-/* Appends arg 2 (with a frame header when framed) once the output is under
-** the high-water mark. Appending the whole frame in one step is what keeps
-** frames from several tasks from interleaving. */
-static int do_send (lua_State *L, int framed, lua_KContext kc, lua_KFunction k) {
-  lc_hud *u = argconn(L);
-  lc_conn *s = udconn(u);
-  size_t len;
-  const char *p = lua_tolstring(L, 2, &len);
+/* Appends p (arg 2, with a frame header when framed) once the output is
+** under the high-water mark. Appending the whole frame in one step is what
+** keeps frames from several tasks from interleaving. */
+static int append (lua_State *L, lc_conn *s, const char *p, size_t len, int framed, lua_KContext kc, lua_KFunction k) {
   size_t wire = len + (framed ? 4 : 0);
-  if (s == NULL) return lc_fail(L, "closed");
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
   if (evbuffer_get_length(s->out) > s->hwm) {
     if (lc_expired(L, kc)) return lc_fail(L, "timeout"); /* send's timeout: nothing queued */
@@ -922,6 +1064,16 @@ static int do_send (lua_State *L, int framed, lua_KContext kc, lua_KFunction k) 
   return 1;
 }
 
+/* A retry after waiting (or a turn given away): the connection may have
+** closed meanwhile, so it is looked up again. */
+static int do_send (lua_State *L, int framed, lua_KContext kc, lua_KFunction k) {
+  lc_conn *s = udconn(argconn(L));
+  size_t len;
+  const char *p = lua_tolstring(L, 2, &len);
+  if (s == NULL) return lc_fail(L, "closed");
+  return append(L, s, p, len, framed, kc, k);
+}
+
 /* Continuations of send/write: yield while the output is over the
 ** high-water mark (backpressure), until send's deadline if it has one
 ** (kc, lc_push_deadline; 0: none). */
@@ -936,17 +1088,19 @@ static int conn_write_k (lua_State *L, int status, lua_KContext kc) {
 }
 
 /* conn:send(frame, [timeout]) -> true | nil, err. Yields while over the
-** hwm, at most timeout seconds ("timeout": the frame was not queued). */
+** hwm, at most timeout seconds ("timeout": the frame was not queued). The
+** first attempt appends without reading its arguments again. */
 static int conn_send (lua_State *L) {
   lc_conn *s;
   size_t len;
+  const char *p;
   lua_KContext kc;
   CHECKOPEN(s, L);
-  luaL_checklstring(L, 2, &len);
+  p = luaL_checklstring(L, 2, &len);
   kc = lua_isnoneornil(L, 3) ? 0 : lc_push_deadline(L, lc_deadline(L, 3));
   if (len > s->max_frame) return lc_fail(L, "frame too large");
   if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, kc, conn_send_k); /* the others' turn first */
-  return conn_send_k(L, LUA_OK, kc);
+  return append(L, s, p, len, 1, kc, conn_send_k);
 }
 
 /* conn:try_send(frame) -> true | nil, "full" (over the hwm: nothing
@@ -954,22 +1108,25 @@ static int conn_send (lua_State *L) {
 static int conn_try_send (lua_State *L) {
   lc_conn *s;
   size_t len;
+  const char *p;
   CHECKOPEN(s, L);
-  luaL_checklstring(L, 2, &len);
+  p = luaL_checklstring(L, 2, &len);
   lua_settop(L, 2);
   if (len > s->max_frame) return lc_fail(L, "frame too large");
   if (!s->err && !s->closed && evbuffer_get_length(s->out) > s->hwm) return lc_fail(L, "full");
-  return do_send(L, 1, 0, conn_send_k);
+  return append(L, s, p, len, 1, 0, conn_send_k);
 }
 
 /* conn:write(data) -> true | nil, err: raw bytes, no header. */
 static int conn_write (lua_State *L) {
   lc_conn *s;
+  size_t len;
+  const char *p;
   CHECKOPEN(s, L);
-  luaL_checkstring(L, 2);
+  p = luaL_checklstring(L, 2, &len);
   lua_settop(L, 2);
   if (lc_fair(s->ctx, L)) return lua_yieldk(L, 0, 0, conn_write_k);
-  return conn_write_k(L, LUA_OK, 0);
+  return append(L, s, p, len, 0, 0, conn_write_k);
 }
 
 /* ---- raw reads ---- */
@@ -1201,6 +1358,7 @@ static const luaL_Reg conn_methods[] = {
   {"send", conn_send},
   {"try_send", conn_try_send},
   {"recv", conn_recv},
+  {"forward", conn_forward},
   {"readable", conn_readable},
   {"write", conn_write},
   {"read", conn_read},

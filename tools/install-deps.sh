@@ -1,10 +1,12 @@
 #!/bin/sh
-# Installs the Debian 12 packages luacomm needs to build, test and benchmark,
-# and does nothing (quickly) when they are all present already.
+# Installs the Debian 12 packages luacomm needs to build, test and benchmark
+# (with "bench": also wrk, nginx, and lua-luv, lua-cqueues, lua-copas and
+# lua-socket for the Lua peers in make bench), and does nothing (quickly)
+# when they are all present already.
 set -eu
-PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db curl prometheus iproute2 nftables clang libclang-rt-14-dev"
+PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db curl prometheus iproute2 nftables python3 clang libclang-rt-14-dev"
 # `install-deps.sh bench`: the load generator and the reference server too.
-if [ "${1:-}" = bench ]; then PKGS="$PKGS wrk nginx"; fi
+if [ "${1:-}" = bench ]; then PKGS="$PKGS wrk nginx lua-luv lua-cqueues lua-copas lua-socket"; fi
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -123,6 +123,28 @@ describe("frames" .. suffix, function()
     end)
   end)
 
+  it("a large frame arriving in pieces while recv waits, its tail sharing a write with the next frame, is whole", function()
+    helpers.run(function()
+      local c, s, l = pair()
+      local big = ("0123456789abcdef"):rep(2500) -- 40,000 bytes
+      local wire = string.pack(">s4", big) .. string.pack(">s4", "next")
+      local got = {}
+      local reader = comm.spawn(function()
+        got[1] = s:recv(5)
+        got[2] = s:recv(5)
+      end)
+      for _, cut in ipairs { { 1, 3 }, { 4, 9000 }, { 9001, 30000 }, { 30001, #wire } } do
+        c:write(wire:sub(cut[1], cut[2]))
+        comm.sleep(0.01) -- recv is waiting again before the next piece
+      end
+      reader:join()
+      assert.are.equal(#big, #got[1])
+      assert.is_true(got[1] == big)
+      assert.are.equal("next", got[2])
+      close_all(c, s, l)
+    end)
+  end)
+
   it("50 tasks sending on one connection: every frame arrives whole, none interleaved, each task's in order", function()
     helpers.run(function()
       local TASKS, EACH = 50, BYTEWISE and 4 or 20

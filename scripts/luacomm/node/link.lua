@@ -493,7 +493,9 @@ function M.dial_loop(node, addr, stopping)
       if ok then bo:reset()
       else node._log.debug("node %s: dial %s: %s", node.name, addr, tostring(why)) end
       if not node._running then return end
-      clock.sleep(bo:next())
+      -- a dial that timed out has waited handshake_timeout already: try
+      -- again at once, so a healed network is found within that time
+      if why ~= "timeout" then clock.sleep(bo:next()) end
     end
   end
 end
