@@ -175,5 +175,5 @@ bench-callgrind: deps
 clean:
 	rm -rf build build-asan build-werror build-fuzz
 
--include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
+-include $(shell find build build-asan build-werror build-fuzz -name '*.d' 2>/dev/null)
 .PHONY: all deps check test test-sim test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind

@@ -6,7 +6,7 @@ FUZZ_CC      ?= clang
 FUZZERS      := frames node handshake
 FUZZ_OUT     := build-fuzz
 FUZZ_FLAGS   := -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
-                -fno-sanitize-recover=undefined
+                -fno-sanitize-recover=undefined -MMD -MP
 FUZZ_OBJS    := $(BIND:%.c=$(FUZZ_OUT)/obj/%.o)
 
 $(FUZZ_OUT)/obj/%.o: %.c
