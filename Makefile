@@ -19,7 +19,7 @@ DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c
+        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).
@@ -67,6 +67,12 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	$(TEST_ENV) LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' $(SPECS)
 
+# The simulation scenarios over 1000 seeds each (`make test` runs them
+# over 50): CONTRACT §10 used on the node library and the cluster example.
+test-sim: deps
+	@$(MAKE) --no-print-directory all
+	LUACOMM_SIM_SEEDS=1000 LUACOMM_BIN=$(OUT)/luacomm $(BUSTED) --cpath='$(OUT)/lib/?.so' spec/sim
+
 # The multi-host specs (spec/hosts) on network-namespace test hosts:
 # needs root, ip and nft; says why and skips where they are missing.
 test-hosts: deps
@@ -81,7 +87,7 @@ test-asan:
 # clang-format (.clang-format: one style for bindings/ and runtime/), and the
 # C built with -Werror (warnings are errors in CI, not in release builds).
 check: deps
-	luacheck -q scripts spec tools examples bench
+	luacheck -q scripts spec tools examples bench fuzz
 	clang-format --dry-run -Werror $(BIND) $(HOST) bindings/*.h runtime/*.h
 	@$(MAKE) --no-print-directory B=werror all
 
@@ -120,6 +126,7 @@ install: install-rock
 	done
 
 include bench/bench.mk
+include fuzz/fuzz.mk
 
 # Speed against C in the same run: the ceiling, the floor (one malloc and
 # copy per frame), examples/echo.lua and echo servers on the Lua runtimes
@@ -140,7 +147,7 @@ BENCH_CERT := build/bench/tls/cert.pem build/bench/tls/key.pem
 BENCH_TLS_SERVERS := 'ceiling_tls=build/bench/ceiling_tls $$PORT $(BENCH_CERT)' \
                      'luacomm_tls=build/luacomm examples/echo.lua $$PORT $(BENCH_CERT)'
 BENCH_TLS_ENV := TITLE="Echo over TLS" BENCH_SCENARIOS="A C D H" LOADGEN_EXTRA=--tls IDLE_CONNS=0 APPEND=1
-# HTTP rows: wrk against nginx and http.serve (bench/http.sh).
+# HTTP rows: wrk against nginx, the C-only evhttp floor and http.serve (bench/http.sh).
 bench: deps
 	@sh tools/install-deps.sh bench
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
@@ -148,6 +155,7 @@ bench: deps
 	BENCH_NO_BUILD=1 $(BENCH_TLS_ENV) bash bench/run.sh $(BENCH_TLS_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
 	bash bench/http.sh
+	lua5.4 bench/sim_rate.lua | tee -a bench/RESULTS.md
 
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
@@ -155,6 +163,7 @@ bench-quick: deps
 	QUICK=1 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md $(BENCH_TLS_ENV) bash bench/run.sh $(BENCH_TLS_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
+	lua5.4 bench/sim_rate.lua 5 | tee -a build/bench/RESULTS-quick.md
 
 # Instructions per echoed message (callgrind, a fixed number of frames per
 # scenario): luacomm's echo example and the floor, stable on a busy machine.
@@ -172,7 +181,7 @@ bench-callgrind: deps
 	  awk '{ printf "| %s | %d | %d | %.1f |\n", $$1, $$2, $$3, $$2 / $$3 }'
 
 clean:
-	rm -rf build build-asan build-werror
+	rm -rf build build-asan build-werror build-fuzz
 
--include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
-.PHONY: all deps check test test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind
+-include $(shell find build build-asan build-werror build-fuzz -name '*.d' 2>/dev/null)
+.PHONY: all deps check test test-sim test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind

@@ -1,5 +1,6 @@
-# Benchmark tools: load generator/verifier, the libevent "ceiling" server
-# and the "floor" (the same echo paying one malloc and copy per frame).
+# Benchmark tools: load generator/verifier, the libevent "ceiling" server,
+# the "floor" (the same echo paying one malloc and copy per frame) and the
+# C-only evhttp "hello" server (the HTTP floor).
 #
 # Included from the top-level Makefile (which defines CC and uses build/ for
 # output), or used standalone from the repository root:
@@ -11,7 +12,8 @@ BENCH_CFLAGS ?= -std=c11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wpedantic \
 	-Wshadow -Wmissing-prototypes -Wstrict-prototypes
 BENCH_EVENT_CFLAGS := $(shell pkg-config --cflags libevent_core)
 BENCH_EVENT_LIBS := $(shell pkg-config --libs libevent_core)
-BENCH_BINS := build/bench/loadgen build/bench/ceiling build/bench/floor
+BENCH_EVHTTP_LIBS := $(shell pkg-config --libs libevent_extra) $(BENCH_EVENT_LIBS)
+BENCH_BINS := build/bench/loadgen build/bench/ceiling build/bench/floor build/bench/http_floor
 
 BENCH_SSL_LIBS := $(shell pkg-config --libs libssl libcrypto)
 BENCH_BINS += build/bench/ceiling_tls
@@ -27,6 +29,10 @@ build/bench/ceiling_tls: bench/ceiling_tls.c bench/bench.mk
 build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS)
+
+build/bench/http_floor: bench/http_floor.c bench/bench.mk
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVHTTP_LIBS)
 
 # A throw-away certificate for the TLS rows (made here, never committed).
 build/bench/tls/cert.pem:

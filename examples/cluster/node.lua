@@ -116,7 +116,11 @@ function M.start(state, name, listen, ...)
   assert(name and listen, "usage: luacomm node.lua NAME LISTEN [PEER...]")
   local peers
   name, listen, peers = worker_identity(name, listen, { ... })
-  state.name, state.store, state.clock = name, {}, 0
+  -- The Lamport clock starts from the wall clock (in ms), not from 0: a
+  -- node that restarts has lost its counter, and from 0 its next writes
+  -- would lose to the ones it made or saw before (found by
+  -- examples/sim/restart_during_partition.lua; see docs/SIMULATION.md).
+  state.name, state.store, state.clock = name, {}, math.floor(comm.time() * 1000)
   state.node = node.new{ name = name, listen = listen, peers = peers,
                          heartbeat = 0.2, timeout = 1.0, reconnect = { min = 0.05, max = 1 } }
   -- Each handler goes through M at every call: after a reload, new code.

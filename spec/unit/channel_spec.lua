@@ -1,11 +1,12 @@
 -- CONTRACT §2: comm.channel([capacity]) — put/get order, timeouts,
--- capacity back-pressure, close.
-local comm = require "luacomm"
-local helpers = require "helpers"
+-- capacity back-pressure, close. Run on the real module and on the
+-- simulated one (spec/backends.lua).
+local backends = require "backends"
 
-describe("channel", function()
+for _, b in ipairs(backends) do
+describe("channel on " .. b.name, function()
   it("gets items in the order they were put", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel()
       for i = 1, 100 do assert.is_true(ch:put(i)) end
       assert.are.equal(100, #ch)
@@ -15,7 +16,7 @@ describe("channel", function()
   end)
 
   it("carries any value, false included", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel()
       local t = {}
       ch:put(false); ch:put("s"); ch:put(t); ch:put(0)
@@ -24,7 +25,7 @@ describe("channel", function()
   end)
 
   it("get waits for a put from another task", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel()
       comm.spawn(function() comm.sleep(0.01); ch:put("later") end)
       local t0 = comm.now()
@@ -34,7 +35,7 @@ describe("channel", function()
   end)
 
   it("get with a timeout gives nil, \"timeout\" no earlier than asked", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel()
       local t0 = comm.now()
       assert.are.same({ nil, "timeout" }, { ch:get(0.03) })
@@ -47,7 +48,7 @@ describe("channel", function()
   end)
 
   it("several getters are served one item each, in the order they came", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel()
       local order = {}
       local getters = {}
@@ -65,7 +66,7 @@ describe("channel", function()
   end)
 
   it("with a capacity, put blocks while full until a get makes room", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel(2)
       local progress = 0
       local producer = comm.spawn(function()
@@ -89,7 +90,7 @@ describe("channel", function()
   end)
 
   it("close: get returns what is left, then nil, \"closed\"", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel()
       ch:put("x"); ch:put("y")
       ch:close()
@@ -102,7 +103,7 @@ describe("channel", function()
   end)
 
   it("close wakes a waiting get with nil, \"closed\"", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel()
       local getter = comm.spawn(function() return ch:get() end)
       comm.yield()
@@ -112,7 +113,7 @@ describe("channel", function()
   end)
 
   it("put after close gives nil, \"closed\", and close wakes a blocked put", function()
-    helpers.run(function()
+    b.run(function(comm)
       local ch = comm.channel(1)
       ch:put(1)
       local putter = comm.spawn(function() return ch:put(2) end)
@@ -127,15 +128,17 @@ describe("channel", function()
   end)
 
   it("rejects a capacity that is not a positive integer", function()
+    local comm = b.module()
     assert.has_error(function() comm.channel(0) end, "bad argument #1 to 'channel' (positive integer expected)")
     assert.has_error(function() comm.channel(1.5) end, "bad argument #1 to 'channel' (positive integer expected)")
     assert.has_error(function() comm.channel("2") end, "bad argument #1 to 'channel' (positive integer expected)")
   end)
 
   it("a blocking get outside a task raises", function()
-    local ch = comm.channel()
+    local ch = b.module().channel()
     local ok, err = pcall(ch.get, ch)
     assert.is_false(ok)
     assert.matches("outside a task", err)
   end)
 end)
+end

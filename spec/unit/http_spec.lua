@@ -63,6 +63,91 @@ describe("http.serve and http.request", function()
     end)
   end)
 
+  it("writes a reply larger than the socket buffers whole, then the next one, and closes after Connection: close", function()
+    helpers.run(function()
+      local big = string.rep("0123456789abcdef", 512 * 1024) -- 8 MiB: the first write cannot take it all
+      local srv, addr = serve(function(req)
+        if req.path == "/big" then return 200, nil, big end
+        return 200, nil, req.path
+      end)
+      local c = assert(comm.connect(addr))
+      assert(c:write(raw.get("/big") .. raw.get("/next") .. raw.get("/last", "Connection: close\r\n")))
+      comm.sleep(0.05) -- the server writes what fits, then waits for this reader
+      local res = assert(raw.read_response(c, 10))
+      assert.are.equal(#big, #res.body)
+      assert.is_true(res.body == big, "the big body arrived intact")
+      assert.are.equal("/next", assert(raw.read_response(c, 5)).body)
+      assert.are.equal("/last", assert(raw.read_response(c, 5)).body)
+      local more, err = c:read(1, 5)
+      assert.is_nil(more)
+      assert.are.equal("closed", err)
+      srv:close()
+    end)
+  end)
+
+  it("drops the answer of a client that reset its connection meanwhile, and serves on", function()
+    helpers.run(function()
+      local client, answered
+      local srv, _, base = serve(function(req)
+        if req.path == "/slow" then
+          answered = true
+          assert(client:wait(10), "the resetting client did not exit")
+          return 200, nil, "nobody reads this"
+        end
+        return 200, nil, req.path
+      end)
+      local _, port = srv:addr()
+      -- linger 0: close sends a reset, so the answer meets a dead socket
+      local py = helpers.writefile(helpers.tmpdir() .. "/reset.py", [[
+import socket, struct, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+time.sleep(0.2)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+]])
+      client = helpers.spawn_host(nil, { argv = { "python3", py, tostring(port) }, env = { "LD_PRELOAD=" } })
+      assert(helpers.wait_until(function() return answered end, 10), "the request never reached the handler")
+      assert.are.equal(0, client:wait(10))
+      assert(helpers.wait_until(function() return http.pending() == 0 end, 5), "the dropped answer stays pending")
+      assert.are.equal("/after", assert(http.request(base .. "/after")).body)
+      srv:close()
+    end)
+  end)
+
+  it("dates HTTP/1.1 answers (RFC 1123, the current second) and leaves HTTP/1.0 ones undated, as evhttp does", function()
+    helpers.run(function()
+      local srv, addr = serve(function(req)
+        if req.path == "/own" then return 200, { Date = "Thu, 01 Jan 1970 00:00:00 GMT" }, "own" end
+        return 200, nil, "x"
+      end)
+      local c = assert(comm.connect(addr))
+      local before = os.time()
+      assert(c:write(raw.get("/")))
+      local date = assert(raw.read_response(c, 5)).headers.date
+      local after = os.time()
+      local d, mon, y, h, mi, sec = date:match("^%a%a%a, (%d%d) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
+      assert.is_truthy(d, "bad Date: " .. date)
+      local months = { Jan = 1, Feb = 2, Mar = 3, Apr = 4, May = 5, Jun = 6, Jul = 7, Aug = 8, Sep = 9, Oct = 10,
+                       Nov = 11, Dec = 12 }
+      local utc = { year = tonumber(y), month = months[mon], day = tonumber(d), hour = tonumber(h),
+                    min = tonumber(mi), sec = tonumber(sec) }
+      -- os.time reads a table as local time: the offset of the epoch's UTC reading is the zone's
+      local t = os.time(utc) - os.time(os.date("!*t", 0))
+      assert.is_true(t >= before - 1 and t <= after + 1, "Date " .. date .. " is not now")
+      assert(c:write(raw.get("/own")))
+      assert.are.equal("Thu, 01 Jan 1970 00:00:00 GMT", assert(raw.read_response(c, 5)).headers.date)
+      c:close()
+      local c10 = assert(comm.connect(addr))
+      assert(c10:write("GET / HTTP/1.0\r\n\r\n"))
+      local res = assert(raw.read_response(c10, 5))
+      assert.are.equal(200, res.status)
+      assert.is_nil(res.headers.date)
+      c10:close()
+      srv:close()
+    end)
+  end)
+
   it("answers HEAD with the headers of a GET and no body, so the next answer is not garbled", function()
     helpers.run(function()
       local srv, addr = serve(function() return 200, nil, "twelve bytes" end)

@@ -1,15 +1,23 @@
 -- CONTRACT §2 "Tasks and time": spawn/join/cancel, yield, clocks, task
 -- errors, misuse of blocking calls, comm.run. In-process on stock lua5.4;
 -- what must be seen in the log runs in a child lua5.4 whose stderr we read.
+-- The "tasks" specs run on the real module and on the simulated one
+-- (spec/backends.lua), but for what needs the wall clock, a child
+-- process or the real garbage-collected handles.
 local comm = require "luacomm"
 local core = require "luacomm.core"
 local helpers = require "helpers"
+local backends = require "backends"
+-- bodies take the module under test as their own `comm` (and `host`)
+-- luacheck: ignore 412 421 423 431 432 433 212/host
 
 local run_lua = helpers.run_lua
 
-describe("tasks", function()
+for _, b in ipairs(backends) do
+local it_real = b.name == "luacomm" and it or function() end
+describe("tasks on " .. b.name, function()
   it("spawn passes arguments and join returns every result", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local t = comm.spawn(function(a, b) return a + b, "x", nil, a end, 1, 2)
       local r = table.pack(t:join())
       assert.are.same({ n = 5, true, 3, "x", nil, 1 }, r)
@@ -20,7 +28,7 @@ describe("tasks", function()
   end)
 
   it("join of a failed task returns false and its error", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local t = comm.spawn(function() comm.sleep(0.001); error("boom") end)
       local ok, err = t:join(5)
       assert.is_false(ok)
@@ -30,7 +38,7 @@ describe("tasks", function()
   end)
 
   it("join with a timeout gives false, \"timeout\" and leaves the task running", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local t = comm.spawn(function() comm.sleep(0.2); return "late" end)
       local t0 = comm.now()
       assert.are.same({ false, "timeout" }, { t:join(0.02) })
@@ -41,7 +49,7 @@ describe("tasks", function()
   end)
 
   it("cancel: the joiner gets false, \"cancelled\" and the task never resumes", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local after_sleep = false
       local t = comm.spawn(function() comm.sleep(0.02); after_sleep = true end)
       local joiner = comm.spawn(function() return t:join() end)
@@ -58,7 +66,7 @@ describe("tasks", function()
   end)
 
   it("a task that cancels itself stops at once", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local reached = false
       local t
       t = comm.spawn(function() t:cancel(); reached = true end)
@@ -68,7 +76,7 @@ describe("tasks", function()
   end)
 
   it("cancel closes the task's pending <close> variables at once", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local closed = {}
       local function closer(name)
         return setmetatable({}, { __close = function() closed[#closed + 1] = name end })
@@ -89,15 +97,15 @@ describe("tasks", function()
   end)
 
   it("a cancelled serve handler's connection is closed, so the peer sees \"closed\"", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local handler_task
-      local l = comm.serve("127.0.0.1:0", function(conn)
+      local l = comm.serve(host .. ":0", function(conn)
         handler_task = comm.running()
         conn:recv()
       end)
       local host, port = l:addr()
       local c = assert(comm.connect(host .. ":" .. port))
-      assert(helpers.wait_until(function() return handler_task end, 5))
+      assert(backends.wait_until(comm, function() return handler_task end, 5))
       handler_task:cancel()
       assert.are.same({ nil, "closed" }, { c:recv(5) })
       c:close()
@@ -106,7 +114,7 @@ describe("tasks", function()
   end)
 
   it("yield lets the other ready tasks run, in order", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local trace = {}
       local function worker(name)
         for i = 1, 3 do
@@ -122,10 +130,10 @@ describe("tasks", function()
   end)
 
   it("a task that keeps yielding does not starve timers or sockets", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local timer_fired, got = false, nil
       comm.after(0.001, function() timer_fired = true end)
-      local l, addr = helpers.listen()
+      local l, addr = backends.listen(comm, host)
       local reader = comm.spawn(function()
         local c = l:accept(5)
         got = c:recv(5)
@@ -147,8 +155,8 @@ describe("tasks", function()
     end)
   end)
 
-  it("now is monotonic and sleep waits at least its time; time is the wall clock", function()
-    helpers.run(function()
+  it_real("now is monotonic and sleep waits at least its time; time is the wall clock", function()
+    b.run(function(comm, host)
       local prev = comm.now()
       assert.are.equal("float", math.type(prev))
       for _ = 1, 1000 do
@@ -165,7 +173,7 @@ describe("tasks", function()
   end)
 
   it("an error in a task is counted and does not stop the other tasks", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local before = comm.stats().task_errors
       local ticks = 0
       local ticker = comm.spawn(function()
@@ -179,7 +187,7 @@ describe("tasks", function()
     end)
   end)
 
-  it("an error in a task is logged with its traceback and the process goes on", function()
+  it_real("an error in a task is logged with its traceback and the process goes on", function()
     local st, out, err = run_lua([[
       local comm = require "luacomm"
       comm.run(function()
@@ -195,7 +203,7 @@ describe("tasks", function()
     assert.matches("in [^\n]*inner", err)
   end)
 
-  it("a blocking call outside a task raises a clear message", function()
+  it_real("a blocking call outside a task raises a clear message", function()
     local ok, err = pcall(comm.sleep, 0)
     assert.is_false(ok)
     assert.matches("outside a task", err)
@@ -207,7 +215,7 @@ describe("tasks", function()
   end)
 
   it("a blocking call from a nested coroutine.wrap raises", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local ok, err = pcall(coroutine.wrap(function() comm.sleep(0.001) end))
       assert.is_false(ok)
       assert.matches("nested coroutine", err)
@@ -220,7 +228,7 @@ describe("tasks", function()
   end)
 
   it("a blocking call across a C-call boundary raises", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local ok, err = pcall(table.sort, { 3, 2, 1 }, function(a, b) comm.sleep(0); return a < b end)
       assert.is_false(ok)
       assert.matches("C%-call boundary", err)
@@ -228,7 +236,7 @@ describe("tasks", function()
   end)
 
   it("blocking inside pcall inside a task works", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local t0 = comm.now()
       assert.are.same({ true, "slept" }, { pcall(function() comm.sleep(0.01); return "slept" end) })
       assert.is_true(comm.now() - t0 >= 0.01)
@@ -238,7 +246,7 @@ describe("tasks", function()
   end)
 
   it("a plain coroutine.yield in a task acts like comm.yield", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local trace = {}
       local t = comm.spawn(function() trace[#trace + 1] = "b" end)
       coroutine.yield()
@@ -249,8 +257,8 @@ describe("tasks", function()
   end)
 
   it("running returns the current task inside one and nil outside", function()
-    assert.is_nil(comm.running())
-    helpers.run(function()
+    assert.is_nil(b.module().running())
+    b.run(function(comm, host)
       local t
       t = comm.spawn(function() return comm.running() == t end)
       assert.are.same({ true, true }, { t:join(5) })
@@ -260,7 +268,7 @@ describe("tasks", function()
   end)
 
   it("a task cannot join itself", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local t
       t = comm.spawn(function() return t:join() end)
       local ok, err = t:join(5)
@@ -269,10 +277,10 @@ describe("tasks", function()
     end)
   end)
 
-  it("collectgarbage while tasks wait on sockets breaks nothing", function()
-    helpers.run(function()
+  it_real("collectgarbage while tasks wait on sockets breaks nothing", function()
+    b.run(function(comm, host)
       local listeners_before = comm.stats().listeners
-      local l, addr = helpers.listen()
+      local l, addr = backends.listen(comm, host)
       local got = comm.channel()
       -- Listener and connections referenced only by their own (parked)
       -- tasks' stacks.
@@ -296,7 +304,7 @@ describe("tasks", function()
       assert.are.same({ "after gc 1", "after gc 2", "after gc 3", "after gc 4", "after gc 5" }, seen)
       for i = 1, 5 do clients[i]:close() end
       -- the listener's last reference died with its tasks: __gc closes it
-      assert.truthy(helpers.wait_until(function()
+      assert.truthy(backends.wait_until(comm, function()
         collectgarbage("collect")
         return comm.stats().listeners == listeners_before
       end, 5))
@@ -304,7 +312,7 @@ describe("tasks", function()
   end)
 
   it("collectgarbage while a joiner and a sleeper wait keeps both", function()
-    helpers.run(function()
+    b.run(function(comm, host)
       local slept = comm.spawn(function() comm.sleep(0.02); return "slept" end)
       local joined = comm.spawn(function(t) return t:join() end, slept)
       slept = nil -- luacheck: ignore (drop the last reference before collecting)
@@ -315,6 +323,7 @@ describe("tasks", function()
     end)
   end)
 end)
+end
 
 describe("comm.run", function()
   it("returns the task's results", function()

@@ -1,14 +1,21 @@
 -- CONTRACT §2: comm.after / comm.every / timer:cancel. Callbacks run in
 -- tasks of their own, so they may block; an error in an `every` callback is
 -- logged and counted and the timer keeps firing.
-local comm = require "luacomm"
+--
+-- Run on the real module and on the simulated one (spec/backends.lua);
+-- what needs a busy loop on the wall clock or a child process runs on the
+-- real one only.
 local helpers = require "helpers"
+local backends = require "backends"
 
 local run_lua = helpers.run_lua
 
-describe("timers", function()
+for _, b in ipairs(backends) do
+local real = b.name == "luacomm"
+local it_real = real and it or function() end
+describe("timers on " .. b.name, function()
   it("after fires once, with its arguments, in a task of its own", function()
-    helpers.run(function()
+    b.run(function(comm)
       local calls, args, in_task = 0, nil, nil
       local timers = comm.stats().timers
       local t0 = comm.now()
@@ -20,7 +27,7 @@ describe("timers", function()
         fired_at = comm.now()
       end, "a", nil, 3)
       assert.are.equal(timers + 1, comm.stats().timers)
-      assert.truthy(helpers.wait_until(function() return calls == 1 end, 5, 0.005))
+      assert.truthy(backends.wait_until(comm, function() return calls == 1 end, 5, 0.005))
       -- never early as comm.now() measures it
       assert.is_true(fired_at - t0 >= 0.02, ("fired after %.6f s"):format(fired_at - t0))
       assert.are.same({ n = 3, "a", nil, 3 }, args)
@@ -33,16 +40,16 @@ describe("timers", function()
   end)
 
   it("after(0) fires on the next turn of the loop", function()
-    helpers.run(function()
+    b.run(function(comm)
       local fired = false
       comm.after(0, function() fired = true end)
       assert.is_false(fired)
-      assert.truthy(helpers.wait_until(function() return fired end, 5, 0.001))
+      assert.truthy(backends.wait_until(comm, function() return fired end, 5, 0.001))
     end)
   end)
 
   it("every keeps firing until cancelled, then stops", function()
-    helpers.run(function()
+    b.run(function(comm)
       local timers = comm.stats().timers
       local n = 0
       local fifth = comm.channel()
@@ -63,7 +70,7 @@ describe("timers", function()
   end)
 
   it("cancel before the first firing means it never fires", function()
-    helpers.run(function()
+    b.run(function(comm)
       local fired = false
       local t = comm.after(0.01, function() fired = true end)
       t:cancel()
@@ -72,8 +79,8 @@ describe("timers", function()
     end)
   end)
 
-  it("cancel drops a firing whose callback has not started yet", function()
-    helpers.run(function()
+  it_real("cancel drops a firing whose callback has not started yet", function()
+    b.run(function(comm)
       -- The timer fires while this task is still busy in the same pass: its
       -- callback's task is queued behind us, and cancel must drop it.
       local fired = false
@@ -87,8 +94,8 @@ describe("timers", function()
     end)
   end)
 
-  it("sleep-based timeouts and timers are never early, even late in a busy pass", function()
-    helpers.run(function()
+  it_real("sleep-based timeouts and timers are never early, even late in a busy pass", function()
+    b.run(function(comm)
       for _ = 1, 5 do
         local busy = comm.now()
         while comm.now() - busy < 0.003 do end -- the pass has run for 3 ms
@@ -103,21 +110,21 @@ describe("timers", function()
   end)
 
   it("a callback may cancel its own timer", function()
-    helpers.run(function()
+    b.run(function(comm)
       local n = 0
       local t
       t = comm.every(0.005, function()
         n = n + 1
         if n == 3 then t:cancel() end
       end)
-      assert.truthy(helpers.wait_until(function() return not t:active() end, 5, 0.005))
+      assert.truthy(backends.wait_until(comm, function() return not t:active() end, 5, 0.005))
       comm.sleep(0.03)
       assert.are.equal(3, n)
     end)
   end)
 
   it("an error in an every callback is counted and the timer keeps firing", function()
-    helpers.run(function()
+    b.run(function(comm)
       local before = comm.stats().task_errors
       local n = 0
       local third = comm.channel()
@@ -134,7 +141,7 @@ describe("timers", function()
     end)
   end)
 
-  it("an error in an every callback is logged with its traceback", function()
+  it_real("an error in an every callback is logged with its traceback", function()
     local st, out, err = run_lua([[
       local comm = require "luacomm"
       comm.run(function()
@@ -158,7 +165,7 @@ describe("timers", function()
   end)
 
   it("callbacks may block", function()
-    helpers.run(function()
+    b.run(function(comm)
       local done = comm.channel()
       local t0 = comm.now()
       comm.after(0.005, function()
@@ -171,26 +178,27 @@ describe("timers", function()
   end)
 
   it("a blocking every callback does not hold up the next firing", function()
-    helpers.run(function()
+    b.run(function(comm)
       local started = 0
       local t = comm.every(0.005, function()
         started = started + 1
         comm.sleep(0.05)
       end)
       -- several firings start while the first still sleeps
-      assert.truthy(helpers.wait_until(function() return started >= 3 end, 0.04, 0.002))
+      assert.truthy(backends.wait_until(comm, function() return started >= 3 end, 0.04, 0.002))
       t:cancel()
     end)
   end)
 
   it("rejects bad arguments", function()
+    local comm = b.module()
     assert.has_error(function() comm.after(-1, function() end) end)
     assert.has_error(function() comm.after(0 / 0, function() end) end)
     assert.has_error(function() comm.every(0, function() end) end)
     assert.has_error(function() comm.after(1, "not a function") end)
   end)
-  it("core.shutdown(\"all\") disarms timers and drops them from the counters", function()
-    helpers.run(function()
+  it_real("core.shutdown(\"all\") disarms timers and drops them from the counters", function()
+    b.run(function(comm)
       local core = require "luacomm.core"
       local fired = 0
       local t = comm.every(0.01, function() fired = fired + 1 end)
@@ -205,3 +213,4 @@ describe("timers", function()
     end)
   end)
 end)
+end

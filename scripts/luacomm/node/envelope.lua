@@ -78,7 +78,7 @@ M.KINDS = {
   msg = { src = "name", dst = "name", type = "string", hops = "uint" },
   req = { src = "name", dst = "name", type = "string", hops = "uint", id = "id",
           ttl = "time", inc = "uint" },
-  rep = { src = "name", dst = "name", hops = "uint", id = "id", err = "?string", type = "?string",
+  rep = { src = "name", dst = "name", hops = "uint", id = "id", inc = "?uint", err = "?string", type = "?string",
           by = "?name" },
 }
 

@@ -22,6 +22,7 @@ M.Link = Link
 
 function M.addr_string(host, port)
   if not host then return nil end
+  if port == nil then return "unix:" .. host end -- addr()/peer() of a unix socket
   if host:find(":", 1, true) then return format("[%s]:%d", host, port) end
   return format("%s:%d", host, port)
 end
@@ -492,7 +493,9 @@ function M.dial_loop(node, addr, stopping)
       if ok then bo:reset()
       else node._log.debug("node %s: dial %s: %s", node.name, addr, tostring(why)) end
       if not node._running then return end
-      clock.sleep(bo:next())
+      -- a dial that timed out has waited handshake_timeout already: try
+      -- again at once, so a healed network is found within that time
+      if why ~= "timeout" then clock.sleep(bo:next()) end
     end
   end
 end

@@ -103,7 +103,11 @@ end
 -- from that node.
 function M.on_reply(node, env)
   local p = node._pending[env.id]
-  if p == nil or p.done or p.to ~= env.src then return node:_count("late_replies") end
+  -- ids restart with each incarnation: a reply to this node's previous
+  -- life (it names that life's inc) must not answer a request of this one
+  if p == nil or p.done or p.to ~= env.src or (env.inc ~= nil and env.inc ~= node._inc) then
+    return node:_count("late_replies")
+  end
   local body, err = env.body, nil
   if env[RAW] ~= nil then body, err = envelope.body(env) end
   if err then return node:_bad("bad_json", env.src, "reply body: " .. err) end
@@ -115,7 +119,7 @@ end
 -- it (then `src` still names the destination, which is whom the requester
 -- waits for, and `by` names the relay).
 function M.reply(node, env, body, err)
-  return node:_deliver(env.src, { kind = "rep", src = env.dst, dst = env.src, id = env.id, type = env.type,
+  return node:_deliver(env.src, { kind = "rep", src = env.dst, dst = env.src, id = env.id, inc = env.inc, type = env.type,
                                   hops = 0, body = body, err = err,
                                   by = env.dst ~= node.name and node.name or nil })
 end
@@ -141,7 +145,7 @@ local function serve(node, fn, env, deadline)
   local msg = { from = env.src, to = env.dst, type = env.type, id = env.id, hops = env.hops,
                 deadline = deadline }
   local ok, r = xpcall(fn, handler_error, body, msg)
-  local rep = { kind = "rep", src = node.name, dst = env.src, id = env.id, type = env.type, hops = 0 }
+  local rep = { kind = "rep", src = node.name, dst = env.src, id = env.id, inc = env.inc, type = env.type, hops = 0 }
   if ok then
     rep.body = r == nil and null or r
   else

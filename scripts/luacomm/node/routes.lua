@@ -29,6 +29,7 @@ function M.new(self_name, max)
     n = 0,          -- origins in db
     own = {},       -- neighbour -> its incarnation, for this node's live links
     db = {},        -- origin -> { epoch, seq, links = { {node, inc} }, set = { node -> inc } }
+    over = {},      -- origin -> an incarnation of it known to be over (see _newer)
     dirty = true,
     hop = {},       -- destination -> first hop (a neighbour's name)
     dist = {},      -- destination -> hops
@@ -53,29 +54,57 @@ function Routes:local_links()
   return list
 end
 
-local function newer(old, epoch, seq)
+-- Does anything this node knows name `inc` as name's incarnation: its
+-- own link, or a stored announcement of a neighbour of name's?
+function Routes:_vouched(name, inc)
+  if self.own[name] == inc then return true end
+  for _, e in pairs(self.db) do
+    if e.set[name] == inc then return true end
+  end
+  return false
+end
+
+-- Is an announcement (epoch, seq) from origin news over the stored one?
+-- A later incarnation is, by its number (a wall-clock stamp). An earlier
+-- number is news too when the nodes linked to origin name that
+-- incarnation and none names the stored one: origin restarted with its
+-- clock stepped back, and the stored entry is the dead one's — which is
+-- then remembered as over, so that its announcements, still flooding
+-- around, are not taken back by their bigger number (the two would chase
+-- each other round the cluster for ever).
+function Routes:_newer(origin, old, epoch, seq)
+  if self.over[origin] == epoch and not self:_vouched(origin, epoch) then return false end
   if old == nil then return true end
-  if epoch ~= old.epoch then return epoch > old.epoch end
-  return seq > old.seq
+  if epoch == old.epoch then return seq > old.seq end
+  if epoch > old.epoch then return true end
+  if self:_vouched(origin, epoch) and not self:_vouched(origin, old.epoch) then
+    self.over[origin] = old.epoch
+    return true
+  end
+  return false
 end
 
 -- Applies an announcement (links: { {node =, inc =} }); true if it was
 -- newer than what the table had (the caller then floods it on), false for
 -- a stale one or one about this node, or false, "full" for a new origin
--- past `max`. News of a newer incarnation of a neighbour makes that
--- neighbour's own stored announcement worthless.
+-- past `max`. News of another incarnation of a neighbour makes that
+-- neighbour's own stored announcement worthless when it is older, or when
+-- nothing names the stored incarnation any more.
 function Routes:update(origin, epoch, seq, links)
   local old = self.db[origin]
-  if origin == self.name or not newer(old, epoch, seq) then return false end
+  if origin == self.name or not self:_newer(origin, old, epoch, seq) then return false end
   if old == nil and self.n >= self.max and not self:_evict() then return false, "full" end
   local set = {}
-  for _, l in ipairs(links) do
-    set[l.node] = l.inc
-    local e = self.db[l.node]
-    if e and e.epoch < l.inc then self:forget(l.node) end
-  end
+  for _, l in ipairs(links) do set[l.node] = l.inc end
   if self.db[origin] == nil then self.n = self.n + 1 end
   self.db[origin] = { epoch = epoch, seq = seq, links = links, set = set }
+  for _, l in ipairs(links) do
+    local e = self.db[l.node]
+    if e and e.epoch ~= l.inc and ((e.epoch < l.inc and self.over[l.node] ~= l.inc)
+                                   or not self:_vouched(l.node, e.epoch)) then
+      self:forget(l.node)
+    end
+  end
   self.dirty = true
   return true
 end
