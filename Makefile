@@ -19,7 +19,7 @@ DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c
+        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).
@@ -87,7 +87,7 @@ test-asan:
 # clang-format (.clang-format: one style for bindings/ and runtime/), and the
 # C built with -Werror (warnings are errors in CI, not in release builds).
 check: deps
-	luacheck -q scripts spec tools examples bench
+	luacheck -q scripts spec tools examples bench fuzz
 	clang-format --dry-run -Werror $(BIND) $(HOST) bindings/*.h runtime/*.h
 	@$(MAKE) --no-print-directory B=werror all
 
@@ -126,6 +126,7 @@ install: install-rock
 	done
 
 include bench/bench.mk
+include fuzz/fuzz.mk
 
 # Speed against C in the same run: the ceiling, the floor (one malloc and
 # copy per frame), examples/echo.lua and echo servers on the Lua runtimes
@@ -140,11 +141,18 @@ BENCH_SERVERS := 'ceiling=build/bench/ceiling $$PORT' 'floor=build/bench/floor $
 	'copas=env LUA_PATH="$(COPAS_PATH)" lua5.4 bench/peers/copas_echo.lua $$PORT'
 # Copas 1.1.7 waits with select(): no descriptor past FD_SETSIZE (1024).
 BENCH_ENV := SKIP='copas:E:select()_limit_1024_fds copas:idle:select()_limit_1024_fds'
+# The same over TLS (scenarios A, C, D and H: full handshakes per second),
+# against ceiling_tls, appended to the same report.
+BENCH_CERT := build/bench/tls/cert.pem build/bench/tls/key.pem
+BENCH_TLS_SERVERS := 'ceiling_tls=build/bench/ceiling_tls $$PORT $(BENCH_CERT)' \
+                     'luacomm_tls=build/luacomm examples/echo.lua $$PORT $(BENCH_CERT)'
+BENCH_TLS_ENV := TITLE="Echo over TLS" BENCH_SCENARIOS="A C D H" LOADGEN_EXTRA=--tls IDLE_CONNS=0 APPEND=1
 # HTTP rows: wrk against nginx, the C-only evhttp floor and http.serve (bench/http.sh).
 bench: deps
 	@sh tools/install-deps.sh bench
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	$(BENCH_ENV) BENCH_NO_BUILD=1 bash bench/run.sh $(BENCH_SERVERS)
+	BENCH_NO_BUILD=1 $(BENCH_TLS_ENV) bash bench/run.sh $(BENCH_TLS_SERVERS)
 	lua5.4 bench/node_rr.lua 3 64 3 | lua5.4 bench/node_report.lua | tee -a bench/RESULTS.md
 	bash bench/http.sh
 	lua5.4 bench/sim_rate.lua | tee -a bench/RESULTS.md
@@ -152,6 +160,7 @@ bench: deps
 bench-quick: deps
 	@$(MAKE) --no-print-directory all $(BENCH_BINS)
 	$(BENCH_ENV) QUICK=1 IDLE_CONNS=2000 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md bash bench/run.sh $(BENCH_SERVERS)
+	QUICK=1 BENCH_NO_BUILD=1 OUT=build/bench/RESULTS-quick.md $(BENCH_TLS_ENV) bash bench/run.sh $(BENCH_TLS_SERVERS)
 	lua5.4 bench/node_rr.lua 1 64 1 | lua5.4 bench/node_report.lua | tee -a build/bench/RESULTS-quick.md
 	QUICK=1 OUT=build/bench/RESULTS-quick.md bash bench/http.sh
 	lua5.4 bench/sim_rate.lua 5 | tee -a build/bench/RESULTS-quick.md
@@ -172,7 +181,7 @@ bench-callgrind: deps
 	  awk '{ printf "| %s | %d | %d | %.1f |\n", $$1, $$2, $$3, $$2 / $$3 }'
 
 clean:
-	rm -rf build build-asan build-werror
+	rm -rf build build-asan build-werror build-fuzz
 
--include $(shell find build build-asan build-werror -name '*.d' 2>/dev/null)
+-include $(shell find build build-asan build-werror build-fuzz -name '*.d' 2>/dev/null)
 .PHONY: all deps check test test-sim test-hosts test-asan valgrind demo demo-http install install-rock clean bench bench-quick bench-callgrind

@@ -15,9 +15,16 @@ BENCH_EVENT_LIBS := $(shell pkg-config --libs libevent_core)
 BENCH_EVHTTP_LIBS := $(shell pkg-config --libs libevent_extra) $(BENCH_EVENT_LIBS)
 BENCH_BINS := build/bench/loadgen build/bench/ceiling build/bench/floor build/bench/http_floor
 
+BENCH_SSL_LIBS := $(shell pkg-config --libs libssl libcrypto)
+BENCH_BINS += build/bench/ceiling_tls
+
 build/bench/loadgen: bench/loadgen.c bench/bench.mk
 	@mkdir -p $(@D)
-	$(CC) $(BENCH_CFLAGS) -o $@ $<
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_SSL_LIBS)
+
+build/bench/ceiling_tls: bench/ceiling_tls.c bench/bench.mk
+	@mkdir -p $(@D)
+	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS) $(BENCH_SSL_LIBS)
 
 build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.mk
 	@mkdir -p $(@D)
@@ -26,6 +33,14 @@ build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.mk
 build/bench/http_floor: bench/http_floor.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVHTTP_LIBS)
+
+# A throw-away certificate for the TLS rows (made here, never committed).
+build/bench/tls/cert.pem:
+	@mkdir -p $(@D)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+	  -keyout $(@D)/key.pem -out $@ -subj /CN=localhost \
+	  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+BENCH_BINS += build/bench/tls/cert.pem
 
 .PHONY: bench-selftest
 bench-selftest: $(BENCH_BINS)

@@ -60,6 +60,13 @@ server_mem_kib() {
     awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null
 }
 
+# server_cpu_ticks PID: user + system CPU time used so far by PID and its
+# child processes (a server with --workers), in clock ticks.
+server_cpu_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null |
+        awk -v p="$1" '$1 == p || $4 == p { t += $14 + $15 } END { print t + 0 }'
+}
+
 # stop_server PID: SIGTERM, then SIGKILL after 5 s; returns the exit status.
 stop_server() {
     local pid=$1 i status

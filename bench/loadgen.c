@@ -19,6 +19,12 @@
  *     under callgrind.
  *   --idle N: opens N connections, does one verified round trip on each, then
  *     holds them open for --duration seconds and prints "idle_conns=N ok".
+ *   --tls: every connection speaks TLS (OpenSSL; the server's certificate is
+ *     not verified: this measures speed, the specs check verification).
+ *   --handshakes (with --tls): each of --conns slots repeatedly connects, does
+ *     a full TLS handshake (no resumption), one verified echo of one frame,
+ *     and closes; msgs_per_s is then completed handshakes per second and the
+ *     latencies are those of the whole cycle.
  *
  * Single-threaded epoll loop with non-blocking sockets; all frames a
  * connection may send are built into one buffer and written with one call.
@@ -30,18 +36,23 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define NS_PER_S 1000000000ull
 #define TAG_LEN 12                   /* u32 conn id + u64 seq */
@@ -66,6 +77,7 @@ struct opts {
     const char *addr;
     uint32_t conns, window, size, idle, count;
     double duration, warmup;
+    bool tls, handshakes;
 };
 
 struct buf {
@@ -83,6 +95,7 @@ struct conn {
     uint64_t gap_seq, gap_len;       /* seqs skipped by the server; 0 = none */
     uint64_t *sent_ns;               /* send time of seq s at [s % window] */
     struct buf in, out;
+    SSL *ssl;                        /* --tls */
 };
 
 struct hist {
@@ -107,6 +120,7 @@ static struct {
     struct hist hist;
     struct conn *gap_conn;           /* first connection that saw a gap */
     uint64_t gap_deadline;
+    SSL_CTX *tls;                    /* --tls */
 } g;
 
 _Noreturn static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -361,8 +375,33 @@ static void epoll_set(struct conn *c, int op, uint32_t events)
         die("epoll_ctl: %s", strerror(errno));
 }
 
+static void conn_parse(struct conn *c);
+
+/* TLS: until OpenSSL has nothing more, since bytes it decrypted and we did
+ * not take would never make the socket readable again. */
+static void conn_read_tls(struct conn *c)
+{
+    for (;;) {
+        size_t n;
+        ERR_clear_error();
+        if (SSL_read_ex(c->ssl, c->in.data + c->in.len, c->in.cap - c->in.len, &n) != 1) {
+            int e = SSL_get_error(c->ssl, 0);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+                return;
+            die("conn %" PRIu32 ": TLS read failed (%d: %s; %" PRIu32 " frames in flight)", c->id,
+                e, ERR_reason_error_string(ERR_get_error()), c->inflight);
+        }
+        c->in.len += n;
+        conn_parse(c);
+    }
+}
+
 static void conn_read(struct conn *c)
 {
+    if (c->ssl) {
+        conn_read_tls(c);
+        return;
+    }
     ssize_t n = read(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
     if (n == 0)
         die("conn %" PRIu32 ": server closed the connection (%" PRIu32
@@ -373,7 +412,11 @@ static void conn_read(struct conn *c)
         die("conn %" PRIu32 ": read: %s", c->id, strerror(errno));
     }
     c->in.len += (size_t)n;
+    conn_parse(c);
+}
 
+static void conn_parse(struct conn *c)
+{
     uint64_t now = now_ns();
     size_t off = 0;
     while (c->in.len - off >= 4) {
@@ -416,7 +459,18 @@ static void conn_fill(struct conn *c)
 
 static void conn_flush(struct conn *c)
 {
-    while (c->out.off < c->out.len) {
+    while (c->out.off < c->out.len && c->ssl) {
+        size_t n;
+        ERR_clear_error();
+        if (SSL_write_ex(c->ssl, c->out.data + c->out.off, c->out.len - c->out.off, &n) != 1) {
+            int e = SSL_get_error(c->ssl, 0);
+            if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ)
+                break;
+            die("conn %" PRIu32 ": TLS write failed (%d)", c->id, e);
+        }
+        c->out.off += n;
+    }
+    while (c->out.off < c->out.len && !c->ssl) {
         ssize_t n = write(c->fd, c->out.data + c->out.off, c->out.len - c->out.off);
         if (n < 0) {
             if (errno == EINTR)
@@ -482,6 +536,35 @@ static bool conn_start_connect(struct conn *c)
     return false;
 }
 
+/* A fresh client session on fd: no resumption, so every handshake is full. */
+static SSL *tls_new(int fd)
+{
+    SSL *ssl = SSL_new(g.tls);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1)
+        die("SSL_new failed");
+    SSL_set_connect_state(ssl);
+    return ssl;
+}
+
+/* Setup, not measured: the handshake runs to its end before the load. */
+static void conn_tls_handshake(struct conn *c)
+{
+    uint64_t deadline = now_ns() + CONNECT_TIMEOUT_NS;
+    c->ssl = tls_new(c->fd);
+    for (;;) {
+        ERR_clear_error();
+        int r = SSL_do_handshake(c->ssl);
+        if (r == 1)
+            return;
+        int e = SSL_get_error(c->ssl, r);
+        if ((e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) || now_ns() > deadline)
+            die("conn %" PRIu32 ": TLS handshake failed (%d: %s)", c->id, e,
+                ERR_reason_error_string(ERR_get_error()));
+        struct pollfd pfd = { .fd = c->fd, .events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT };
+        poll(&pfd, 1, 100);
+    }
+}
+
 static void conn_finish_connect(struct conn *c)
 {
     int err = 0;
@@ -491,6 +574,8 @@ static void conn_finish_connect(struct conn *c)
     if (err)
         die("connect %s: %s (conn %" PRIu32 ")", g.o.addr, strerror(err), c->id);
     c->connected = true;
+    if (g.tls)
+        conn_tls_handshake(c);
     epoll_set(c, EPOLL_CTL_MOD, EPOLLIN);
 }
 
@@ -507,6 +592,8 @@ static void connect_all(void)
             struct conn *c = &g.conns[next];
             if (conn_start_connect(c)) {
                 c->connected = true;
+                if (g.tls)
+                    conn_tls_handshake(c);
                 epoll_set(c, EPOLL_CTL_ADD, EPOLLIN);
                 done++;
             } else {
@@ -646,6 +733,144 @@ static void run_idle(void)
     printf("idle_conns=%" PRIu32 " ok\n", g.o.conns);
 }
 
+/* ---- --handshakes ----------------------------------------------------- */
+
+enum { HS_CONNECT, HS_HANDSHAKE, HS_ECHO };
+
+struct hs_slot {
+    int fd, state;
+    uint32_t id;
+    uint64_t seq, t0;
+    SSL *ssl;
+    uint8_t *frame, *back;           /* the frame sent, what came back */
+    size_t sent, got;
+};
+
+static void hs_start(struct hs_slot *h)
+{
+    struct conn tmp = { .id = h->id };
+    conn_start_connect(&tmp);        /* completes later: state HS_CONNECT */
+    h->fd = tmp.fd;
+    h->ssl = tls_new(h->fd);
+    h->state = HS_CONNECT;
+    h->sent = h->got = 0;
+    h->t0 = now_ns();
+    frame_build(h->frame, h->id, ++h->seq);
+    struct epoll_event ev = { .events = EPOLLOUT, .data.ptr = h };
+    if (epoll_ctl(g.epfd, EPOLL_CTL_ADD, h->fd, &ev) < 0)
+        die("epoll_ctl: %s", strerror(errno));
+}
+
+static void hs_want(struct hs_slot *h, int e)
+{
+    struct epoll_event ev = { .events = e == SSL_ERROR_WANT_WRITE ? EPOLLOUT : EPOLLIN, .data.ptr = h };
+    epoll_ctl(g.epfd, EPOLL_CTL_MOD, h->fd, &ev);
+}
+
+/* One cycle done: count it, close, start the next. */
+static void hs_done(struct hs_slot *h)
+{
+    uint64_t now = now_ns();
+    if (memcmp(h->frame, h->back, g.frame_len) != 0)
+        die("slot %" PRIu32 ": the echo after a handshake differs from the frame sent", h->id);
+    if (now >= g.t_warm && now < g.t_end) {
+        g.msgs++;
+        hist_add(&g.hist, now - h->t0);
+    }
+    SSL_free(h->ssl);
+    close(h->fd);
+    if (now < g.t_end)
+        hs_start(h);
+    else
+        h->fd = -1;
+}
+
+static void hs_step(struct hs_slot *h)
+{
+    int r, e;
+    size_t n;
+    ERR_clear_error();
+    switch (h->state) {
+    case HS_CONNECT: {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err)
+            die("connect %s: %s", g.o.addr, strerror(err));
+        h->state = HS_HANDSHAKE;
+    }
+    /* fall through */
+    case HS_HANDSHAKE:
+        if ((r = SSL_do_handshake(h->ssl)) != 1) {
+            e = SSL_get_error(h->ssl, r);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+                die("slot %" PRIu32 ": TLS handshake failed (%d: %s)", h->id, e,
+                    ERR_reason_error_string(ERR_get_error()));
+            hs_want(h, e);
+            return;
+        }
+        h->state = HS_ECHO;
+    /* fall through */
+    case HS_ECHO:
+        while (h->sent < g.frame_len) {
+            if (SSL_write_ex(h->ssl, h->frame + h->sent, g.frame_len - h->sent, &n) != 1) {
+                hs_want(h, SSL_get_error(h->ssl, 0));
+                return;
+            }
+            h->sent += n;
+        }
+        while (h->got < g.frame_len) {
+            if (SSL_read_ex(h->ssl, h->back + h->got, g.frame_len - h->got, &n) != 1) {
+                e = SSL_get_error(h->ssl, 0);
+                if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+                    die("slot %" PRIu32 ": the server closed before echoing (%d)", h->id, e);
+                hs_want(h, e);
+                return;
+            }
+            h->got += n;
+        }
+        hs_done(h);
+    }
+}
+
+static void run_handshakes(void)
+{
+    struct hs_slot *slots = xcalloc(g.o.conns, sizeof *slots);
+    struct epoll_event ev[MAX_EVENTS];
+    uint32_t live = g.o.conns;
+    g.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (g.epfd < 0)
+        die("epoll_create1: %s", strerror(errno));
+    pattern_init(g.o.size - TAG_LEN);
+    g.t_warm = now_ns() + (uint64_t)(g.o.warmup * NS_PER_S);
+    g.t_end = g.t_warm + (uint64_t)(g.o.duration * NS_PER_S);
+    for (uint32_t i = 0; i < g.o.conns; i++) {
+        slots[i].id = i;
+        slots[i].frame = xcalloc(1, g.frame_len);
+        slots[i].back = xcalloc(1, g.frame_len);
+        hs_start(&slots[i]);
+    }
+    while (live > 0) {
+        uint64_t now = now_ns();
+        if (now > g.t_end + DRAIN_TIMEOUT_NS)
+            die("%" PRIu32 " handshake cycle(s) did not finish", live);
+        int n = epoll_wait(g.epfd, ev, MAX_EVENTS, 100);
+        for (int i = 0; i < n; i++) {
+            struct hs_slot *h = ev[i].data.ptr;
+            hs_step(h);
+            if (h->fd < 0)
+                live--;
+        }
+    }
+    if (g.msgs == 0)
+        die("no handshake completed during the %.2f s measurement window", g.o.duration);
+    printf("conns=%" PRIu32 " window=1 size=%" PRIu32 " secs=%.2f msgs=%" PRIu64
+           " msgs_per_s=%.0f mb_per_s=0 p50_us=%.1f p99_us=%.1f p999_us=%.1f errors=0\n",
+           g.o.conns, g.o.size, g.o.duration, g.msgs, (double)g.msgs / g.o.duration,
+           hist_percentile_us(&g.hist, 0.50), hist_percentile_us(&g.hist, 0.99),
+           hist_percentile_us(&g.hist, 0.999));
+}
+
 /* ---- options ---------------------------------------------------------- */
 
 _Noreturn static void usage(void)
@@ -653,7 +878,8 @@ _Noreturn static void usage(void)
     fputs("usage: loadgen --addr HOST:PORT|unix:PATH [--conns N] [--window W]\n"
           "               [--size BYTES] [--duration S] [--warmup S]\n"
           "       loadgen --addr ADDR --count N [--conns N] [--window W] [--size BYTES]\n"
-          "       loadgen --addr ADDR --idle N [--duration S]\n", stderr);
+          "       loadgen --addr ADDR --idle N [--duration S]\n"
+          "       (--tls: over TLS; --tls --handshakes: full handshakes per second)\n", stderr);
     exit(2);
 }
 
@@ -716,6 +942,8 @@ static void parse_opts(int argc, char **argv)
         { "duration", required_argument, NULL, 'd' },
         { "warmup", required_argument, NULL, 'u' },
         { "idle", required_argument, NULL, 'i' },
+        { "tls", no_argument, NULL, 't' },
+        { "handshakes", no_argument, NULL, 'h' },
         { "count", required_argument, NULL, 'n' },
         { NULL, 0, NULL, 0 },
     };
@@ -730,11 +958,13 @@ static void parse_opts(int argc, char **argv)
         case 'd': g.o.duration = parse_secs("duration", optarg); break;
         case 'u': g.o.warmup = parse_secs("warmup", optarg); break;
         case 'i': g.o.idle = parse_u32("idle", optarg, 1, 1000000); break;
+        case 't': g.o.tls = true; break;
+        case 'h': g.o.handshakes = true; break;
         case 'n': g.o.count = parse_u32("count", optarg, 1, UINT32_MAX); break;
         default: usage();
         }
     }
-    if (optind != argc || !g.o.addr)
+    if (optind != argc || !g.o.addr || (g.o.handshakes && (!g.o.tls || g.o.idle)))
         usage();
     if (g.o.idle) {
         g.o.conns = g.o.idle;
@@ -769,6 +999,19 @@ int main(int argc, char **argv)
     g.epfd = epoll_create1(EPOLL_CLOEXEC);
     if (g.epfd < 0)
         die("epoll_create1: %s", strerror(errno));
+    if (g.o.tls) {
+        g.tls = SSL_CTX_new(TLS_client_method());
+        if (!g.tls)
+            die("SSL_CTX_new failed");
+        SSL_CTX_set_min_proto_version(g.tls, TLS1_2_VERSION);
+        SSL_CTX_set_mode(g.tls, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        SSL_CTX_set_session_cache_mode(g.tls, SSL_SESS_CACHE_OFF);
+        signal(SIGPIPE, SIG_IGN);
+    }
+    if (g.o.handshakes) {
+        run_handshakes();
+        return 0;
+    }
     g.conns = xcalloc(g.o.conns, sizeof *g.conns);
     for (uint32_t i = 0; i < g.o.conns; i++)
         conn_init(&g.conns[i], i);

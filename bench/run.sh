@@ -11,12 +11,15 @@
 #   "floor" is listed, a second column gives the ratio to it.
 #
 # Env: R runs per scenario (3), D measured seconds (5), WARMUP seconds (1),
-#   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000), IDLE_HOLD seconds (3),
-#   OUT report file (bench/RESULTS.md), BENCH_PORT_BASE, BENCH_NO_BUILD=1,
-#   BENCH_SCENARIOS (e.g. "B E"), BENCH_NO_PIN=1 (no CPU pinning),
+#   QUICK=1 (1 run of 1 s), IDLE_CONNS (10000; 0 skips the idle test),
+#   IDLE_HOLD seconds (3), OUT report file (bench/RESULTS.md),
+#   BENCH_PORT_BASE, BENCH_NO_BUILD=1, BENCH_SCENARIOS (e.g. "B E"),
+#   BENCH_NO_PIN=1 (no CPU pinning),
 #   SKIP="NAME:WHAT:why ..." runs left out, WHAT a scenario letter or "idle",
 #   with why (printed in the report; use _ for spaces): for a server that
-#   cannot hold that many connections.
+#   cannot hold that many connections; for a second section (TLS):
+#   LOADGEN_EXTRA (e.g. --tls), TITLE, and APPEND=1 to add the report to
+#   OUT instead of replacing it.
 #
 # Every run starts a fresh server; runs are interleaved (ceiling, other,
 # ceiling, other, ...) so drift hits all servers alike; the table shows
@@ -36,12 +39,14 @@ LOADGEN=build/bench/loadgen
 
 # BENCH_SCENARIOS="B E" runs some only.
 read -ra SCENARIOS <<<"${BENCH_SCENARIOS:-A B C D E}"
+LOADGEN_EXTRA=${LOADGEN_EXTRA:-}
 declare -A SCEN_DESC=(
     [A]="1 conn, window 1, 64 B"
     [B]="64 conns, window 1, 64 B"
     [C]="64 conns, window 16, 64 B"
     [D]="16 conns, window 4, 16 KiB"
     [E]="1000 conns, window 1, 64 B"
+    [H]="new connections: 16 at a time, full TLS handshake + one 64 B echo each (msgs/s = handshakes/s)"
 )
 declare -A SCEN_ARGS=(
     [A]="--conns 1 --window 1 --size 64"
@@ -49,6 +54,7 @@ declare -A SCEN_ARGS=(
     [C]="--conns 64 --window 16 --size 64"
     [D]="--conns 16 --window 4 --size 16384"
     [E]="--conns 1000 --window 1 --size 64"
+    [H]="--handshakes --conns 16 --size 64"
 )
 
 NAMES=()
@@ -109,19 +115,28 @@ launch() {
     fi
 }
 
-# One measured run; appends "msgs_per_s p50 p99 hwm_kib" to $TMP/res.S.NAME.
+# One measured run; appends "msgs_per_s p50 p99 hwm_kib cpu_us_per_msg" to
+# $TMP/res.S.NAME. The server's CPU time per message (over warm-up and
+# measurement, at the measured rate) stays meaningful when other processes
+# share the machine and throughput does not.
 run_one() {
-    local scen=$1 name=$2 run=$3 f=$TMP/$1.$2.$3 hwm line
+    local scen=$1 name=$2 run=$3 f=$TMP/$1.$2.$3 hwm line cpu0 cpu1 mps
     log "[$scen run $run/$R] $name ..."
     launch "$name" "$f.server" || { FAILURES=$((FAILURES + 1)); return; }
+    cpu0=$(server_cpu_ticks "$SERVER_PID")
     # shellcheck disable=SC2086 # SCEN_ARGS holds several words on purpose
-    if "${LOADGEN_PIN[@]}" "$LOADGEN" --addr "127.0.0.1:$PORT" ${SCEN_ARGS[$scen]} \
+    if "${LOADGEN_PIN[@]}" "$LOADGEN" --addr "127.0.0.1:$PORT" ${SCEN_ARGS[$scen]} $LOADGEN_EXTRA \
         --duration "$D" --warmup "$WARMUP" >"$f.out" 2>"$f.err"; then
         hwm=$(server_mem_kib "$SERVER_PID" VmHWM)
+        cpu1=$(server_cpu_ticks "$SERVER_PID")
         line=$(cat "$f.out")
+        mps=$(field msgs_per_s "$line")
         log "    $line"
-        echo "$(field msgs_per_s "$line") $(field p50_us "$line")" \
-            "$(field p99_us "$line") ${hwm:-0}" >>"$TMP/res.$scen.$name"
+        echo "$mps $(field p50_us "$line")" \
+            "$(field p99_us "$line") ${hwm:-0}" \
+            "$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v m="$mps" -v s="$D" -v w="$WARMUP" \
+                'BEGIN { if (m > 0) printf "%.3f", t * 1e6 / hz / (m * (s + w)); else print "-" }')" \
+            >>"$TMP/res.$scen.$name"
     else
         log "    loadgen failed against $name: $(cat "$f.err")"
         FAILURES=$((FAILURES + 1))
@@ -205,7 +220,12 @@ vs_base() {
 report_header() {
     local cpu
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-    echo "# Echo server benchmark"
+    if [[ -n ${TITLE:-} ]]; then
+        echo
+        echo "## $TITLE"
+    else
+        echo "# Echo server benchmark"
+    fi
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r)"
@@ -214,6 +234,9 @@ report_header() {
         "median shown; fresh server per run, runs interleaved across servers"
     echo "- pinning: $PINNING"
     echo "- peak RSS: server VmHWM at the end of a run (max over runs)"
+    echo "- CPU µs/msg: the server's user+system CPU time over the run divided by" \
+        "the messages it handled (measured rate x (warm-up + measured time));" \
+        "\"CPU vs\" is the baseline's CPU per message over this server's (1.00 = as lean)"
     echo "- servers:"
     local name
     for name in "${NAMES[@]}"; do
@@ -222,37 +245,44 @@ report_header() {
 }
 
 report_throughput() {
-    local scen name r base_mps floor_mps mps extra_h='' extra_s='' extra why
+    local scen name r base_mps floor_mps mps extra_h='' extra_s='' extra why base_cpu cpu
     if [[ -n $FLOOR ]]; then
         extra_h=" msgs/s vs $FLOOR |" extra_s="--:|"
     fi
     echo
-    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE |$extra_h"
-    echo "|---|---|--:|--:|--:|--:|--:|$extra_s"
+    echo "| scenario | server | msgs/s | p50 µs | p99 µs | peak RSS MiB | msgs/s vs $BASE |$extra_h CPU µs/msg | CPU vs $BASE |"
+    echo "|---|---|--:|--:|--:|--:|--:|$extra_s--:|--:|"
     for scen in "${SCENARIOS[@]}"; do
         base_mps=$(column_stat 1 "$TMP/res.$scen.$BASE")
+        base_cpu=$(column_stat 5 "$TMP/res.$scen.$BASE")
         [[ -n $FLOOR ]] && floor_mps=$(column_stat 1 "$TMP/res.$scen.$FLOOR")
         for name in "${NAMES[@]}"; do
             r=$TMP/res.$scen.$name
             mps=$(column_stat 1 "$r")
+            cpu=$(column_stat 5 "$r")
             extra=
             if why=$(skip_reason "$name" "$scen"); then
-                printf '| %s | %s | not run: %s | - | - | - | - |%s\n' \
+                printf '| %s | %s | not run: %s | - | - | - | - |%s - | - |\n' \
                     "$scen: ${SCEN_DESC[$scen]}" "$name" "$why" "${FLOOR:+ - |}"
                 continue
             fi
             [[ -n $FLOOR ]] && extra=" $(vs_base "$name" "$mps" "$floor_mps" "$FLOOR") |"
-            printf '| %s | %s | %s | %s | %s | %s | %s |%s\n' \
+            printf '| %s | %s | %s | %s | %s | %s | %s |%s %s | %s |\n' \
                 "$scen: ${SCEN_DESC[$scen]}" "$name" "$mps" \
                 "$(column_stat 2 "$r")" "$(column_stat 3 "$r")" \
                 "$(mib "$(column_stat 4 "$r" max)")" \
-                "$(vs_base "$name" "$mps" "$base_mps")" "$extra"
+                "$(vs_base "$name" "$mps" "$base_mps")" "$extra" "$cpu" \
+                "$(vs_base "$name" "$base_cpu" "$cpu")"
         done
     done
 }
 
 report_idle() {
     local name base rss base_rss=- line why
+    if ((IDLE_CONNS == 0)); then
+        ((FAILURES > 0)) && printf '\n**%d run(s) failed; see the run.sh log.**\n' "$FAILURES"
+        return 0
+    fi
     echo
     echo "## $IDLE_CONNS idle connections"
     echo
@@ -298,12 +328,16 @@ main() {
         done
     done
     for name in "${NAMES[@]}"; do
-        skip_reason "$name" idle >/dev/null || idle_one "$name"
+        ((IDLE_CONNS > 0)) && ! skip_reason "$name" idle >/dev/null && idle_one "$name"
     done
 
     { report_header; report_throughput; report_idle; } >"$TMP/report.md"
     mkdir -p "$(dirname "$OUT")"
-    cp "$TMP/report.md" "$OUT"
+    if [[ -n ${APPEND:-} ]]; then
+        cat "$TMP/report.md" >>"$OUT"
+    else
+        cp "$TMP/report.md" "$OUT"
+    fi
     cat "$TMP/report.md"
     ((FAILURES == 0))
 }

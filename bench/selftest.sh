@@ -10,10 +10,13 @@ cd "$(dirname "$0")/.." || exit 1
 . bench/lib.sh
 
 if [[ -z ${BENCH_NO_BUILD:-} ]]; then
-    make -s -f bench/bench.mk build/bench/loadgen build/bench/ceiling || exit 1
+    make -s -f bench/bench.mk build/bench/loadgen build/bench/ceiling build/bench/ceiling_tls \
+        build/bench/tls/cert.pem || exit 1
 fi
 LOADGEN=${LOADGEN:-build/bench/loadgen}
 CEILING=${CEILING:-build/bench/ceiling}
+CEILING_TLS=${CEILING_TLS:-build/bench/ceiling_tls}
+TLS_FILES="build/bench/tls/cert.pem build/bench/tls/key.pem"
 TMP=$(mktemp -d)
 trap 'bench_cleanup; rm -rf "$TMP"' EXIT
 
@@ -166,7 +169,39 @@ test_clean_exit() {
     fi
 }
 
+# The TLS tools: loadgen --tls passes against ceiling_tls (small frames,
+# frames larger than its read buffer, full handshakes), and fails, naming
+# the handshake, against a server that does not speak TLS.
+test_tls() {
+    local args
+    for args in "--conns 64 --window 16 --size 64" "--conns 2 --window 3 --size 1048576" \
+        "--handshakes --conns 8 --size 64"; do
+        bench_next_port
+        start_server "$TMP/server.log" "$CEILING_TLS \$PORT $TLS_FILES"
+        wait_ready "$SERVER_PID" 10 bench_port_accepts "$PORT"
+        # shellcheck disable=SC2086 # args holds several words on purpose
+        "$LOADGEN" --addr "127.0.0.1:$PORT" --tls $args --duration 0.5 --warmup 0.1 >"$TMP/out" 2>"$TMP/err"
+        local rc=$?
+        stop_server "$SERVER_PID"
+        if ((rc == 0)) && grep -Eq 'msgs=[1-9].*errors=0$' "$TMP/out"; then
+            pass "tls $args: $(cat "$TMP/out")"
+        else
+            fail "tls $args (exit $rc)" "$TMP/out" "$TMP/err" "$TMP/server.log"
+        fi
+    done
+    start_ceiling
+    "$LOADGEN" --addr "127.0.0.1:$PORT" --tls --conns 1 --duration 0.5 >"$TMP/out" 2>"$TMP/err"
+    local rc=$?
+    stop_server "$SERVER_PID"
+    if ((rc == 1)) && grep -q 'TLS handshake failed' "$TMP/err"; then
+        pass "tls against a plain server: $(cat "$TMP/err")"
+    else
+        fail "tls against a plain server not reported (exit $rc)" "$TMP/out" "$TMP/err"
+    fi
+}
+
 test_honest
+test_tls
 test_unix_socket
 test_faults
 test_server_dies

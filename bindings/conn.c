@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -29,6 +30,9 @@
 #define READ_BLOCK (128 * 1024 - 256) /* under malloc's mmap threshold */
 #define READ_HANDOVER_MIN (8 * 1024)
 #define READ_CARRY_MAX (32 * 1024)
+/* A direct read reserves at most what already arrived, and at least this
+** (a power of two less libevent's chain header, so no chain is wasted). */
+#define READ_GROW_MIN (16 * 1024 - 256)
 
 struct lc_conn {
   lc_handle h; /* first: the handle list hands us back this pointer */
@@ -48,9 +52,17 @@ struct lc_conn {
   unsigned dirty : 1;   /* on ctx->dirty, to flush at the end of the pass */
   unsigned closed : 1;  /* closed by the user: lingering until flushed */
   unsigned connecting : 1;
+  unsigned unread : 1;   /* closed with input nobody read */
+  unsigned draining : 1; /* closed, output sent: discarding input until EOF */
   struct lc_conn *next_dirty;
   lc_tls *tls; /* NULL on plain TCP; reads and writes go through it */
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
+  size_t counted;          /* bytes of in counted in ctx->buffered_in */
+  size_t peak_out;         /* the most out held, to know a big buffer went */
+  lc_slots *slots;         /* of the listener that accepted us, or NULL */
+  struct event *idle_ev;   /* closes us after idle seconds without I/O */
+  struct event *linger_ev; /* ends the discarding of input after close */
+  double idle, last_io;
 };
 
 typedef struct lc_conn lc_conn;
@@ -87,6 +99,14 @@ static void destroy (lc_conn *s) {
   ** free, and find the userdata detached ("closed") when they resume. */
   lc_wake_all(c, &s->readers);
   lc_wake_all(c, &s->writers);
+  lc_limits_of(c)->buffered_in -= s->counted;
+  if (s->counted >= LC_BIG_BUFFER || s->peak_out >= LC_BIG_BUFFER) lc_big_released(c);
+  if (s->slots) {
+    s->slots->used--;
+    lc_slots_release(s->slots);
+  }
+  if (s->idle_ev) event_free(s->idle_ev);
+  if (s->linger_ev) event_free(s->linger_ev);
   lc_tls_free(s->tls, s->err == 0); /* close_notify unless the link broke */
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
@@ -132,6 +152,18 @@ static void start_reading (lc_conn *s) {
     if (s->tls && lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
   }
 }
+
+/* Keeps the process-wide buffered_in true after input came or went. */
+static void account (lc_conn *s) {
+  size_t now = evbuffer_get_length(s->in);
+  lc_limits_of(s->ctx)->buffered_in += now - s->counted; /* modular: a drop subtracts */
+  if (s->counted >= now + LC_BIG_BUFFER) lc_big_released(s->ctx);
+  s->counted = now;
+}
+
+/* Activity, for the idle timeout: only the time is taken here. */
+#define touch(s) \
+  if ((s)->idle_ev) (s)->last_io = lc_now()
 
 /* A read or write failed: remember the first errno (the one the user
 ** sees), stop both directions and wake everyone, whose continuations then
@@ -198,6 +230,7 @@ static void flush (lc_conn *s) {
     fail_io(s, errno);
     return;
   }
+  if (n > 0) touch(s);
   left = evbuffer_get_length(s->out);
   if (left > 0 && !s->writing) {
     if (arm_write(s) != 0) return;
@@ -206,6 +239,41 @@ static void flush (lc_conn *s) {
     s->writing = 0;
   }
   if (before > s->hwm && left <= s->hwm) lc_wake_all(c, &s->writers);
+}
+
+#define LINGER_SECONDS 2.0
+
+static void on_linger (evutil_socket_t fd, short what, void *arg) {
+  (void)fd, (void)what;
+  destroy(arg);
+}
+
+/* A closed connection has sent all it had (or failed). Closing a socket
+** with input it never read makes the kernel reset the connection, and the
+** peer may then lose the answers just sent (a valid frame followed by an
+** oversized header in one write). So when input was left unread: send
+** FIN, discard what comes until the peer closes too, for a while at most.
+** Not under TLS: a FIN before close_notify would be a truncation, and the
+** close_notify written after it would meet a shut socket. */
+static void finish_close (lc_conn *s) {
+  int pending = 0;
+  struct timeval tv = lc_timeval(LINGER_SECONDS);
+  if (s->err || s->eof || s->draining || s->tls ||
+      (!s->unread && (ioctl(s->fd, FIONREAD, &pending) != 0 || pending == 0))) {
+    destroy(s);
+    return;
+  }
+  s->linger_ev = evtimer_new(s->ctx->base, on_linger, s);
+  if (s->linger_ev == NULL || shutdown(s->fd, SHUT_WR) != 0) {
+    destroy(s);
+    return;
+  }
+  s->draining = 1;
+  evtimer_add(s->linger_ev, &tv);
+  if (!s->reading) {
+    event_add(s->rev, NULL);
+    s->reading = 1;
+  }
 }
 
 /* Queues s to be flushed when the current scheduler pass ends, so that
@@ -239,7 +307,7 @@ static void flush_dirty (lc_ctx *c) {
     cs->dirty = s->next_dirty;
     s->dirty = 0;
     flush(s);
-    if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+    if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
   }
 }
 
@@ -259,7 +327,7 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
     return;
   }
   flush(s);
-  if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+  if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
 }
 
 /* ---- reading ---- */
@@ -346,8 +414,12 @@ static ssize_t read_some (lc_conn *s) {
     return read_into_spare(s, cs, have);
   if (s->want >= have + READ_DIRECT_MIN) {
     /* The rest of a big frame goes straight into the buffer, whatever
-    ** follows it into the scratch buffer, in one readv. */
+    ** follows it into the scratch buffer, in one readv. The space grows
+    ** with what came, never with what the peer announced: a header
+    ** promising 16 MiB followed by silence costs kilobytes. */
     size_t rest = s->want - have < READ_MAX_CHUNK ? s->want - have : READ_MAX_CHUNK;
+    size_t grow = have > READ_GROW_MIN ? have : READ_GROW_MIN;
+    if (rest > grow) rest = grow;
     if (evbuffer_reserve_space(s->in, (ev_ssize_t)rest, vec, 1) < 1) return -1;
     vec[0].iov_len = rest;
     direct = 1;
@@ -374,6 +446,38 @@ static ssize_t read_some (lc_conn *s) {
   return n;
 }
 
+static void close_graceful(lc_conn *s);
+
+static lc_conn *largest_input (lc_ctx *c) {
+  lc_handle *h;
+  lc_conn *big = NULL;
+  for (h = c->handles.next; h != &c->handles; h = h->next)
+    if (h->kind == LC_H_CONN && (big == NULL || ((lc_conn *)h)->counted > big->counted)) big = (lc_conn *)h;
+  return big;
+}
+
+/* Over the process-wide input budget: the connections holding the most
+** input go first, until the rest fit. Returns 1 when s itself went. */
+static int enforce_budget (lc_ctx *c, lc_conn *s) {
+  lc_limits *lim = lc_limits_of(c);
+  int self = 0;
+  while (lim->buffered_in > lim->input_budget) {
+    lc_conn *big = largest_input(c);
+    if (big == NULL || big->counted == 0) break;
+    c->n.budget_closed++;
+    lc_lograte(c,
+               &lim->rl.budget,
+               LC_WARN,
+               "connection closed: it held %zu bytes of input, and all connections together "
+               "were over the input budget (%zu bytes)",
+               big->counted,
+               lim->input_budget);
+    if (big == s) self = 1;
+    close_graceful(big); /* as conn:close(): its tasks see "closed" */
+  }
+  return self;
+}
+
 /* Moves what the kernel has into s->in and wakes the reader once its
 ** frame (s->want bytes) is complete; no reader and over the hwm: stop
 ** reading, so TCP pushes back on the peer. Never runs Lua. */
@@ -383,19 +487,35 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
   size_t have;
   ssize_t n;
   (void)fd, (void)what;
+  if (s->draining) { /* closed: what comes is thrown away */
+    char junk[16384];
+    n = read(s->fd, junk, sizeof junk);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) destroy(s);
+    return;
+  }
   n = read_some(s);
   if (n > 0) {
     s->bytes_in += (uint64_t)n;
     c->n.bytes_in += (uint64_t)n;
+    touch(s);
   } else if (n == 0) {
     s->eof = 1;
     stop_reading(s);
   } else if (errno != EAGAIN && errno != EINTR) {
+    if (errno == ENOMEM) /* never silently: the peer did nothing wrong */
+      lc_lograte(c,
+                 &lc_limits_of(c)->rl.nomem,
+                 LC_WARN,
+                 "connection failed: out of memory for its input (%zu bytes held)",
+                 evbuffer_get_length(s->in));
+    account(s);
     fail_io(s, errno);
     return;
   } else {
     return;
   }
+  account(s);
+  if (lc_limits_of(c)->buffered_in > lc_limits_of(c)->input_budget && enforce_budget(c, s)) return;
   have = evbuffer_get_length(s->in);
   if (s->readers.head) {
     if (have >= s->want || s->eof) lc_wake_one(c, &s->readers);
@@ -431,6 +551,49 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
   }
   lc_hud_attach(u, &s->h);
   start_reading(s);
+}
+
+void lc_slots_release (lc_slots *slots) {
+  if (--slots->refs == 0) free(slots);
+}
+
+/* No byte read or written for s->idle seconds: the connection goes. The
+** timer fires at the idle deadline of the last I/O it knew, and looks
+** again at when I/O last happened (I/O only takes the time). */
+static void on_idle (evutil_socket_t fd, short what, void *arg) {
+  lc_conn *s = arg;
+  lc_ctx *c = s->ctx;
+  double left = s->last_io + s->idle - lc_now();
+  (void)fd, (void)what;
+  if (left > 0) {
+    struct timeval tv = lc_timeval(left);
+    evtimer_add(s->idle_ev, &tv);
+    return;
+  }
+  c->n.idle_closed++;
+  lc_lograte(c, &lc_limits_of(c)->rl.idle, LC_INFO, "connection closed: idle for %g s", s->idle);
+  /* Nothing moved for that long: no output to wait for, no lingering. */
+  destroy(s);
+}
+
+/* The listener's limits for the connection at idx, just accepted: it
+** takes a share of slots (released when it goes), and an idle timeout
+** (seconds; 0 = none). */
+void lc_conn_limit (lua_State *L, int idx, lc_slots *slots, double idle) {
+  lc_conn *s = udconn(lc_tohud(L, idx, &conn_class));
+  if (slots) {
+    s->slots = slots;
+    slots->refs++;
+    slots->used++;
+  }
+  if (idle > 0) {
+    struct timeval tv = lc_timeval(idle);
+    s->idle_ev = evtimer_new(s->ctx->base, on_idle, s);
+    if (s->idle_ev == NULL) luaL_error(L, "luacomm: out of memory");
+    s->idle = idle;
+    s->last_io = lc_now();
+    evtimer_add(s->idle_ev, &tv);
+  }
 }
 
 static uint32_t opt_max_frame (lua_State *L, int idx) {
@@ -623,13 +786,22 @@ static void push_bytes (lua_State *L, struct evbuffer *in, size_t len) {
   }
 }
 
-/* Oversized announcement: the connection is unusable; drop it now. */
+/* Oversized announcement: the connection is unusable; close it as
+** conn:close() would, so answers to the frames before it still go out. */
 static int frame_too_large (lua_State *L, lc_hud *u) {
   lc_conn *s = udconn(u);
-  u->h = NULL;
-  lc_logf(s->ctx, LC_WARN, "connection closed: frame announced over max_frame (%u)", s->max_frame);
-  destroy(s);
+  lc_ctx *c = s->ctx;
+  c->n.frames_too_large++;
+  lc_lograte(
+    c, &lc_limits_of(c)->rl.too_large, LC_WARN, "connection closed: frame announced over max_frame (%u)", s->max_frame);
+  close_graceful(s); /* detaches the userdata: u->h is NULL */
   return lc_fail(L, "frame too large");
+}
+
+/* Input was taken: count it, and read again. */
+static void consumed (lc_conn *s) {
+  account(s);
+  start_reading(s);
 }
 
 /* Whether the next frame is all in s->in (1, its payload length in *len),
@@ -677,7 +849,7 @@ static int take_frame (lua_State *L, lc_conn *s) {
   }
   s->frames_in++;
   s->ctx->n.frames_in++;
-  start_reading(s);
+  consumed(s);
   return 1;
 }
 
@@ -886,6 +1058,7 @@ static int append (lua_State *L, lc_conn *s, const char *p, size_t len, int fram
   else if (len > 0) evbuffer_add(s->out, p, len);
   s->bytes_out += wire;
   s->ctx->n.bytes_out += wire;
+  if (evbuffer_get_length(s->out) > s->peak_out) s->peak_out = evbuffer_get_length(s->out);
   mark_dirty(s);
   lua_pushboolean(L, 1);
   return 1;
@@ -968,7 +1141,7 @@ static int conn_read_k (lua_State *L, int status, lua_KContext kc) {
   have = evbuffer_get_length(s->in);
   if (have >= n) {
     push_bytes(L, s->in, n);
-    start_reading(s);
+    consumed(s);
     return 1;
   }
   s->want = n;
@@ -1003,17 +1176,17 @@ static int conn_readline_k (lua_State *L, int status, lua_KContext kc) {
   if (eol.pos >= 0) {
     push_bytes(L, s->in, (size_t)eol.pos);
     evbuffer_drain(s->in, eol_len);
-    start_reading(s);
+    consumed(s);
     return 1;
   }
   if (have > s->max_frame) {
-    u->h = NULL;
-    destroy(s);
+    close_graceful(s);
     return lc_fail(L, "line too long");
   }
   s->want = have + 1;
   if ((s->eof || s->err) && have > 0 && !s->err) { /* the last line has no end */
     push_bytes(L, s->in, have);
+    account(s);
     return 1;
   }
   if (s->eof || s->err) return frame_closed_error(L, s, 0);
@@ -1040,10 +1213,13 @@ static void close_graceful (lc_conn *s) {
   if (!s->closed) cstate(s->ctx)->lingering++;
   s->closed = 1;
   stop_reading(s);
+  if (evbuffer_get_length(s->in) > 0) s->unread = 1;
+  evbuffer_drain(s->in, evbuffer_get_length(s->in)); /* nobody will read it */
+  account(s);
   lc_wake_all(s->ctx, &s->readers);
   lc_wake_all(s->ctx, &s->writers);
   if (!s->dirty) flush(s);
-  if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) destroy(s);
+  if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
 }
 
 /* close(), __close, __gc: idempotent (object.c); see close_graceful. */

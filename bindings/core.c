@@ -232,7 +232,7 @@ static void setcount (lua_State *L, const char *k, uint64_t v) {
 
 static int core_stats (lua_State *L) {
   lc_ctx *c = ctxup(L);
-  lua_createtable(L, 0, 16);
+  lua_createtable(L, 0, 24);
   setcount(L, "tasks", (uint64_t)c->live_tasks);
   setcount(L, "tasks_spawned", c->n.tasks_spawned);
   setcount(L, "timers", (uint64_t)c->nhandles[LC_H_TIMER]);
@@ -247,6 +247,12 @@ static int core_stats (lua_State *L) {
   setcount(L, "reloads", c->n.reloads);
   setcount(L, "reload_failures", c->n.reload_failures);
   setcount(L, "task_errors", c->n.task_errors);
+  setcount(L, "refused", c->n.refused);
+  setcount(L, "accept_errors", c->n.accept_errors);
+  setcount(L, "idle_closed", c->n.idle_closed);
+  setcount(L, "budget_closed", c->n.budget_closed);
+  setcount(L, "frames_too_large", c->n.frames_too_large);
+  setcount(L, "buffered_in", (uint64_t)lc_limits_of(c)->buffered_in);
   setcount(L, "tls_failures", c->n.tls_failures);
   return 1;
 }
@@ -388,6 +394,7 @@ int luaopen_luacomm_core (lua_State *L) {
   lc_listener_open(L);
   lc_udp_open(L);
   lc_crypto_open(L);
+  lc_limits_open(L);
   lc_http_open(L);
   lua_pushvalue(L, -1);
   lua_insert(L, -3);               /* ctx, mod, ctx */

@@ -39,6 +39,11 @@
 
 #define LC_DEFAULT_MAX_FRAME (16u * 1024u * 1024u)
 #define LC_DEFAULT_HWM (1024u * 1024u)
+/* Input all connections together may buffer: enough for sixteen frames of
+** the default maximum in flight, small enough for a 1 GiB, 2-core box. */
+#define LC_DEFAULT_INPUT_BUDGET ((size_t)256 * 1024 * 1024)
+/* Releasing a buffer this big asks for memory to go back to the system. */
+#define LC_BIG_BUFFER ((size_t)1024 * 1024)
 
 /* Debian 12 ships Lua 5.4.4, which predates lua_closethread. */
 #if LUA_VERSION_RELEASE_NUM >= 50406
@@ -99,8 +104,9 @@ typedef void (*lc_log_fn)(void *ud, int level, const char *msg, size_t len);
 
 /* State a file keeps per context, behind its own slot: lc_ctx knows the
 ** slot, not the type (conn.c's read buffer and flush list, resolve.c's
-** resolver). Freed by fini, then free(), when the context ends. */
-enum { LC_MOD_CONN, LC_MOD_RESOLVE, LC_MODS };
+** resolver, limits.c's budget, tls_conn.c's BIO method). Freed by fini,
+** then free(), when the context ends. */
+enum { LC_MOD_CONN, LC_MOD_RESOLVE, LC_MOD_LIMITS, LC_MOD_TLS, LC_MODS };
 typedef void (*lc_fini_fn)(lc_ctx *c, void *state);
 typedef struct lc_module {
   void *state;
@@ -115,8 +121,43 @@ typedef void (*lc_pass_fn)(lc_ctx *c);
 typedef struct lc_counters {
   uint64_t frames_in, frames_out, bytes_in, bytes_out;
   uint64_t task_errors, tasks_spawned, reloads, reload_failures;
-  uint64_t tls_failures; /* accepted connections whose TLS handshake failed */
+  uint64_t refused;          /* over a listener's max_conns */
+  uint64_t accept_errors;    /* accept() failed (EMFILE, ENFILE, ...) */
+  uint64_t idle_closed;      /* idle_timeout passed */
+  uint64_t budget_closed;    /* cut to keep input under the budget */
+  uint64_t frames_too_large; /* announced over max_frame */
+  uint64_t tls_failures;     /* accepted connections whose TLS handshake failed */
 } lc_counters;
+
+/* One warning line a second at most (limits.c). */
+typedef struct lc_ratelog {
+  double next;      /* comm.now() time the next line may go out */
+  uint64_t held;    /* lines held back since the last one */
+  int level;        /* of the last one held back */
+  struct event *ev; /* logs the held-back count when nothing else does */
+  struct lc_ctx *ctx;
+  char last[256]; /* the last one held back */
+} lc_ratelog;
+
+/* limits.c's state (slot LC_MOD_LIMITS, made when the module opens): the
+** process-wide input budget, and the rate of the core's warnings. */
+typedef struct lc_limits {
+  size_t buffered_in;    /* input bytes every connection holds, together */
+  size_t input_budget;   /* ... and how many they may hold (core.limits) */
+  struct event *trim_ev; /* gives memory back after big buffers */
+  struct {
+    lc_ratelog accept, refused, idle, budget, too_large, nomem;
+  } rl;
+} lc_limits;
+
+#define lc_limits_of(c) ((lc_limits *)(c)->mods[LC_MOD_LIMITS].state)
+
+/* Connections one listener accepted and that are still open, shared by
+** the listener and those connections so that either may go first. */
+typedef struct lc_slots {
+  int refs; /* the listener, and each connection */
+  int used; /* queued for accept() or open */
+} lc_slots;
 
 struct lc_ctx {
   struct event_base *base;
@@ -228,6 +269,11 @@ lc_lookup *lc_lookup_start(lua_State *L, lc_ctx *c, const char *host, const char
 lc_waitq *lc_lookup_waiters(lc_lookup *lk);
 int lc_lookup_result(lc_lookup *lk, lc_addr *a, const char **err);
 
+/* ---- limits.c ---- */
+void lc_lograte(lc_ctx *c, lc_ratelog *r, int level, const char *fmt, ...);
+void lc_big_released(lc_ctx *c);
+int lc_limits_open(lua_State *L);
+
 /* ---- timer.c, cond.c, conn.c, listener.c, udp.c, addr.c ---- */
 int lc_timer_open(lua_State *L);
 int lc_cond_open(lua_State *L);
@@ -239,5 +285,7 @@ int lc_http_open(lua_State *L);
 int lc_conn_close_all(lc_ctx *c);
 int lc_conn_lingering(lc_ctx *c);
 void lc_conn_push(lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_frame, size_t hwm);
+void lc_conn_limit(lua_State *L, int idx, lc_slots *slots, double idle_timeout);
+void lc_slots_release(lc_slots *slots);
 
 #endif

@@ -20,6 +20,9 @@
 #include "tls.h"
 
 #define ACCEPT_QUEUE 64
+#define MAX_HANDSHAKES 1024 /* TLS handshakes under way at once, per listener */
+/* Out of descriptors: how long accepting pauses before it tries again. */
+#define ACCEPT_PAUSE 0.1
 
 typedef struct lc_listener {
   lc_handle h;
@@ -27,10 +30,15 @@ typedef struct lc_listener {
   struct evconnlistener *lev;
   lc_waitq accepters;
   evutil_socket_t queue[ACCEPT_QUEUE];
-  lc_tls *tqueue[ACCEPT_QUEUE]; /* each queued socket's TLS session, or NULL */
-  lc_tls_server *tls;           /* NULL on plain TCP */
+  lc_tls_server *tls; /* NULL on plain TCP; else it holds the queue */
+  int tls_held;       /* sockets in its handshakes and ready list (max_conns slots) */
   int head, count;
   int enabled;
+  int paused; /* accept() failed: resume_ev will retry */
+  struct event *resume_ev;
+  lc_slots *slots;     /* connections queued or open, shared with them */
+  int max_conns;       /* 0: no limit */
+  double idle_timeout; /* for its connections; 0: none */
   uint32_t max_frame;
   size_t hwm;
   char *unix_path; /* unlinked at close */
@@ -50,13 +58,16 @@ static void destroy (lc_listener *l) {
   lc_ctx *c = l->ctx;
   lc_handle_unlink(c, &l->h);
   if (l->lev) evconnlistener_free(l->lev);
+  if (l->resume_ev) event_free(l->resume_ev);
+  if (l->slots) l->slots->used -= l->tls_held;
   lc_tls_server_free(l->tls); /* handshakes under way end here */
   while (l->count > 0) {
-    lc_tls_free(l->tqueue[l->head], 0);
     evutil_closesocket(l->queue[l->head]);
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
+    l->slots->used--;
   }
+  if (l->slots) lc_slots_release(l->slots);
   if (l->unix_path) {
     unlink(l->unix_path);
     free(l->unix_path);
@@ -71,30 +82,40 @@ static void handle_destroy (lc_handle *h) {
   destroy((lc_listener *)h);
 }
 
-/* Accepting pauses while the queue, with the TLS handshakes that will
-** land in it, is full; it resumes once a task takes from it. */
+/* Accepting pauses while the queue is full (for TLS: of connections whose
+** handshake is done, or of handshakes under way), or after accept() failed
+** (resume_ev ends that); it resumes once a task takes from the queue or a
+** handshake ends. */
 static void throttle (lc_listener *l) {
-  int busy = l->count + (l->tls ? lc_tls_server_inflight(l->tls) : 0) >= ACCEPT_QUEUE;
+  int busy = l->paused ||
+    (l->tls ? lc_tls_server_ready(l->tls) >= ACCEPT_QUEUE || lc_tls_server_inflight(l->tls) >= MAX_HANDSHAKES
+            : l->count >= ACCEPT_QUEUE);
   if (busy && l->enabled) evconnlistener_disable(l->lev);
   else if (!busy && !l->enabled) evconnlistener_enable(l->lev);
   l->enabled = !busy;
 }
 
-static void enqueue (lc_listener *l, evutil_socket_t fd, lc_tls *t) {
-  int i = (l->head + l->count) % ACCEPT_QUEUE;
-  l->queue[i] = fd;
-  l->tqueue[i] = t;
+static void enqueue (lc_listener *l, evutil_socket_t fd) {
+  l->queue[(l->head + l->count) % ACCEPT_QUEUE] = fd;
   l->count++;
   throttle(l);
   lc_wake_one(l->ctx, &l->accepters);
 }
 
-/* A TLS handshake ended: a connection for the queue, or (t NULL) one the
-** handshake refused, which frees a place. */
-static void on_tls_accepted (evutil_socket_t fd, lc_tls *t, void *arg) {
+/* Handshakes the TLS server refused (and closed) free their max_conns
+** slots: what it holds now is what is under way or ready. */
+static void tls_reconcile (lc_listener *l) {
+  int now = lc_tls_server_inflight(l->tls) + lc_tls_server_ready(l->tls);
+  if (now < l->tls_held) l->slots->used -= l->tls_held - now;
+  l->tls_held = now;
+}
+
+/* A TLS handshake ended (in the server's ready list, or refused). */
+static void on_tls_done (void *arg) {
   lc_listener *l = arg;
-  if (t != NULL) enqueue(l, fd, t);
-  else throttle(l);
+  tls_reconcile(l);
+  throttle(l);
+  if (lc_tls_server_ready(l->tls) > 0) lc_wake_one(l->ctx, &l->accepters);
 }
 
 /* libevent's accept callback: the new fd is ours until a task takes it
@@ -102,26 +123,63 @@ static void on_tls_accepted (evutil_socket_t fd, lc_tls *t, void *arg) {
 ** wakes: no Lua runs here. */
 static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg) {
   lc_listener *l = arg;
+  lc_ctx *c = l->ctx;
   (void)lev, (void)sa, (void)socklen;
+  if (l->max_conns > 0 && l->slots->used >= l->max_conns) {
+    /* Accepted and closed at once: the peer learns now, not after a
+    ** backlog timeout, and the kernel's queue does not fill with them. */
+    evutil_closesocket(fd);
+    c->n.refused++;
+    lc_lograte(c,
+               &lc_limits_of(c)->rl.refused,
+               LC_WARN,
+               "connection refused: the listener has max_conns (%d) open",
+               l->max_conns);
+    return;
+  }
+  l->slots->used++;
   evutil_make_socket_nonblocking(fd);
   if (sa->sa_family != AF_UNIX) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   if (l->tls == NULL) {
-    enqueue(l, fd, NULL);
+    enqueue(l, fd);
     return;
   }
   /* The handshake runs before any task sees the connection. */
-  lc_tls_accept(l->tls, l->ctx, fd, on_tls_accepted, l);
+  l->tls_held++;
+  lc_tls_accept(l->tls, l->ctx, fd, on_tls_done, l);
+  tls_reconcile(l); /* a session it could not even make */
   throttle(l);
 }
 
+static void on_resume (evutil_socket_t fd, short what, void *arg) {
+  lc_listener *l = arg;
+  (void)fd, (void)what;
+  l->paused = 0;
+  throttle(l);
+}
+
+/* EMFILE, ENFILE, ENOBUFS...: the pending connection stays readable, so
+** listening on would spin the loop. Pause, and try again shortly: by then
+** other connections may have closed and freed descriptors. */
 static void on_listen_error (struct evconnlistener *lev, void *arg) {
   lc_listener *l = arg;
+  lc_ctx *c = l->ctx;
+  struct timeval tv = lc_timeval(ACCEPT_PAUSE);
+  int err = EVUTIL_SOCKET_ERROR();
   (void)lev;
-  /* EMFILE and friends: log and keep listening; the loop retries. */
-  lc_logf(l->ctx, LC_WARN, "accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+  c->n.accept_errors++;
+  lc_lograte(c,
+             &lc_limits_of(c)->rl.accept,
+             LC_WARN,
+             "accept failed: %s; accepting paused for %g s",
+             evutil_socket_error_to_string(err),
+             ACCEPT_PAUSE);
+  l->paused = 1;
+  throttle(l);
+  evtimer_add(l->resume_ev, &tv);
 }
 
 /* Stack: listener, deadline (slot kc). Yields while the queue is empty. The
@@ -130,14 +188,26 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
   lc_listener *l = (lc_listener *)lc_tohud(L, 1, &listener_class)->h;
   (void)status;
   if (l == NULL) return lc_fail(L, "closed");
-  if (l->count > 0) {
+  if (l->tls != NULL) {
+    evutil_socket_t fd;
+    lc_tls *t = lc_tls_server_pop(l->tls, &fd);
+    if (t != NULL) {
+      l->tls_held--;
+      throttle(l);
+      l->slots->used--; /* lc_conn_limit takes it again, for the connection */
+      lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
+      lc_conn_set_tls(L, -1, t);
+      lc_conn_limit(L, -1, l->slots, l->idle_timeout);
+      return 1;
+    }
+  } else if (l->count > 0) {
     evutil_socket_t fd = l->queue[l->head];
-    lc_tls *t = l->tqueue[l->head];
     l->head = (l->head + 1) % ACCEPT_QUEUE;
     l->count--;
     throttle(l);
+    l->slots->used--; /* lc_conn_limit takes it again, for the connection */
     lc_conn_push(L, l->ctx, fd, l->max_frame, l->hwm);
-    if (t != NULL) lc_conn_set_tls(L, -1, t);
+    lc_conn_limit(L, -1, l->slots, l->idle_timeout);
     return 1;
   }
   if (lc_expired(L, kc)) return lc_fail(L, "timeout");
@@ -206,6 +276,19 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog, int reuseport
   return -1;
 }
 
+/* opts[k] as seconds > 0, or 0 when absent. */
+static double opt_seconds (lua_State *L, int idx, const char *k) {
+  double v = 0;
+  if (!lua_istable(L, idx)) return 0;
+  if (lua_getfield(L, idx, k) != LUA_TNIL) {
+    int isnum;
+    v = lua_tonumberx(L, -1, &isnum);
+    if (!isnum || !(v > 0) || v > 1e9) luaL_error(L, "bad option '%s' (seconds > 0 expected)", k);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
 /* comm.listen(addr, [opts]) -> listener | nil, err */
 static int listener_listen (lua_State *L) {
   lc_ctx *c = lc_getctx(L);
@@ -213,6 +296,8 @@ static int listener_listen (lua_State *L) {
   int backlog = lc_opt_int(L, 2, "backlog", 511, 1);
   uint32_t max_frame = (uint32_t)lc_opt_int(L, 2, "max_frame", LC_DEFAULT_MAX_FRAME, 0);
   size_t hwm = (size_t)lc_opt_int(L, 2, "hwm", LC_DEFAULT_HWM, 1);
+  int max_conns = lc_opt_int(L, 2, "max_conns", 0, 1);
+  double idle_timeout = opt_seconds(L, 2, "idle_timeout");
   int reuseport = 0;
   const char *bad;
   lc_hud *u;
@@ -246,6 +331,8 @@ static int listener_listen (lua_State *L) {
   }
   l->tls = tls;
   l->ctx = c;
+  l->max_conns = max_conns;
+  l->idle_timeout = idle_timeout;
   l->max_frame = max_frame;
   l->hwm = hwm;
   l->enabled = 1;
@@ -253,12 +340,17 @@ static int listener_listen (lua_State *L) {
   l->h.close = handle_destroy;
   if (a.ss.ss_family == AF_UNIX) l->unix_path = strdup(((struct sockaddr_un *)&a.ss)->sun_path);
   lc_handle_add(c, &l->h, LC_H_LISTENER);
-  l->lev = evconnlistener_new(c->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, -1, fd);
-  if (l->lev == NULL) {
-    close(fd);
+  l->slots = calloc(1, sizeof *l->slots);
+  l->resume_ev = evtimer_new(c->base, on_resume, l);
+  /* The backlog again: libevent calls listen() once more, and with -1 it
+  ** would put 128 in place of the one asked for. */
+  l->lev = evconnlistener_new(c->base, on_accept, l, LEV_OPT_CLOSE_ON_FREE, backlog, fd);
+  if (l->lev == NULL || l->slots == NULL || l->resume_ev == NULL) {
+    if (l->lev == NULL) close(fd);
     destroy(l);
     return luaL_error(L, "luacomm: cannot create a listener");
   }
+  l->slots->refs = 1;
   evconnlistener_set_error_cb(l->lev, on_listen_error);
   lc_hud_attach(u, &l->h);
   return 1;

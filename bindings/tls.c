@@ -119,7 +119,8 @@ static int load_trust (SSL_CTX *ctx, const char *ca, int server, char *err, size
 
 /* Settings every luacomm context shares: TLS 1.2+, no renegotiation,
 ** writes that may be retried from a moved buffer (the output evbuffer
-** rearranges itself between attempts), and an EOF without close_notify
+** rearranges itself between attempts), record buffers released while a
+** connection is idle (about 34 KiB each otherwise), and an EOF without close_notify
 ** read as an end of stream (frames carry their own length, so a cut is
 ** still seen as "truncated"). */
 static SSL_CTX *ctx_base (int server, char *err, size_t errlen) {
@@ -131,7 +132,7 @@ static SSL_CTX *ctx_base (int server, char *err, size_t errlen) {
   }
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
-  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
   if (server) {
     /* Resumed sessions under client verification need an id context. */
     static const unsigned char sid[] = "luacomm";
@@ -145,7 +146,7 @@ SSL_CTX *lc_tls_ctx_new (lua_State *L, int opts_idx, int server, char *err, size
   int verify;
   SSL_CTX *ctx;
   opts_idx = lua_absindex(L, opts_idx);
-  luaL_checktype(L, opts_idx, LUA_TTABLE);
+  if (!lua_istable(L, opts_idx)) luaL_error(L, "bad option 'tls' (table expected, got %s)", luaL_typename(L, opts_idx));
   cert = opt_string(L, opts_idx, "cert");
   key = opt_string(L, opts_idx, "key");
   ca = opt_string(L, opts_idx, "ca");
@@ -175,7 +176,7 @@ SSL_CTX *lc_tls_ctx_new (lua_State *L, int opts_idx, int server, char *err, size
   return ctx;
 }
 
-/* An IPv4 or IPv6 literal (with or without brackets) is checked against the
+/* An IPv4 or IPv6 literal (IPv6 without brackets) is checked against the
 ** certificate's IP entries, never its DNS names, and sent as no SNI. */
 static int is_ip_literal (const char *name) {
   ASN1_OCTET_STRING *ip = a2i_IPADDRESS(name);

@@ -18,7 +18,20 @@
 
 #include "lc.h"
 
-/* ---- contexts (stable API) ---- */
+/* ---- contexts (stable API) ----
+**
+** For another transport, e.g. a client on bufferevent_openssl:
+**   SSL_CTX *ctx = lc_tls_ctx_new(L, idx, 0, err, sizeof err);  // NULL: err
+**   SSL *ssl = SSL_new(ctx);
+**   SSL_CTX_free(ctx);                                           // ssl keeps it
+**   if (lc_tls_client_setup(ssl, lc_tls_server_name(L, idx, host), err, sizeof err) != 0) ...
+**   bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+**                                        BEV_OPT_CLOSE_ON_FREE);
+**   ... and on a failed handshake, lc_tls_reason(ssl, 0, buf, sizeof buf).
+** The context enables partial writes from a moving buffer, releases idle
+** record buffers and reads an EOF without close_notify as an end of
+** stream; it leaves read-ahead off (bufferevent_openssl relies on
+** SSL_pending). */
 
 /* Builds an SSL_CTX from the tls options table at opts_idx:
 **   cert, key  PEM files (certificate chain, private key); required when
@@ -112,12 +125,19 @@ typedef struct lc_tls_server lc_tls_server;
 ** reason. Raises on misuse. */
 lc_tls_server *lc_tls_server_new(lua_State *L, int opts_idx, char *err, size_t errlen);
 
-/* Takes fd (just accepted) through a server handshake. On success done
-** gets fd and the session (both owned by the callee from then on); on
-** failure the connection is logged, counted in tls_failures and closed
-** here, and done gets -1, NULL (the listener may accept again). */
-typedef void (*lc_tls_accepted_fn)(evutil_socket_t fd, lc_tls *t, void *arg);
-void lc_tls_accept(lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_accepted_fn done, void *arg);
+/* Takes fd (just accepted, now owned here) through a server handshake.
+** A success lands in the server's ready list (lc_tls_server_pop); a
+** failure is logged, counted in tls_failures and closed here. Either way
+** notify(arg) runs afterwards, from the loop. */
+typedef void (*lc_tls_notify_fn)(void *arg);
+void lc_tls_accept(lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_notify_fn notify, void *arg);
+
+/* The oldest session whose handshake succeeded, with its fd (both owned by
+** the caller from then on), or NULL. */
+lc_tls *lc_tls_server_pop(lc_tls_server *srv, evutil_socket_t *fd);
+
+/* Sessions waiting in the ready list. */
+int lc_tls_server_ready(const lc_tls_server *srv);
 
 /* Handshakes under way (the listener pauses accepting past its queue). */
 int lc_tls_server_inflight(const lc_tls_server *srv);

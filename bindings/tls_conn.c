@@ -34,21 +34,22 @@ struct lc_tls {
   char why[200];    /* the reason it failed */
   lc_tls_done_fn done;
   void *arg;
-  struct lc_tls *prev, *next; /* a server's handshakes under way */
-  lc_tls_server *srv;
+  struct lc_tls *prev, *next; /* a server's handshakes under way, or ready */
+  lc_tls_server *srv;         /* set while under way */
+  lc_addr peer;               /* accepted sessions: for the log */
 };
 
 struct lc_tls_server {
   SSL_CTX *ctx;
   double timeout;
-  int inflight;
-  lc_tls *head;
+  int inflight, nready;
+  lc_tls *head;                    /* handshakes under way */
+  lc_tls *ready_head, *ready_tail; /* done, waiting for accept (FIFO) */
+  lc_tls_notify_fn notify;
+  void *notify_arg;
 };
 
 /* ---- the socket BIO ---- */
-
-/* Immutable once made, shared by every state in the process. */
-static BIO_METHOD *sock_method;
 
 static int sock_write (BIO *b, const char *data, size_t len, size_t *written) {
   lc_tls *t = BIO_get_data(b);
@@ -87,18 +88,32 @@ static int sock_create (BIO *b) {
   return 1;
 }
 
+/* What this file keeps per context (lc_module_state, slot LC_MOD_TLS): the
+** BIO method, freed with the context (the module may be unloaded before
+** the process ends, so no static). */
+typedef struct {
+  BIO_METHOD *method;
+} tls_state;
+
+static void tls_state_fini (lc_ctx *c, void *state) {
+  (void)c;
+  BIO_meth_free(((tls_state *)state)->method);
+}
+
 static BIO *sock_bio (lc_tls *t) {
+  tls_state *ts = lc_module_state(t->ctx, LC_MOD_TLS, sizeof *ts, tls_state_fini);
   BIO *b;
-  if (sock_method == NULL) {
+  if (ts == NULL) return NULL;
+  if (ts->method == NULL) {
     BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "luacomm socket");
     if (m == NULL) return NULL;
     BIO_meth_set_write_ex(m, sock_write);
     BIO_meth_set_read_ex(m, sock_read);
     BIO_meth_set_ctrl(m, sock_ctrl);
     BIO_meth_set_create(m, sock_create);
-    sock_method = m;
+    ts->method = m;
   }
-  if ((b = BIO_new(sock_method)) != NULL) BIO_set_data(b, t);
+  if ((b = BIO_new(ts->method)) != NULL) BIO_set_data(b, t);
   return b;
 }
 
@@ -107,16 +122,19 @@ static BIO *sock_bio (lc_tls *t) {
 lc_tls *lc_tls_new (lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, int server, const char *server_name, char *err,
                     size_t errlen) {
   lc_tls *t = calloc(1, sizeof *t);
-  BIO *b;
-  if (t == NULL || (t->ssl = SSL_new(ctx)) == NULL || (b = sock_bio(t)) == NULL) {
+  BIO *b = NULL;
+  if (t != NULL) {
+    t->ctx = c;
+    t->fd = fd;
+    if ((t->ssl = SSL_new(ctx)) != NULL) b = sock_bio(t);
+  }
+  if (b == NULL) {
     snprintf(err, errlen, "tls: out of memory");
     ERR_clear_error();
     if (t) SSL_free(t->ssl);
     free(t);
     return NULL;
   }
-  t->ctx = c;
-  t->fd = fd;
   SSL_set_bio(t->ssl, b, b);
   if (server) {
     SSL_set_accept_state(t->ssl);
@@ -362,11 +380,13 @@ lc_tls_server *lc_tls_server_new (lua_State *L, int opts_idx, char *err, size_t 
     lua_pop(L, 1);
     return NULL;
   }
-  if (lua_getfield(L, -1, "handshake_timeout") != LUA_TNIL) {
-    timeout = luaL_checknumber(L, -1);
-    if (!(timeout > 0)) luaL_error(L, "bad option 'tls.handshake_timeout' (must be > 0)");
+  if (lua_istable(L, -1)) {
+    if (lua_getfield(L, -1, "handshake_timeout") != LUA_TNIL) {
+      timeout = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+      if (!(timeout > 0)) luaL_error(L, "bad option 'tls.handshake_timeout' (a number > 0 expected)");
+    }
+    lua_pop(L, 1);
   }
-  lua_pop(L, 1);
   ctx = lc_tls_ctx_new(L, -1, 1, err, errlen);
   lua_pop(L, 1);
   if (ctx == NULL) return NULL;
@@ -380,53 +400,67 @@ lc_tls_server *lc_tls_server_new (lua_State *L, int opts_idx, char *err, size_t 
   return srv;
 }
 
-typedef struct {
-  lc_tls_accepted_fn done;
-  void *arg;
-  lc_addr peer; /* taken at accept: a refused peer may be gone when logged */
-} accept_cb;
-
+/* A server handshake ended: into the ready list, or logged, counted and
+** closed. Either way the listener hears of it (a place may have freed). */
 static void accept_finished (lc_tls *t, const char *err, void *arg) {
-  accept_cb cb = *(accept_cb *)arg;
-  free(arg);
+  lc_tls_server *srv = arg;
   if (err != NULL) {
     lua_State *L = t->ctx->mainL;
-    char where[80];
-    lc_push_addrstring(L, (struct sockaddr *)&cb.peer.ss, cb.peer.len);
-    snprintf(where, sizeof where, "%s", lua_tostring(L, -1));
-    lua_pop(L, 1);
+    char where[80] = "?";
+    if (t->peer.len > 0) {
+      lc_push_addrstring(L, (struct sockaddr *)&t->peer.ss, t->peer.len);
+      snprintf(where, sizeof where, "%s", lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
     lc_logf(t->ctx, LC_WARN, "connection from %s refused: %s", where, err);
     t->ctx->n.tls_failures++;
     close(t->fd);
     lc_tls_free(t, 0);
-    cb.done(-1, NULL, cb.arg);
-    return;
+  } else {
+    t->next = NULL;
+    if (srv->ready_tail) srv->ready_tail->next = t;
+    else srv->ready_head = t;
+    srv->ready_tail = t;
+    srv->nready++;
   }
-  cb.done(t->fd, t, cb.arg);
+  srv->notify(srv->notify_arg);
 }
 
-void lc_tls_accept (lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_accepted_fn done, void *arg) {
+void lc_tls_accept (lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_notify_fn notify, void *arg) {
   char err[128];
-  accept_cb *cb = malloc(sizeof *cb);
-  lc_tls *t = cb ? lc_tls_new(c, srv->ctx, fd, 1, NULL, err, sizeof err) : NULL;
+  lc_tls *t = lc_tls_new(c, srv->ctx, fd, 1, NULL, err, sizeof err);
+  srv->notify = notify;
+  srv->notify_arg = arg;
   if (t == NULL) {
-    lc_logf(c, LC_WARN, "connection refused: %s", cb ? err : "tls: out of memory");
+    lc_logf(c, LC_WARN, "connection refused: %s", err);
     c->n.tls_failures++;
-    free(cb);
     close(fd);
-    done(-1, NULL, arg);
     return;
   }
-  cb->done = done;
-  cb->arg = arg;
-  cb->peer.len = sizeof cb->peer.ss;
-  if (getpeername(fd, (struct sockaddr *)&cb->peer.ss, &cb->peer.len) != 0) cb->peer.len = 0;
+  /* The peer's address now: a refused peer may be gone when it is logged. */
+  t->peer.len = sizeof t->peer.ss;
+  if (getpeername(fd, (struct sockaddr *)&t->peer.ss, &t->peer.len) != 0) t->peer.len = 0;
   t->srv = srv;
   t->next = srv->head;
   if (srv->head) srv->head->prev = t;
   srv->head = t;
   srv->inflight++;
-  lc_tls_start(t, srv->timeout, accept_finished, cb);
+  lc_tls_start(t, srv->timeout, accept_finished, srv);
+}
+
+lc_tls *lc_tls_server_pop (lc_tls_server *srv, evutil_socket_t *fd) {
+  lc_tls *t = srv->ready_head;
+  if (t == NULL) return NULL;
+  srv->ready_head = t->next;
+  if (srv->ready_head == NULL) srv->ready_tail = NULL;
+  srv->nready--;
+  t->next = NULL;
+  *fd = t->fd;
+  return t;
+}
+
+int lc_tls_server_ready (const lc_tls_server *srv) {
+  return srv->nready;
 }
 
 int lc_tls_server_inflight (const lc_tls_server *srv) {
@@ -434,11 +468,15 @@ int lc_tls_server_inflight (const lc_tls_server *srv) {
 }
 
 void lc_tls_server_free (lc_tls_server *srv) {
+  evutil_socket_t fd;
+  lc_tls *t;
   if (srv == NULL) return;
-  while (srv->head) {
-    lc_tls *t = srv->head;
-    free(t->arg); /* the accept_cb */
+  while ((t = srv->head) != NULL) { /* under way */
     close(t->fd);
+    lc_tls_free(t, 0);
+  }
+  while ((t = lc_tls_server_pop(srv, &fd)) != NULL) { /* never accepted */
+    close(fd);
     lc_tls_free(t, 0);
   }
   SSL_CTX_free(srv->ctx);

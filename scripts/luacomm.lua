@@ -11,7 +11,7 @@ local M = {}
 M._VERSION = (core.versions())
 
 -- Straight from C: these already follow the contract's conventions.
-for _, name in ipairs{ "sleep", "yield", "now", "time", "stats", "running", "cond" } do
+for _, name in ipairs{ "sleep", "yield", "now", "time", "stats", "running", "cond", "limits" } do
   M[name] = core[name]
 end
 

@@ -4,7 +4,7 @@
 # lua-socket for the Lua peers in make bench), and does nothing (quickly)
 # when they are all present already.
 set -eu
-PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db curl prometheus iproute2 nftables python3"
+PKGS="gcc make pkg-config libevent-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev lua-busted lua-check libssl-dev clang-format luarocks man-db curl prometheus iproute2 nftables openssl python3 clang libclang-rt-14-dev"
 # `install-deps.sh bench`: the load generator and the reference server too.
 if [ "${1:-}" = bench ]; then PKGS="$PKGS wrk nginx lua-luv lua-cqueues lua-copas lua-socket"; fi
 missing=""

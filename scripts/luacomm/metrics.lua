@@ -19,7 +19,7 @@ M.nodes = require("luacomm.registry").nodes
 -- comm.stats() and n:stats() keys that go up and down: gauges. Every other
 -- key only grows: a counter, exposed with _total.
 local PROCESS_GAUGES = { tasks = true, timers = true, conns = true, listeners = true,
-                         lingering = true, udp = true }
+                         lingering = true, udp = true, buffered_in = true }
 local NODE_GAUGES = { links = true, pending = true, dedup = true, dedup_senders = true, known_nodes = true }
 
 ---------------------------------------------------------------- formatting

@@ -46,7 +46,9 @@ describe("luacomm --metrics", function()
         -- process counters and gauges, named as the contract says
         for _, line in ipairs{ "# TYPE luacomm_tasks gauge", "# TYPE luacomm_conns gauge",
                                "# TYPE luacomm_frames_in_total counter", "# TYPE luacomm_reloads_total counter",
-                               "# TYPE luacomm_task_errors_total counter", "# HELP luacomm_bytes_out_total " } do
+                               "# TYPE luacomm_task_errors_total counter", "# HELP luacomm_bytes_out_total ",
+                               "# TYPE luacomm_buffered_in gauge", "# TYPE luacomm_refused_total counter",
+                               "# TYPE luacomm_idle_closed_total counter" } do
           assert.truthy(body:find(line, 1, true), line)
         end
         -- every comm.stats() key is there

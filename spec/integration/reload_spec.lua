@@ -217,6 +217,40 @@ describe("hot reload", function()
   end)
 end)
 
+describe("hot reload under a signal storm", function()
+  it("200 SIGHUPs in about 2 s during 20,000 pipelined frames: each answered once, in order", function()
+    helpers.run(function()
+      local p, _, conn = start()
+      finally(function() p:kill() end)
+      local n, received = 20000, 0
+      local reader = comm.spawn(function()
+        for i = 1, n do
+          local f = assert(conn:recv(20))
+          assert.are.equal(i, tonumber(f:match(":(%d+)$")), "frame " .. i .. " answered as " .. f)
+          received = received + 1
+        end
+      end)
+      local writer = comm.spawn(function()
+        for i = 1, n do
+          assert(conn:send(tostring(i)))
+          if i % 100 == 0 then comm.sleep(0.01) end
+        end
+      end)
+      -- the storm runs beside the loop, so the reader and writer keep going
+      assert(os.execute(("(for i in $(seq 200); do kill -HUP %d; sleep 0.01; done) >/dev/null 2>&1 &")
+        :format(p.pid)))
+      assert(writer:join(60))
+      local ok, err = reader:join(60)
+      assert(ok, err)
+      assert.are.equal(n, received)
+      assert.are.equal(nil, conn:recv(0.2))
+      assert(helpers.wait_until(function() return count(p:stderr(), "reload ok") >= 1 end, 10))
+      assert.are.equal(0, count(p:stderr(), "reload failed"))
+      assert.are.equal("v1:after", ask(conn, "after"))
+    end, 90)
+  end)
+end)
+
 describe("graceful stop", function()
   it("runs M.stop, then exits 0", function()
     helpers.run(function()

@@ -106,6 +106,23 @@ local function io_cases(bytewise)
     end, 120)
   end)
 
+  it("readable and comm.select wait for a whole frame decrypted" .. suffix, function()
+    helpers.run(function()
+      local c, s, l = tls_pair()
+      assert.is_false(s:readable(0))
+      assert.are.same({ nil, "timeout" }, { s:readable(0.05) })
+      assert.is_true(c:send("ready?"))
+      assert.is_true(s:readable(5))
+      assert.is_true(s:readable(0)) -- nothing was taken
+      assert.is_true(c:send("second"))
+      local i, f = comm.select({ { s, "recv" } }, 5)
+      assert.are.equal(1, i)
+      assert.are.equal("ready?", f)
+      assert.are.equal("second", s:recv(5))
+      close_all(c, s, l)
+    end)
+  end)
+
   it("a recv with nothing coming times out; the connection still works" .. suffix, function()
     helpers.run(function()
       local c, s, l = tls_pair()
@@ -189,6 +206,19 @@ describe("tls", function()
       assert.are.same({ nil, "closed" }, { raw:read(1, 5) })
       assert.are.same({ nil, "timeout" }, { l:accept(0.05) })
       close_all(raw, l)
+    end)
+  end)
+
+  it("100 peers stuck in their handshake do not keep a good client out", function()
+    helpers.run(function()
+      local l, addr, seen = echo_server()
+      local silent = {}
+      for i = 1, 100 do silent[i] = assert(comm.connect(addr)) end -- plain TCP, never says hello
+      local c = assert(comm.connect(addr, { tls = certs.client(), timeout = 5 }))
+      assert.is_true(c:send("through"))
+      assert.are.equal("through", c:recv(5))
+      assert.are.equal(1, seen.n)
+      close_all(c, l, table.unpack(silent))
     end)
   end)
 
@@ -370,7 +400,10 @@ describe("tls", function()
           { comm.listen("127.0.0.1:0", srv({ cert = certs.path("server.pem") })) })
         assert.are.same({ nil, "tls: tls.cert and tls.key go together" },
           { comm.connect("127.0.0.1:1", { tls = { cert = certs.path("client.pem") } }) })
-        assert.has_error(function() comm.listen("127.0.0.1:0", srv(true)) end)
+        assert.has_error(function() comm.listen("127.0.0.1:0", srv(true)) end,
+          "bad option 'tls' (table expected, got boolean)")
+        assert.has_error(function() comm.connect("127.0.0.1:1", { tls = "yes" }) end,
+          "bad option 'tls' (table expected, got string)")
         assert.has_error(function() comm.listen("127.0.0.1:0", srv(certs.server(nil, { verify = "yes" }))) end)
         assert.has_error(function() comm.connect("127.0.0.1:1", { tls = { ca = 42 } }) end)
         assert.has_error(function() comm.listen("127.0.0.1:0", srv(certs.server(nil, { handshake_timeout = 0 }))) end)
@@ -399,5 +432,33 @@ describe("tls", function()
     setup(function() core.max_io(1) end)
     teardown(function() core.max_io(0) end)
     io_cases(true)
+
+    -- Above, both ends cut their records to one byte too. Here the peer is
+    -- another process writing whole records, so each read leaves most of a
+    -- record decrypted inside OpenSSL, where no readiness event announces it.
+    it("frames from a peer writing whole records arrive a byte at a time [1-byte I/O]", function()
+      helpers.run(function()
+        local l, _, seen = echo_server()
+        local _, port = l:addr()
+        local p = helpers.spawn_host({}, {
+          argv = { "lua5.4", "-e", ([[
+            local comm = require "luacomm"
+            comm.run(function()
+              local c = assert(comm.connect("localhost:%d", { tls = { ca = %q } }))
+              local frames = { "hello", "", ("0123456789"):rep(2000), "bye" }
+              for _, f in ipairs(frames) do assert(c:send(f)) end
+              for _, f in ipairs(frames) do assert(c:recv(30) == f, "echo of " .. #f .. " bytes") end
+              c:close()
+              io.write("ok")
+            end)]]):format(port, certs.path("ca.pem")) },
+          env = { "LUA_PATH=" .. helpers.shquote(package.path), "LUA_CPATH=" .. helpers.shquote(package.cpath),
+                  "LUACOMM_MAX_IO=0" },
+        })
+        assert.are.equal(0, p:wait(60), p:stderr())
+        assert.are.equal("ok", p:stdout())
+        assert.are.equal(1, seen.n)
+        l:close()
+      end, 90)
+    end)
   end)
 end)

@@ -22,6 +22,7 @@ M.Link = Link
 
 function M.addr_string(host, port)
   if not host then return nil end
+  if port == nil then return "unix:" .. host end -- addr()/peer() of a unix socket
   if host:find(":", 1, true) then return format("[%s]:%d", host, port) end
   return format("%s:%d", host, port)
 end
