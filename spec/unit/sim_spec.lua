@@ -234,38 +234,30 @@ describe("luacomm.sim", function()
   end)
 
   it("duplicate and reorder deliver frames twice and out of order; loss drops them", function()
-    local _, got = sim.run({ seed = 3, print = false, duplicate = 1 }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 5)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    -- What client c got back of the n frames it sent to server s, under `faults`.
+    local function echoed(faults, n)
+      local opts = { seed = 3, print = false }
+      for k, v in pairs(faults) do opts[k] = v end
+      local _, got = sim.run(opts, function(net)
+        net:spawn("s", FRAMES, "server", "s:1")
+        net:spawn("c", FRAMES, "client", "s:1", n)
+        net:sleep(3)
+        return net:state("c").got
+      end)
+      return got
+    end
+    local got = echoed({ duplicate = 1 }, 5)
     -- every frame doubled on the way there and again on the way back
     assert.are.equal(20, #got)
-    local _, reordered = sim.run({ seed = 3, print = false, reorder = 1 }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 50)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    local reordered = echoed({ reorder = 1 }, 50)
     assert.are.equal(50, #reordered)
     local sorted = { table.unpack(reordered) }
     table.sort(sorted)
     assert.are_not.same(sorted, reordered)
-    local _, lossy = sim.run({ seed = 3, print = false, loss = 0.5 }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 50)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    local lossy = echoed({ loss = 0.5 }, 50)
     assert.is_true(#lossy < 50)
     -- without faults: each once, in order
-    local _, clean = sim.run({ seed = 3, print = false }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 50)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    local clean = echoed({}, 50)
     assert.are.same(sorted, clean)
   end)
 
