@@ -130,5 +130,12 @@ function H.has_ipv6(open)
   return true
 end
 
+-- How many times pattern pat matches in s (log lines, say).
+function H.count(s, pat)
+  local n = 0
+  for _ in s:gmatch(pat) do n = n + 1 end
+  return n
+end
+
 H.core = core
 return H

@@ -72,11 +72,7 @@ local function ask(conn, s)
   return assert(conn:recv(5))
 end
 
-local function count(s, pat)
-  local n = 0
-  for _ in s:gmatch(pat) do n = n + 1 end
-  return n
-end
+local count = helpers.count
 
 -- Sends SIGHUP and waits for the attempt's outcome in the log.
 local function reload(p, expect)
