@@ -22,13 +22,14 @@ build/bench/loadgen: bench/loadgen.c bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_SSL_LIBS)
 
-build/bench/ceiling_tls: bench/ceiling_tls.c bench/bench.mk
+# The echo servers share their setup (listen, accept, signals) in bench.c.
+build/bench/ceiling_tls: bench/ceiling_tls.c bench/bench.c bench/bench.h bench/bench.mk
 	@mkdir -p $(@D)
-	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS) $(BENCH_SSL_LIBS)
+	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ bench/ceiling_tls.c bench/bench.c $(BENCH_EVENT_LIBS) $(BENCH_SSL_LIBS)
 
-build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.mk
+build/bench/ceiling build/bench/floor: build/bench/%: bench/%.c bench/bench.c bench/bench.h bench/bench.mk
 	@mkdir -p $(@D)
-	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< $(BENCH_EVENT_LIBS)
+	$(CC) $(BENCH_CFLAGS) $(BENCH_EVENT_CFLAGS) -o $@ $< bench/bench.c $(BENCH_EVENT_LIBS)
 
 build/bench/http_floor: bench/http_floor.c bench/bench.mk
 	@mkdir -p $(@D)

@@ -20,17 +20,12 @@
  *   frame of its connection, or send it twice.
  * Listens on 127.0.0.1:PORT (or a unix socket) until SIGINT/SIGTERM, exit 0.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -38,8 +33,9 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "bench.h"
+
 #define RBUF_SIZE (256 * 1024)
-#define MAX_FRAME (16u << 20)
 #define BIG_FRAME (RBUF_SIZE / 4)    /* frames above this bypass the shared buffer */
 #define BACKLOG_HIGH (4u << 20)      /* stop reading above this much unsent */
 #define BACKLOG_LOW (1u << 20)       /* and resume below this */
@@ -60,7 +56,6 @@ static uint8_t rbuf[RBUF_SIZE];
 
 static struct {
     struct event_base *base;
-    struct event *listener, *accept_retry;
     const char *unix_path;
     enum fault fault;
     bool fault_done;
@@ -69,17 +64,6 @@ static struct {
     uint8_t *held;
     size_t held_len;
 } g;
-
-static uint32_t load_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void die(const char *what)
-{
-    fprintf(stderr, "ceiling: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
 
 /* ---- connection lifetime ---------------------------------------------- */
 
@@ -348,9 +332,6 @@ static void on_conn_event(evutil_socket_t fd, short what, void *arg)
 
 static void conn_open(int fd)
 {
-    int one = 1;
-    /* Fails harmlessly on unix sockets. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
@@ -367,93 +348,24 @@ static void conn_open(int fd)
     }
 }
 
-static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd, (void)what, (void)arg;
-    event_add(g.listener, NULL);
-}
-
-static void on_accept(evutil_socket_t lfd, short what, void *arg)
-{
-    (void)what, (void)arg;
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) {
-            conn_open(fd);
-            continue;
-        }
-        if (errno == EMFILE || errno == ENFILE) {
-            /* The pending connection stays queued and would wake us at
-             * once; pause accepting for a moment instead of spinning. */
-            perror("ceiling: accept");
-            struct timeval pause = { 0, 100 * 1000 };
-            event_del(g.listener);
-            evtimer_add(g.accept_retry, &pause);
-            return;
-        }
-        if (errno != EINTR && errno != ECONNABORTED)
-            return;             /* EAGAIN: accepted all that was queued */
-    }
-}
-
 /* ---- setup ------------------------------------------------------------ */
 
 static int listen_on(const char *where)
 {
     struct sockaddr_storage ss;
-    socklen_t len;
+    struct sockaddr_un *un = (struct sockaddr_un *)&ss;
+    if (strncmp(where, "unix:", 5) != 0)
+        return bench_listen_port(where);
     memset(&ss, 0, sizeof ss);
-    if (strncmp(where, "unix:", 5) == 0) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&ss;
-        g.unix_path = where + 5;
-        if (strlen(g.unix_path) >= sizeof un->sun_path) {
-            fprintf(stderr, "ceiling: unix socket path too long\n");
-            exit(2);
-        }
-        un->sun_family = AF_UNIX;
-        strcpy(un->sun_path, g.unix_path);
-        unlink(g.unix_path);    /* a stale socket from an earlier run */
-        len = sizeof *un;
-    } else {
-        char *end;
-        long port = strtol(where, &end, 10);
-        if (*where == '\0' || *end || port < 1 || port > 65535) {
-            fprintf(stderr, "ceiling: bad port '%s'\n", where);
-            exit(2);
-        }
-        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-        in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
-        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        len = sizeof *in;
+    g.unix_path = where + 5;
+    if (strlen(g.unix_path) >= sizeof un->sun_path) {
+        fprintf(stderr, "ceiling: unix socket path too long\n");
+        exit(2);
     }
-    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        die("socket");
-    int one = 1;
-    if (ss.ss_family == AF_INET &&
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
-        die("SO_REUSEADDR");
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0)
-        die("bind");
-    if (listen(fd, SOMAXCONN) < 0)
-        die("listen");
-    return fd;
-}
-
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-    (void)sig, (void)what, (void)arg;
-    event_base_loopbreak(g.base);
+    un->sun_family = AF_UNIX;
+    strcpy(un->sun_path, g.unix_path);
+    unlink(g.unix_path);    /* a stale socket from an earlier run */
+    return bench_listen(&ss, sizeof *un);
 }
 
 _Noreturn static void usage(void)
@@ -473,36 +385,19 @@ static enum fault parse_fault(const char *s)
 
 int main(int argc, char **argv)
 {
+    bench_name = "ceiling";
     if (argc == 4 && strcmp(argv[1], "--fault") == 0)
         g.fault = parse_fault(argv[2]);
     else if (argc != 2)
         usage();
 
-    raise_nofile();
-    signal(SIGPIPE, SIG_IGN);   /* a peer gone mid-write is just a closed conn */
     int lfd = listen_on(argv[argc - 1]);
     g.base = event_base_new();
     if (!g.base)
         die("event_base_new");
-    g.listener = event_new(g.base, lfd, EV_READ | EV_PERSIST, on_accept, NULL);
-    g.accept_retry = evtimer_new(g.base, on_accept_retry, NULL);
-    struct event *sigint = evsignal_new(g.base, SIGINT, on_signal, NULL);
-    struct event *sigterm = evsignal_new(g.base, SIGTERM, on_signal, NULL);
-    if (!g.listener || !g.accept_retry || !sigint || !sigterm ||
-        event_add(g.listener, NULL) < 0 || event_add(sigint, NULL) < 0 ||
-        event_add(sigterm, NULL) < 0)
-        die("event setup");
-
-    event_base_dispatch(g.base);
-
-    /* Open connections are left to process exit. */
+    bench_serve(g.base, lfd, conn_open);
     if (g.unix_path)
         unlink(g.unix_path);
-    event_free(sigterm);
-    event_free(sigint);
-    event_free(g.accept_retry);
-    event_free(g.listener);
-    close(lfd);
     event_base_free(g.base);
     return 0;
 }

@@ -18,18 +18,10 @@
  * usage: ceiling_tls PORT CERT KEY   (listens on 127.0.0.1:PORT until
  * SIGINT/SIGTERM, exit 0)
  */
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -37,8 +29,9 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "bench.h"
+
 #define RBUF_SIZE (256 * 1024)
-#define MAX_FRAME (16u << 20)
 #define BACKLOG_HIGH (4u << 20)
 #define BACKLOG_LOW (1u << 20)
 #define WRITE_CHUNK (16 * 1024)
@@ -57,20 +50,13 @@ static uint8_t rbuf[RBUF_SIZE];
 
 static struct {
     struct event_base *base;
-    struct event *listener, *accept_retry;
     SSL_CTX *ctx;
 } g;
 
-static uint32_t load_be32(const uint8_t *p)
+/* After die's message: what OpenSSL says went wrong. */
+static void print_ssl_errors(void)
 {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void die(const char *what)
-{
-    fprintf(stderr, "ceiling_tls: %s: %s\n", what, strerror(errno));
     ERR_print_errors_fp(stderr);
-    exit(1);
 }
 
 static void conn_close(struct conn *c)
@@ -272,8 +258,6 @@ static void on_conn_event(evutil_socket_t fd, short what, void *arg)
 
 static void conn_open(int fd)
 {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
@@ -302,59 +286,7 @@ static void conn_open(int fd)
     SSL_set_accept_state(c->ssl);
 }
 
-static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd, (void)what, (void)arg;
-    event_add(g.listener, NULL);
-}
-
-static void on_accept(evutil_socket_t lfd, short what, void *arg)
-{
-    (void)what, (void)arg;
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) {
-            conn_open(fd);
-            continue;
-        }
-        if (errno == EMFILE || errno == ENFILE) {
-            struct timeval pause = { 0, 100 * 1000 };
-            perror("ceiling_tls: accept");
-            event_del(g.listener);
-            evtimer_add(g.accept_retry, &pause);
-            return;
-        }
-        if (errno != EINTR && errno != ECONNABORTED)
-            return;
-    }
-}
-
 /* ---- setup ------------------------------------------------------------ */
-
-static int listen_on(const char *port_s)
-{
-    char *end;
-    long port = strtol(port_s, &end, 10);
-    if (*port_s == '\0' || *end || port < 1 || port > 65535) {
-        fprintf(stderr, "ceiling_tls: bad port '%s'\n", port_s);
-        exit(2);
-    }
-    struct sockaddr_in in;
-    memset(&in, 0, sizeof in);
-    in.sin_family = AF_INET;
-    in.sin_port = htons((uint16_t)port);
-    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd < 0)
-        die("socket");
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
-        die("SO_REUSEADDR");
-    if (bind(fd, (struct sockaddr *)&in, sizeof in) < 0)
-        die("bind");
-    if (listen(fd, SOMAXCONN) < 0)
-        die("listen");
-    return fd;
-}
 
 static SSL_CTX *make_ctx(const char *cert, const char *key)
 {
@@ -371,44 +303,20 @@ static SSL_CTX *make_ctx(const char *cert, const char *key)
     return ctx;
 }
 
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-    (void)sig, (void)what, (void)arg;
-    event_base_loopbreak(g.base);
-}
-
 int main(int argc, char **argv)
 {
+    bench_name = "ceiling_tls";
+    bench_on_die = print_ssl_errors;
     if (argc != 4) {
         fputs("usage: ceiling_tls PORT CERT KEY\n", stderr);
         return 2;
     }
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    signal(SIGPIPE, SIG_IGN);
     g.ctx = make_ctx(argv[2], argv[3]);
-    int lfd = listen_on(argv[1]);
+    int lfd = bench_listen_port(argv[1]);
     g.base = event_base_new();
     if (!g.base)
         die("event_base_new");
-    g.listener = event_new(g.base, lfd, EV_READ | EV_PERSIST, on_accept, NULL);
-    g.accept_retry = evtimer_new(g.base, on_accept_retry, NULL);
-    struct event *sigint = evsignal_new(g.base, SIGINT, on_signal, NULL);
-    struct event *sigterm = evsignal_new(g.base, SIGTERM, on_signal, NULL);
-    if (!g.listener || !g.accept_retry || !sigint || !sigterm || event_add(g.listener, NULL) < 0 ||
-        event_add(sigint, NULL) < 0 || event_add(sigterm, NULL) < 0)
-        die("event setup");
-
-    event_base_dispatch(g.base);
-
-    event_free(sigterm);
-    event_free(sigint);
-    event_free(g.accept_retry);
-    event_free(g.listener);
-    close(lfd);
+    bench_serve(g.base, lfd, conn_open);
     event_base_free(g.base);
     SSL_CTX_free(g.ctx);
     return 0;

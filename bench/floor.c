@@ -17,24 +17,19 @@
  * usage: floor PORT
  * Listens on 127.0.0.1:PORT until SIGINT/SIGTERM, exit 0.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "bench.h"
+
 #define RBUF_SIZE (256 * 1024)
-#define MAX_FRAME (16u << 20)
 #define OUT_HIGH (4u << 20)     /* stop reading above this much unsent */
 #define BY_REFERENCE_MIN (8 * 1024)
 
@@ -47,12 +42,6 @@ struct conn {
 
 static struct event_base *base;
 static uint8_t rbuf[RBUF_SIZE];
-
-static void die(const char *what)
-{
-    fprintf(stderr, "floor: %s: %s\n", what, strerror(errno));
-    exit(1);
-}
 
 static void conn_close(struct conn *c)
 {
@@ -111,7 +100,7 @@ static size_t echo_frames(struct conn *c, const uint8_t *buf, size_t len)
     size_t off = 0;
     while (len - off >= 4) {
         const uint8_t *h = buf + off;
-        uint32_t flen = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        uint32_t flen = load_be32(h);
         if (flen > MAX_FRAME)
             return SIZE_MAX;
         if (len - off - 4 < flen)
@@ -165,8 +154,6 @@ static void on_conn_event(evutil_socket_t fd, short what, void *arg)
 
 static void conn_open(int fd)
 {
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
@@ -189,72 +176,17 @@ static void conn_open(int fd)
     }
 }
 
-static void on_accept(evutil_socket_t lfd, short what, void *arg)
-{
-    (void)what, (void)arg;
-    for (;;) {
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0)
-            conn_open(fd);
-        else if (errno != EINTR && errno != ECONNABORTED)
-            return;             /* EAGAIN (all taken) or out of descriptors */
-    }
-}
-
-static int listen_on(const char *port_s)
-{
-    char *end;
-    long port = strtol(port_s, &end, 10);
-    if (*port_s == '\0' || *end || port < 1 || port > 65535) {
-        fprintf(stderr, "floor: bad port '%s'\n", port_s);
-        exit(2);
-    }
-    struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
-    if (fd < 0)
-        die("socket");
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0)
-        die("SO_REUSEADDR");
-    if (bind(fd, (struct sockaddr *)&in, sizeof in) < 0)
-        die("bind");
-    if (listen(fd, SOMAXCONN) < 0)
-        die("listen");
-    return fd;
-}
-
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-    (void)sig, (void)what, (void)arg;
-    event_base_loopbreak(base);
-}
-
 int main(int argc, char **argv)
 {
-    struct rlimit rl;
+    bench_name = "floor";
     if (argc != 2) {
         fputs("usage: floor PORT\n", stderr);
         return 2;
     }
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    signal(SIGPIPE, SIG_IGN);
-    int lfd = listen_on(argv[1]);
+    int lfd = bench_listen_port(argv[1]);
     if (!(base = event_base_new()))
         die("event_base_new");
-    struct event *listener = event_new(base, lfd, EV_READ | EV_PERSIST, on_accept, NULL);
-    struct event *sigint = evsignal_new(base, SIGINT, on_signal, NULL);
-    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, NULL);
-    if (!listener || !sigint || !sigterm || event_add(listener, NULL) < 0 ||
-        event_add(sigint, NULL) < 0 || event_add(sigterm, NULL) < 0)
-        die("event setup");
-    event_base_dispatch(base);
-    event_free(sigterm);
-    event_free(sigint);
-    event_free(listener);
-    close(lfd);
+    bench_serve(base, lfd, conn_open);
     event_base_free(base);
     return 0;
 }

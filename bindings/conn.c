@@ -721,18 +721,11 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContex
 /* Stack: addr, opts, deadline (slot kc), lookup. Yields until the name
 ** lookup answered or the deadline passed. */
 static int conn_resolve_k (lua_State *L, int status, lua_KContext kc) {
-  lc_ctx *c = lc_getctx(L);
-  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 4);
-  const char *err = NULL;
   lc_addr a;
+  int nret;
   (void)status;
-  switch (lc_lookup_result(lk, &a, &err)) {
-    case 0: return start_connect(L, c, &a, kc);
-    case 1: return lc_fail(L, err);
-    default:
-      if (lc_expired(L, kc)) return lc_fail(L, "timeout");
-      return lc_wait(c, L, lc_lookup_waiters(lk), kc, conn_resolve_k);
-  }
+  if (!lc_lookup_await(L, 4, kc, conn_resolve_k, &a, &nret)) return nret;
+  return start_connect(L, lc_getctx(L), &a, kc);
 }
 
 /* comm.connect(addr, [opts]) -> conn | nil, err. May block (in a task):

@@ -937,18 +937,11 @@ static int fetch_start (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContext 
 }
 
 static int fetch_resolve_k (lua_State *L, int status, lua_KContext kc) {
-  lc_ctx *c = lc_getctx(L);
-  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, 11);
-  const char *err = NULL;
   lc_addr a;
+  int nret;
   (void)status;
-  switch (lc_lookup_result(lk, &a, &err)) {
-    case 0: return fetch_start(L, c, &a, kc);
-    case 1: return lc_fail(L, err);
-    default:
-      if (lc_expired(L, kc)) return lc_fail(L, "timeout");
-      return lc_wait(c, L, lc_lookup_waiters(lk), kc, fetch_resolve_k);
-  }
+  if (!lc_lookup_await(L, 11, kc, fetch_resolve_k, &a, &nret)) return nret;
+  return fetch_start(L, lc_getctx(L), &a, kc);
 }
 
 /* core.http_request(addr, method, target, headers, body, timeout, max_body,

@@ -268,6 +268,7 @@ typedef struct lc_lookup lc_lookup;
 lc_lookup *lc_lookup_start(lua_State *L, lc_ctx *c, const char *host, const char *port, int socktype);
 lc_waitq *lc_lookup_waiters(lc_lookup *lk);
 int lc_lookup_result(lc_lookup *lk, lc_addr *a, const char **err);
+int lc_lookup_await(lua_State *L, int idx, lua_KContext kc, lua_KFunction k, lc_addr *a, int *nret);
 
 /* ---- limits.c ---- */
 void lc_lograte(lc_ctx *c, lc_ratelog *r, int level, const char *fmt, ...);

@@ -149,3 +149,21 @@ int lc_lookup_result (lc_lookup *lk, lc_addr *a, const char **err) {
   *err = lk->result == EVUTIL_EAI_NONAME ? "unknown host" : evutil_gai_strerror(lk->result);
   return 1;
 }
+
+/* The step every timed wait on a lookup repeats (the lookup userdata at
+** stack slot idx, the deadline in kc): 1 with *a filled once the address
+** is ready; else 0 and *nret what the caller returns, having failed
+** (lookup error, timeout) or yielded until the lookup answers, resuming
+** in k. */
+int lc_lookup_await (lua_State *L, int idx, lua_KContext kc, lua_KFunction k, lc_addr *a, int *nret) {
+  lc_lookup *lk = *(lc_lookup **)lua_touserdata(L, idx);
+  const char *err = NULL;
+  switch (lc_lookup_result(lk, a, &err)) {
+    case 0: return 1;
+    case 1: *nret = lc_fail(L, err); return 0;
+    default:
+      if (lc_expired(L, kc)) *nret = lc_fail(L, "timeout");
+      else *nret = lc_wait(lc_getctx(L), L, lc_lookup_waiters(lk), kc, k);
+      return 0;
+  }
+}

@@ -120,5 +120,22 @@ function H.assert_no_error_log(text)
   if line then error("unexpected error in log: " .. line, 2) end
 end
 
+-- Whether [::1] can be bound on this machine (open: comm.listen or
+-- comm.udp); an IPv6 spec without it is pending with H.NO_IPV6.
+H.NO_IPV6 = "no IPv6 loopback on this machine: [::1] cannot be bound"
+function H.has_ipv6(open)
+  local probe = open("[::1]:0")
+  if not probe then return false end
+  probe:close()
+  return true
+end
+
+-- How many times pattern pat matches in s (log lines, say).
+function H.count(s, pat)
+  local n = 0
+  for _ in s:gmatch(pat) do n = n + 1 end
+  return n
+end
+
 H.core = core
 return H

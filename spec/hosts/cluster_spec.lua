@@ -26,11 +26,7 @@ end
 
 local NAMES = { "a", "b", "c" }
 
-local function count(s, pat)
-  local n = 0
-  for _ in s:gmatch(pat) do n = n + 1 end
-  return n
-end
+local count = H.count
 
 describe("a cluster across test hosts", function()
   local hosts, procs, probe, ctl_path

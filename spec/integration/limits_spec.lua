@@ -24,11 +24,7 @@ local function cpu(pid)
   return (tonumber(f[12]) + tonumber(f[13])) / 100 -- fields 14, 15: clock ticks
 end
 
-local function count(text, pattern)
-  local n = 0
-  for _ in text:gmatch(pattern) do n = n + 1 end
-  return n
-end
+local count = helpers.count
 
 -- Starts the fixture with listen opts (a JSON string); returns the process,
 -- the echo address and a function returning the host's comm.stats().

@@ -8,11 +8,14 @@ local function script(dir, name, text)
   return helpers.writefile(dir .. "/" .. name, text)
 end
 
--- Starts `luacomm path`, waits for `ready` on stdout.
-local function start(path, ready)
+-- Starts `luacomm path`, waits for "ready" on stdout, runs fn(p) and kills
+-- the process whatever fn does.
+local function with_service(path, fn)
   local p = helpers.spawn_host({ path })
-  assert(p:wait_output(ready, "out"), "not ready: " .. p:stderr())
-  return p
+  assert(p:wait_output("ready", "out"), "not ready: " .. p:stderr())
+  local ok, e = pcall(fn, p)
+  p:kill()
+  assert(ok, e)
 end
 
 local function reload_and_wait(p, what)
@@ -37,16 +40,13 @@ describe("misuse", function()
       local dir = helpers.tmpdir()
       local v1 = 'local M = {}\nfunction M.start() M.l = require("luacomm").listen("127.0.0.1:0") print("ready") end\nreturn M\n'
       local path = script(dir, "svc.lua", v1)
-      local p = start(path, "ready")
-      local ok, e = pcall(function()
+      with_service(path, function(p)
         script(dir, "svc.lua", 'local M = {}\nlocal x = require "no_such_module"\n' .. v1:sub(13))
         local line = reload_and_wait(p, "reload failed[^\n]*")
         assert.truthy(line, p:stderr())
         assert.are.equal("reload failed, old code still serving: " .. path .. ":2: module 'no_such_module' not found:",
                          line)
       end)
-      p:kill()
-      assert(ok, e)
     end)
   end)
 
@@ -96,8 +96,7 @@ print("ready")
 comm.after(0, function() end)
 return M
 ]])
-      local p = start(path, "ready")
-      local ok, e = pcall(function()
+      with_service(path, function(p)
         assert.truthy(p:wait_output("M%.relaod", "err"))
         local err = p:stderr()
         assert.truthy(err:find("[warn] service: M.Start looks like the hook M.start, which luacomm calls; "
@@ -105,8 +104,6 @@ return M
         assert.truthy(err:find("M.relaod looks like the hook M.reload", 1, true), err)
         assert.is_nil(err:find("M.stopping", 1, true), "a name that only starts like a hook is not warned about")
       end)
-      p:kill()
-      assert(ok, e)
     end)
   end)
 
@@ -122,8 +119,7 @@ function M.start() print("ready") end
 function M.ticks() return ticks end
 return M
 ]])
-      local p = start(path, "ready")
-      local ok, e = pcall(function()
+      with_service(path, function(p)
         local line = reload_and_wait(p, "reload failed[^\n]*")
         assert.truthy(line, p:stderr())
         assert.are.equal("reload failed, old code still serving: " .. path .. ":4: comm.every at the top level of a "
@@ -136,8 +132,6 @@ return M
         end, 10))
         assert.is_nil(p:stderr():find("reload ok", 1, true))
       end)
-      p:kill()
-      assert(ok, e)
     end)
   end)
 

@@ -18,28 +18,16 @@ describe("authenticated nodes", function()
 
   setup(function()
     cl = cluster.start({ { name = "a", peers = { "b" } }, { name = "b", peers = { "c" } }, { name = "c" } },
-                       { heartbeat = 0.2, timeout = 2, handshake_timeout = 0.5, secret = SECRET })
-    assert(cl:wait_line("a", "up b"))
-    assert(cl:wait_line("c", "up b"))
+                       { heartbeat = 0.2, timeout = 2, handshake_timeout = 0.5, secret = SECRET },
+                       { { "a", "up b" }, { "c", "up b" } })
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   local function with_client(fn) cl:with_client({ "a" }, fn, { secret = SECRET }) end
   local function stats(t, name) return assert(t:request(name, "stats")).node end
 
-  -- Reads frames until one of kind `kind`; nil, err once the peer closes.
-  local function expect(c, kind)
-    while true do
-      local f, err = c:recv(2)
-      if not f then return nil, err end
-      local env = envelope.decode(f)
-      if env and env.kind == kind then return env end
-    end
-  end
+  local expect = cluster.expect
 
   local function raw() return assert(comm.connect(cl.addr.a)) end
 

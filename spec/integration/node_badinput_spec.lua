@@ -15,10 +15,7 @@ describe("node bad input", function()
                                               max_frame = 65536 })
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   local function with_client(fn) cl:with_client({ "b" }, fn) end
 
@@ -38,17 +35,11 @@ describe("node bad input", function()
     return assert(comm.connect(cl.addr.b))
   end
 
-  -- Reads frames until one of kind `kind` (pings and announcements pass by).
+  -- The next frame of kind `kind`, its body decoded.
   local function expect(c, kind)
-    while true do
-      local f, err = c:recv(2)
-      if not f then return nil, err end
-      local env = envelope.decode(f)
-      if env and env.kind == kind then
-        env.body = envelope.body(env)
-        return env
-      end
-    end
+    local env, err = cluster.expect(c, kind)
+    if env then env.body = envelope.body(env) end
+    return env, err
   end
 
   local function handshake(c, name)

@@ -23,10 +23,7 @@ describe("node failure detection", function()
     end
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   -- Seconds from now until both watchers have printed one more `line`.
   local function time_until(watchers, line)

@@ -16,10 +16,7 @@ describe("node mesh", function()
     }, { heartbeat = 0.1, timeout = 1 })
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   local function with_client(fn) cl:with_client({ "a" }, fn) end
 

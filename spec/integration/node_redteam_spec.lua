@@ -17,15 +17,11 @@ describe("node red team", function()
   setup(function()
     cl = cluster.start({ { name = "a", peers = { "b" } }, { name = "b", peers = { "c" } }, { name = "c" } },
                        { heartbeat = 0.2, timeout = 2, handshake_timeout = 0.5, max_nodes = MAX_NODES,
-                         max_inflight = MAX_INFLIGHT })
-    assert(cl:wait_line("a", "up b"))
-    assert(cl:wait_line("c", "up b"))
+                         max_inflight = MAX_INFLIGHT },
+                       { { "a", "up b" }, { "c", "up b" } })
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   local function with_client(fn) cl:with_client({ "a" }, fn) end
   local function stats(t, name) return assert(t:request(name, "stats", nil, { timeout = 2, retries = 2 })) end
@@ -39,15 +35,7 @@ describe("node red team", function()
     return ok
   end
 
-  -- Reads frames until one of kind `kind`; nil, err once the peer closes.
-  local function expect(c, kind)
-    while true do
-      local f, err = c:recv(2)
-      if not f then return nil, err end
-      local env = envelope.decode(f)
-      if env and env.kind == kind then return env end
-    end
-  end
+  local expect = cluster.expect
 
   -- A raw peer of `to`, linked under `name`: the conn and the peer's welcome.
   local function raw_peer(to, name, inc)

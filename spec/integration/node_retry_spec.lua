@@ -16,10 +16,7 @@ describe("node retries", function()
     cl = cluster.start({ { name = "b" } }, { heartbeat = 0.1, timeout = 1 })
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   -- fn(t, p, b_stats): t reaches b only through the proxy p, whose rules
   -- touch only "work" replies, so t can still ask b for its counters.

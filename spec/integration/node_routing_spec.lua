@@ -15,15 +15,11 @@ describe("node routing", function()
       { name = "b", peers = { "a" } },
       { name = "c", peers = { "b" } },
       { name = "d", peers = { "c" } },
-    }, { heartbeat = 0.1, timeout = 0.5, max_hops = 3, reconnect = { min = 0.05, max = 0.2 } })
-    assert(cl:wait_line("d", "up c"))
-    assert(cl:wait_line("a", "up b"))
+    }, { heartbeat = 0.1, timeout = 0.5, max_hops = 3, reconnect = { min = 0.05, max = 0.2 } },
+    { { "d", "up c" }, { "a", "up b" } })
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   local function with_client(fn) cl:with_client({ "a" }, fn, { listen = "127.0.0.1:0" }) end
 

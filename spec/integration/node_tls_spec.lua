@@ -14,14 +14,11 @@ describe("node links over TLS", function()
 
   setup(function()
     cl = cluster.start({ { name = "a", peers = { "b" }, tls = certs.node("a") }, { name = "b", tls = certs.node("b") } },
-                       { heartbeat = 0.2, timeout = 2, handshake_timeout = 1 })
-    assert(cl:wait_line("a", "up b"))
+                       { heartbeat = 0.2, timeout = 2, handshake_timeout = 1 },
+                       { { "a", "up b" } })
   end)
 
-  teardown(function()
-    cl:stop()
-    cl:assert_clean()
-  end)
+  teardown(function() cl:stop_clean() end)
 
   local function stats(t, name) return assert(t:request(name, "stats")) end
 

@@ -72,11 +72,7 @@ local function ask(conn, s)
   return assert(conn:recv(5))
 end
 
-local function count(s, pat)
-  local n = 0
-  for _ in s:gmatch(pat) do n = n + 1 end
-  return n
-end
+local count = helpers.count
 
 -- Sends SIGHUP and waits for the attempt's outcome in the log.
 local function reload(p, expect)
@@ -87,6 +83,32 @@ local function reload(p, expect)
   end, 10), "no reload outcome logged")
   local last = p:stderr():match(".*%[%a+%] (reload %a+)")
   assert.are.equal(expect, last)
+end
+
+-- Sends "1" .. "n" on conn, pausing `pause` s every `every` frames, while a
+-- reader checks that each is answered once, in order (recv_timeout s at
+-- most apart). Returns finish(timeout): waits for both, gives the count.
+local function pipeline(conn, n, every, pause, recv_timeout)
+  local received = 0
+  local reader = comm.spawn(function()
+    for i = 1, n do
+      local f = assert(conn:recv(recv_timeout))
+      assert.are.equal(i, tonumber(f:match(":(%d+)$")), "frame " .. i .. " answered as " .. f)
+      received = received + 1
+    end
+  end)
+  local writer = comm.spawn(function()
+    for i = 1, n do
+      assert(conn:send(tostring(i)))
+      if i % every == 0 then comm.sleep(pause) end
+    end
+  end)
+  return function(timeout)
+    assert(writer:join(timeout))
+    local ok, err = reader:join(timeout)
+    assert(ok, err)
+    return received
+  end
 end
 
 describe("hot reload", function()
@@ -189,29 +211,13 @@ describe("hot reload", function()
     helpers.run(function()
       local p, _, conn, script = start()
       finally(function() p:kill() end)
-      local n, received = 2000, 0
-      local reader = comm.spawn(function()
-        for i = 1, n do
-          local f = assert(conn:recv(10))
-          local seq = tonumber(f:match(":(%d+)$"))
-          assert.are.equal(i, seq, "frame " .. i .. " answered as " .. f)
-          received = received + 1
-        end
-      end)
-      local writer = comm.spawn(function()
-        for i = 1, n do
-          assert(conn:send(tostring(i)))
-          if i % 10 == 0 then comm.sleep(0.001) end
-        end
-      end)
+      local n = 2000
+      local finish = pipeline(conn, n, 10, 0.001, 10)
       for v = 2, 21 do
         helpers.writefile(script, service("v" .. v))
         reload(p, "reload ok")
       end
-      assert(writer:join(30))
-      local ok, err = reader:join(30)
-      assert(ok, err)
-      assert.are.equal(n, received)
+      assert.are.equal(n, finish(30))
       assert.are.equal(nil, conn:recv(0.2))          -- nothing extra
     end)
   end)
@@ -222,27 +228,12 @@ describe("hot reload under a signal storm", function()
     helpers.run(function()
       local p, _, conn = start()
       finally(function() p:kill() end)
-      local n, received = 20000, 0
-      local reader = comm.spawn(function()
-        for i = 1, n do
-          local f = assert(conn:recv(20))
-          assert.are.equal(i, tonumber(f:match(":(%d+)$")), "frame " .. i .. " answered as " .. f)
-          received = received + 1
-        end
-      end)
-      local writer = comm.spawn(function()
-        for i = 1, n do
-          assert(conn:send(tostring(i)))
-          if i % 100 == 0 then comm.sleep(0.01) end
-        end
-      end)
+      local n = 20000
+      local finish = pipeline(conn, n, 100, 0.01, 20)
       -- the storm runs beside the loop, so the reader and writer keep going
       assert(os.execute(("(for i in $(seq 200); do kill -HUP %d; sleep 0.01; done) >/dev/null 2>&1 &")
         :format(p.pid)))
-      assert(writer:join(60))
-      local ok, err = reader:join(60)
-      assert(ok, err)
-      assert.are.equal(n, received)
+      assert.are.equal(n, finish(60))
       assert.are.equal(nil, conn:recv(0.2))
       assert(helpers.wait_until(function() return count(p:stderr(), "reload ok") >= 1 end, 10))
       assert.are.equal(0, count(p:stderr(), "reload failed"))

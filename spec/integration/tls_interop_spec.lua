@@ -55,6 +55,22 @@ local function finished(p, timeout)
   return st, p:stdout(), p:stderr()
 end
 
+-- Runs fn(host, port) in a spec task against examples/echo.lua serving TLS
+-- on a free port under the host, and kills the host whatever fn does.
+local function with_tls_echo(fn)
+  helpers.run(function()
+    local port = helpers.free_port()
+    local host = helpers.spawn_host({ "examples/echo.lua", tostring(port), certs.path("server.pem"),
+                                      certs.path("server.key") })
+    local ok, err = pcall(function()
+      assert.truthy(host:wait_output("echo listening on 127%.0%.0%.1:" .. port, "err"))
+      fn(host, port)
+    end)
+    host:kill()
+    assert(ok, err)
+  end, 30)
+end
+
 describe("tls interop", function()
   it("Python's ssl client, with a client certificate, echoes frames through a luacomm mutual-TLS server", function()
     helpers.run(function()
@@ -135,13 +151,8 @@ except ssl.SSLCertVerificationError as e:
   end)
 
   it("examples/echo.lua PORT CERT KEY under the host serves Python's ssl client; SIGTERM ends it with close_notify", function()
-    helpers.run(function()
-      local port = helpers.free_port()
-      local host = helpers.spawn_host({ "examples/echo.lua", tostring(port), certs.path("server.pem"),
-                                        certs.path("server.key") })
-      local ok, err = pcall(function()
-        assert.truthy(host:wait_output("echo listening on 127%.0%.0%.1:" .. port, "err"))
-        local p = python(PY_FRAMES .. [[
+    with_tls_echo(function(host, port)
+      local p = python(PY_FRAMES .. [[
 ca, port = sys.argv[1:3]
 ctx = ssl.create_default_context(cafile=ca)
 with socket.create_connection(("127.0.0.1", int(port))) as raw:
@@ -153,40 +164,29 @@ with socket.create_connection(("127.0.0.1", int(port))) as raw:
         print("echoed", flush=True)
         print("clean close" if s.recv(1) == b"" else "more data", flush=True)
 ]], certs.path("ca.pem"), tostring(port))
-        assert.truthy(p:wait_output("echoed\n"))
-        host:signal("TERM")
-        local st, out, perr = finished(p)
-        assert.are.equal(0, st, perr)
-        assert.are.equal("echoed\nclean close\n", out)
-        assert.are.equal(0, host:wait(10))
-      end)
-      host:kill()
-      assert(ok, err)
-    end, 30)
+      assert.truthy(p:wait_output("echoed\n"))
+      host:signal("TERM")
+      local st, out, perr = finished(p)
+      assert.are.equal(0, st, perr)
+      assert.are.equal("echoed\nclean close\n", out)
+      assert.are.equal(0, host:wait(10))
+    end)
   end)
 
   it("SIGTERM with handshakes under way and a TLS client connected: the host stops cleanly, exit 0", function()
-    helpers.run(function()
-      local port = helpers.free_port()
-      local host = helpers.spawn_host({ "examples/echo.lua", tostring(port), certs.path("server.pem"),
-                                        certs.path("server.key") })
-      local ok, err = pcall(function()
-        assert.truthy(host:wait_output("echo listening on 127%.0%.0%.1:" .. port, "err"))
-        local silent = {}
-        for i = 1, 5 do silent[i] = assert(comm.connect("127.0.0.1:" .. port)) end -- never say hello
-        local c = assert(comm.connect("localhost:" .. port, { tls = certs.client() }))
-        assert.is_true(c:send("x"))
-        assert.are.equal("x", c:recv(5))
-        host:signal("TERM")
-        assert.are.equal(0, host:wait(10))
-        assert.is_nil(host:stderr():match("stop timeout"), host:stderr())
-        assert.are.same({ nil, "closed" }, { c:recv(5) })
-        for _, s in ipairs(silent) do s:close() end
-        c:close()
-      end)
-      host:kill()
-      assert(ok, err)
-    end, 30)
+    with_tls_echo(function(host, port)
+      local silent = {}
+      for i = 1, 5 do silent[i] = assert(comm.connect("127.0.0.1:" .. port)) end -- never say hello
+      local c = assert(comm.connect("localhost:" .. port, { tls = certs.client() }))
+      assert.is_true(c:send("x"))
+      assert.are.equal("x", c:recv(5))
+      host:signal("TERM")
+      assert.are.equal(0, host:wait(10))
+      assert.is_nil(host:stderr():match("stop timeout"), host:stderr())
+      assert.are.same({ nil, "closed" }, { c:recv(5) })
+      for _, s in ipairs(silent) do s:close() end
+      c:close()
+    end)
   end)
 
   it("a luacomm client reads lines from `openssl s_server -rev`", function()

@@ -65,10 +65,7 @@ local function pids(p)
   return t
 end
 
-local function count(s, pat)
-  local _, k = s:gsub(pat, "")
-  return k
-end
+local count = H.count
 
 describe("luacomm --workers", function()
   it("comm.worker() is 1, 1 without --workers, in the host and in stock Lua", function()

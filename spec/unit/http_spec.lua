@@ -320,12 +320,10 @@ s.close()
   end)
 
   it("serves and fetches over IPv6", function()
-    local probe = comm.listen("[::1]:0")
-    if not probe then
-      pending("no IPv6 loopback on this machine: [::1] cannot be bound")
+    if not helpers.has_ipv6(comm.listen) then
+      pending(helpers.NO_IPV6)
       return
     end
-    probe:close()
     helpers.run(function()
       local srv = assert(http.serve("[::1]:0", echo))
       local _, port = srv:addr()

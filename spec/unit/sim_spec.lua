@@ -4,8 +4,9 @@
 -- are in spec/sim/.
 local sim = require "luacomm.sim"
 local helpers = require "helpers"
+local shared = require "fixtures.sim.scenario"
 
-local CLUSTER = "examples/cluster/node.lua"
+local CLUSTER = shared.CLUSTER
 local FRAMES = "spec/fixtures/sim/frames.lua"
 local COUNTER = "spec/fixtures/sim/counter.lua"
 
@@ -20,28 +21,7 @@ local function run_lua(code, env)
   })
 end
 
-local function cluster(net, names)
-  for _, n in ipairs(names) do
-    local args = { n, n .. ":1" }
-    for _, p in ipairs(names) do if p ~= n then args[#args + 1] = p .. ":1" end end
-    net:spawn(n, CLUSTER, table.unpack(args))
-  end
-end
-
--- The scenario of the determinism specs: a cluster under every fault.
-local function busy(net)
-  cluster(net, { "a", "b", "c" })
-  net:latency(0.001, 0.02):loss(0.02):duplicate(0.02):reorder(0.05)
-  local me = net:client("me", "a:1")
-  me:request("c", "put", { key = "k", value = { 1, 2, 3 } }, { timeout = 0.5, retries = 3 })
-  net:partition({ "a" }, { "b", "c" })
-  net:sleep(2)
-  net:heal()
-  net:crash("b")
-  net:restart("b")
-  net:sleep(3)
-  return me:request("b", "get", { key = "k" }, { timeout = 0.5, retries = 3 })
-end
+local cluster, busy = shared.cluster, shared.busy
 
 describe("luacomm.sim", function()
   it("runs the cluster example unmodified: a client's request is routed through a", function()
@@ -74,26 +54,8 @@ describe("luacomm.sim", function()
     -- the scenario again, from a child process with a fresh hash seed
     local code = [[
       local sim = require "luacomm.sim"
-      local function cluster(net, names)
-        for _, n in ipairs(names) do
-          local args = { n, n .. ":1" }
-          for _, p in ipairs(names) do if p ~= n then args[#args + 1] = p .. ":1" end end
-          net:spawn(n, "examples/cluster/node.lua", table.unpack(args))
-        end
-      end
-      local net = sim.run({ seed = 7, print = false }, function(net)
-        cluster(net, { "a", "b", "c" })
-        net:latency(0.001, 0.02):loss(0.02):duplicate(0.02):reorder(0.05)
-        local me = net:client("me", "a:1")
-        me:request("c", "put", { key = "k", value = { 1, 2, 3 } }, { timeout = 0.5, retries = 3 })
-        net:partition({ "a" }, { "b", "c" })
-        net:sleep(2)
-        net:heal()
-        net:crash("b")
-        net:restart("b")
-        net:sleep(3)
-        return me:request("b", "get", { key = "k" }, { timeout = 0.5, retries = 3 })
-      end)
+      local scenario = require "fixtures.sim.scenario"
+      local net = sim.run({ seed = 7, print = false }, scenario.busy)
       io.write(net:trace())
     ]]
     local st, out = run_lua(code)
@@ -272,38 +234,30 @@ describe("luacomm.sim", function()
   end)
 
   it("duplicate and reorder deliver frames twice and out of order; loss drops them", function()
-    local _, got = sim.run({ seed = 3, print = false, duplicate = 1 }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 5)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    -- What client c got back of the n frames it sent to server s, under `faults`.
+    local function echoed(faults, n)
+      local opts = { seed = 3, print = false }
+      for k, v in pairs(faults) do opts[k] = v end
+      local _, got = sim.run(opts, function(net)
+        net:spawn("s", FRAMES, "server", "s:1")
+        net:spawn("c", FRAMES, "client", "s:1", n)
+        net:sleep(3)
+        return net:state("c").got
+      end)
+      return got
+    end
+    local got = echoed({ duplicate = 1 }, 5)
     -- every frame doubled on the way there and again on the way back
     assert.are.equal(20, #got)
-    local _, reordered = sim.run({ seed = 3, print = false, reorder = 1 }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 50)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    local reordered = echoed({ reorder = 1 }, 50)
     assert.are.equal(50, #reordered)
     local sorted = { table.unpack(reordered) }
     table.sort(sorted)
     assert.are_not.same(sorted, reordered)
-    local _, lossy = sim.run({ seed = 3, print = false, loss = 0.5 }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 50)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    local lossy = echoed({ loss = 0.5 }, 50)
     assert.is_true(#lossy < 50)
     -- without faults: each once, in order
-    local _, clean = sim.run({ seed = 3, print = false }, function(net)
-      net:spawn("s", FRAMES, "server", "s:1")
-      net:spawn("c", FRAMES, "client", "s:1", 50)
-      net:sleep(3)
-      return net:state("c").got
-    end)
+    local clean = echoed({}, 50)
     assert.are.same(sorted, clean)
   end)
 

@@ -101,13 +101,9 @@ local function earlier(x, y)
   return x[1] < y[1] or (x[1] == y[1] and x[2] < y[2])
 end
 
--- Schedules fn(a, b) at virtual time t; returns the event (cancel with
--- World.cancel). The heap orders by (time, seq), compared inline: this
--- is the simulation's hottest code.
-function World:at(t, fn, a, b)
-  local seq = self.seq + 1
-  self.seq = seq
-  local e = { t, seq, fn, a, b, false }
+-- Puts event e (time t, sequence seq) into the heap, which orders by
+-- (time, seq), compared inline: this is the simulation's hottest code.
+local function push(self, e, t, seq)
   local heap, i = self.heap, self.hn + 1
   self.hn = i
   while i > 1 do
@@ -119,6 +115,15 @@ function World:at(t, fn, a, b)
     i = p
   end
   heap[i] = e
+end
+
+-- Schedules fn(a, b) at virtual time t; returns the event (cancel with
+-- World.cancel).
+function World:at(t, fn, a, b)
+  local seq = self.seq + 1
+  self.seq = seq
+  local e = { t, seq, fn, a, b, false }
+  push(self, e, t, seq)
   return e
 end
 
@@ -137,17 +142,7 @@ function World:post(t, fn, a, b)
   local seq = self.seq + 1
   self.seq = seq
   e[1], e[2], e[3], e[4], e[5], e[6] = t, seq, fn, a, b, false
-  local heap, i = self.heap, self.hn + 1
-  self.hn = i
-  while i > 1 do
-    local p = i // 2
-    local pe = heap[p]
-    local pt = pe[1]
-    if pt < t or (pt == t and pe[2] < seq) then break end
-    heap[i] = pe
-    i = p
-  end
-  heap[i] = e
+  push(self, e, t, seq)
 end
 
 -- Cancelled events stay in the heap until their time comes (most are
