@@ -13,7 +13,10 @@ $(FUZZ_OUT)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
-$(FUZZ_OUT)/fuzz-%: fuzz/harness.c $(FUZZ_OBJS)
+# A static pattern: a plain fuzz-% rule would also match the harnesses' own
+# dependency files (fuzz-NAME.d), which make then tries to "remake" as
+# harnesses for a driver named NAME.d.
+$(FUZZERS:%=$(FUZZ_OUT)/fuzz-%): $(FUZZ_OUT)/fuzz-%: fuzz/harness.c $(FUZZ_OBJS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -DDRIVER='"$*"' -DFUZZ_ROOT='"$(CURDIR)"' \
 	  -o $@ $< $(FUZZ_OBJS) $(LUALIBS) $(LIBEVENT) -lm
