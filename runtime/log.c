@@ -6,9 +6,12 @@
 ** says whose it is: "[supervisor]" / "[worker N]" after the level, or a
 ** "worker" field (0 for the supervisor).
 */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lc.h"
 #include "log.h"
@@ -80,22 +83,49 @@ static void put_json_string (FILE *f, const char *msg, size_t len) {
   fputc('"', f);
 }
 
-/* The core's sink (lc_set_log): the core filtered already, this writes. */
-void rt_log_sink (void *ud, int level, const char *msg, size_t len) {
+/* One record, formatted onto f. */
+static void put_record (FILE *f, int level, const char *msg, size_t len) {
   char ts[64];
-  (void)ud;
   timestamp(ts, sizeof ts);
   if (as_json) {
-    fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, lc_level_names[level]);
-    put_json_string(stderr, msg, len);
-    if (worker_id >= 0) fprintf(stderr, ",\"worker\":%d", worker_id);
-    fputs("}\n", stderr);
+    fprintf(f, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, lc_level_names[level]);
+    put_json_string(f, msg, len);
+    if (worker_id >= 0) fprintf(f, ",\"worker\":%d", worker_id);
+    fputs("}\n", f);
   } else if (worker_id == 0) {
-    fprintf(stderr, "%s [%s] [supervisor] %.*s\n", ts, lc_level_names[level], (int)len, msg);
+    fprintf(f, "%s [%s] [supervisor] %.*s\n", ts, lc_level_names[level], (int)len, msg);
   } else if (worker_id > 0) {
-    fprintf(stderr, "%s [%s] [worker %d] %.*s\n", ts, lc_level_names[level], worker_id, (int)len, msg);
+    fprintf(f, "%s [%s] [worker %d] %.*s\n", ts, lc_level_names[level], worker_id, (int)len, msg);
   } else {
-    fprintf(stderr, "%s [%s] %.*s\n", ts, lc_level_names[level], (int)len, msg);
+    fprintf(f, "%s [%s] %.*s\n", ts, lc_level_names[level], (int)len, msg);
   }
-  fflush(stderr);
+}
+
+static void write_all (int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return; /* stderr gone: nowhere left to say so */
+    p += w;
+    n -= (size_t)w;
+  }
+}
+
+/* The core's sink (lc_set_log): the core filtered already, this writes.
+** A record is built in memory and written with one write(2): stderr is
+** unbuffered, and under --workers several processes share it, so a record
+** written piecemeal would interleave with another's mid-line. */
+void rt_log_sink (void *ud, int level, const char *msg, size_t len) {
+  char *buf = NULL;
+  size_t size = 0;
+  FILE *f = open_memstream(&buf, &size);
+  (void)ud;
+  if (f == NULL) { /* out of memory: piecemeal beats silence */
+    put_record(stderr, level, msg, len);
+    fflush(stderr);
+    return;
+  }
+  put_record(f, level, msg, len);
+  if (fclose(f) == 0) write_all(STDERR_FILENO, buf, size);
+  free(buf);
 }
