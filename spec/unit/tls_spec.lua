@@ -272,6 +272,27 @@ describe("tls", function()
     end)
   end)
 
+  it("verify_name = false skips the name check but still checks the chain", function()
+    helpers.run(function()
+      -- "other" is from the test CA but names neither 127.0.0.1 nor localhost
+      local l = echo_server(certs.server("other"))
+      local _, port = l:addr()
+      local c = assert(comm.connect("127.0.0.1:" .. port, { tls = certs.client{ verify_name = false } }))
+      assert.is_true(c:tls().verified)
+      assert(c:send("named"))
+      assert.are.equal("named", c:recv(5))
+      c:close()
+      l:close()
+      -- a certificate from another CA is still refused
+      local rogue = echo_server(certs.server("rogue"))
+      local _, rport = rogue:addr()
+      local bad, err = comm.connect("127.0.0.1:" .. rport, { tls = certs.client{ verify_name = false } })
+      assert.is_nil(bad)
+      assert.are.equal("tls: certificate verify failed: unable to get local issuer certificate", err)
+      rogue:close()
+    end)
+  end)
+
   it("verify = false connects to any certificate, and says so in the log", function()
     local st, out, err = run_lua([[
       local comm = require "luacomm"
