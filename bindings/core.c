@@ -62,7 +62,8 @@ struct event_base *lc_event_base_new (void) {
   event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
   /* Batches epoll_ctl calls per loop turn: evhttp turns reading off and on
   ** again for every request, and a connection's write event comes and goes
-  ** within a pass; only the net change reaches the kernel. (Unsafe only for
+  ** within a pass; each descriptor's changes reach the kernel as at most one
+  ** epoll_ctl per turn (an off-then-on still costs one MOD). (Unsafe only for
   ** dup()ed descriptors, which luacomm never makes.) */
   event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
   base = event_base_new_with_config(cfg);
