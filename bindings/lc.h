@@ -247,6 +247,7 @@ void lc_waitq_remove(lc_waitq *q, lc_task *t);
 int lc_spawn_top(lua_State *L, int nargs);
 void lc_maybe_idle(lc_ctx *c);
 int lc_fair(lc_ctx *c, lua_State *L);
+int lc_set_task_budget(lc_ctx *c, double budget);
 int lc_sched_open(lua_State *L);
 
 /* ---- addr.c ---- */

@@ -9,9 +9,11 @@
 ** ready queue; nothing else resumes Lua.
 */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 
 #include "lc.h"
@@ -227,18 +229,34 @@ int lc_fair (lc_ctx *c, lua_State *L) {
 
 /* ---- spawning ---- */
 
+/*
+** The runaway guard. A count hook on every task would make Lua trap on
+** every VM instruction (while a count or line hook is set, luaV_execute
+** calls into the hook machinery per instruction: a quarter of a busy
+** node's instructions). So tasks run without a hook, and a CPU-time
+** interval timer (ITIMER_VIRTUAL: it ticks only while this process runs
+** in user mode, so an idle process is never woken and blocking calls are
+** not interrupted) arms a one-shot count hook on the task being resumed
+** at each tick; the hook checks that task's time since its resume, and
+** removes itself while within budget. lua_sethook may be called from a
+** signal handler (the Lua manual; lua.c's SIGINT handling does so). A tick
+** every quarter budget of CPU time catches a spinning task within 1.25
+** budgets, later only if the machine gives it less than a whole core.
+** Only the task's own thread is guarded: one spinning inside a plain
+** coroutine that it resumes is not caught (the count hook caught it).
+*/
+static lua_State *volatile guarded; /* the task thread being resumed, if guarded */
+
 static void runaway_hook (lua_State *L, lua_Debug *ar) {
   lc_ctx *c = lc_getctx(L);
   lc_task *t = c->current;
   (void)ar;
   if (t == NULL || t->co != L || c->task_budget <= 0) return;
   if (lc_now() - t->resumed_at <= c->task_budget) {
-    /* It yielded since: back to the cheap hook. */
-    if (t->runaway) {
-      free(t->runaway);
-      t->runaway = NULL;
-      lua_sethook(L, runaway_hook, LUA_MASKCOUNT, 10000);
-    }
+    /* It yielded since, or is within budget: no hook until the next tick. */
+    free(t->runaway);
+    t->runaway = NULL;
+    lua_sethook(L, NULL, 0, 0);
     return;
   }
   if (t->runaway == NULL) {
@@ -261,6 +279,35 @@ static void runaway_hook (lua_State *L, lua_Debug *ar) {
   lua_error(L);
 }
 
+static void guard_tick (int sig) {
+  lua_State *co = guarded;
+  (void)sig;
+  /* A task unwinding from the guard keeps its every-line hook. */
+  if (co && !(lua_gethookmask(co) & LUA_MASKLINE)) lua_sethook(co, runaway_hook, LUA_MASKCOUNT, 1);
+}
+
+/* Sets how long a task may run without yielding (0: unguarded) and starts
+** or stops the ticks: 0, or -1 with errno set. */
+int lc_set_task_budget (lc_ctx *c, double budget) {
+  struct sigaction sa;
+  struct itimerval it;
+  double tick = budget / 4;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = budget > 0 ? guard_tick : SIG_IGN;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  memset(&it, 0, sizeof it);
+  if (budget > 0) {
+    it.it_value.tv_sec = (time_t)tick;
+    it.it_value.tv_usec = (suseconds_t)((tick - (double)(time_t)tick) * 1e6);
+    if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0) it.it_value.tv_usec = 1;
+    it.it_interval = it.it_value;
+  }
+  if (sigaction(SIGVTALRM, &sa, NULL) != 0 || setitimer(ITIMER_VIRTUAL, &it, NULL) != 0) return -1;
+  c->task_budget = budget > 0 ? budget : 0;
+  return 0;
+}
+
 /*
 ** Stack: fn, arg1..argn at the top (n = nargs). Pops them and pushes a new
 ** task, queued to run at the next drain.
@@ -281,7 +328,6 @@ int lc_spawn_top (lua_State *L, int nargs) {
   lua_xmove(L, co, nargs + 1);
   t->co = co;
   t->nargs = nargs;
-  if (c->task_budget > 0) lua_sethook(co, runaway_hook, LUA_MASKCOUNT, 10000);
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   c->live_tasks++;
@@ -407,7 +453,9 @@ static void resume (lc_ctx *c, lc_task *t) {
   t->status = T_RUNNING;
   t->resumed_at = lc_now();
   c->current = t;
+  if (c->task_budget > 0) guarded = t->co;
   st = lua_resume(t->co, c->L, nargs, &nres);
+  guarded = NULL;
   c->current = NULL;
   if (st == LUA_YIELD) {
     lua_pop(t->co, nres);

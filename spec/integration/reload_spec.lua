@@ -35,6 +35,9 @@ function M.answer(state, f)
   elseif f == "lib" then return tostring(comm)
   elseif f == "util" then return util.tag()
   elseif f == "spin" then comm.spawn(function() while true do end end) return "spinning"
+  elseif f == "spin-pcall" then
+    comm.spawn(function() while true do pcall(function() while true do end end) end end)
+    return "spinning"
   end
   return %q .. ":" .. f
 end
@@ -296,6 +299,17 @@ describe("runaway guard", function()
       assert.are.equal("v1:still here", ask(other, "still here"))
       assert(p:wait_output("without yielding", "err"))
       assert.are.equal("v1:after", ask(conn, "after"))
+    end)
+  end)
+
+  it("interrupts a task that swallows the interruption with pcall and spins on", function()
+    helpers.run(function()
+      local p, _, conn = start()
+      finally(function() p:kill() end)
+      assert.are.equal("spinning", ask(conn, "spin-pcall"))
+      assert(p:wait_output("task failed: .*without yielding", "err"))
+      assert.are.equal("v1:after", ask(conn, "after"))
+      assert.are.equal(1, count(p:stderr(), "task failed"))
     end)
   end)
 end)
