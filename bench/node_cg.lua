@@ -13,6 +13,7 @@
 package.path = "scripts/?.lua;scripts/?/init.lua;spec/?.lua;tools/?.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath
 
+if os.getenv("NODE_CG_GEN") then collectgarbage("generational") end
 local comm = require "luacomm"
 local node = require "luacomm.node"
 local helpers = require "helpers"

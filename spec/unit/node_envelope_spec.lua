@@ -153,4 +153,28 @@ describe("node envelopes", function()
     assert.are.same({ nil, "bad_envelope", "msg with two bodies" }, { envelope.decode(
       '{"kind":"msg","src":"a","dst":"b","type":"t","hops":0,"body":1}\n2') })
   end)
+
+  it("writes requests and replies without the JSON encoder, as the JSON decoder reads them", function()
+    local odd = { "a", 'q"uote', "back\\slash", "tab\tnl\n", "é/ü", string.rep("n", 255) }
+    for _, name in ipairs(odd) do
+      for _, ttl in ipairs{ 5, 0.25, 1e-3, 123456.789 } do
+        local f = envelope.encode_req(name, "b", name, 7.0, 1700000000000, 0, ttl, { k = name })
+        local head = f:match("^[^\n]*")
+        assert.are.same({ kind = "req", src = name, dst = "b", type = name, id = 7, inc = 1700000000000, hops = 0,
+                          ttl = ttl }, comm.json.decode(head))
+        local env = assert(envelope.decode(f))
+        assert.are.same({ k = name }, envelope.body(env))
+      end
+      local r = envelope.encode_rep("b", name, 9, 1700000000000.0, name, comm.json.null)
+      assert.are.same({ kind = "rep", src = "b", dst = name, type = name, id = 9, inc = 1700000000000, hops = 0 },
+                      comm.json.decode(r:match("^[^\n]*")))
+      assert.are.equal(comm.json.null, envelope.body(assert(envelope.decode(r))))
+    end
+    -- no body: no line feed; an error, or no inc/type: the general encoder
+    assert.is_nil(envelope.encode_req("a", "b", "t", 1, 2, 0, 5):find("\n"))
+    local e = assert(envelope.decode(envelope.encode_rep("b", "a", 1, nil, nil, nil, "remote error: x")))
+    assert.are.same({ "rep", "remote error: x", nil, nil }, { e.kind, e.err, e.inc, e.type })
+    -- a body JSON cannot hold raises at the caller, as encode does
+    assert.has_error(function() envelope.encode_req("a", "b", "t", 1, 2, 0, 5, { f = print }) end)
+  end)
 end)

@@ -5,7 +5,7 @@ local json = require("luacomm").json
 
 local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
 local floor = math.floor
-local find, sub = string.find, string.sub
+local find, sub, format = string.find, string.sub, string.format
 local encode, decode = json.encode, json.decode
 
 local M = {}
@@ -169,6 +169,51 @@ function M.encode(env, inline)
   raw = raw or encode(body)
   if inline then return sub(head, 1, -2) .. ',"body":' .. raw .. "}" end
   return head .. "\n" .. raw
+end
+
+-- The headers of requests and replies, the envelopes every request
+-- makes, are written by concatenation rather than the JSON encoder: the
+-- same JSON, without lua-cjson's table walk and its printf of every number
+-- with 14 significant digits, nor string.format's per-argument work. Names
+-- and types are quoted by the encoder once and remembered.
+local quoted, nquoted = {}, 0
+local function quote(s)
+  local q = quoted[s]
+  if q then return q end
+  q = encode(s)
+  if nquoted >= 4096 then quoted, nquoted = {}, 0 end -- types come from the application: bounded
+  quoted[s], nquoted = q, nquoted + 1
+  return q
+end
+
+-- A number as JSON: an integral value as an integer (`| 0`: decoded JSON
+-- numbers are floats), others as lua-cjson writes them.
+local function number(x)
+  if x % 1 == 0 and x > -2 ^ 53 and x < 2 ^ 53 then return x | 0 end
+  return format("%.14g", x)
+end
+
+-- The frame of a req (body after a line feed, encoded here: raises on a
+-- value JSON cannot hold).
+function M.encode_req(src, dst, mtype_, id, inc, hops, ttl, body)
+  local head = '{"kind":"req","src":' .. quote(src) .. ',"dst":' .. quote(dst) .. ',"type":' .. quote(mtype_)
+    .. ',"id":' .. (id | 0) .. ',"inc":' .. (inc | 0) .. ',"hops":' .. (hops | 0) .. ',"ttl":' .. number(ttl) .. "}"
+  if body == nil then return head end
+  return head .. "\n" .. encode(body)
+end
+
+-- The frame of a rep from its destination (no `by`): body after a line
+-- feed, or err; inc and type as the request had them (both optional).
+function M.encode_rep(src, dst, id, inc, mtype_, body, err)
+  local head
+  if inc ~= nil and mtype_ ~= nil and err == nil then
+    head = '{"kind":"rep","src":' .. quote(src) .. ',"dst":' .. quote(dst) .. ',"type":' .. quote(mtype_)
+      .. ',"id":' .. (id | 0) .. ',"inc":' .. (inc | 0) .. ',"hops":0}'
+  else
+    head = encode{ kind = "rep", src = src, dst = dst, id = id, inc = inc, type = mtype_, hops = 0, err = err }
+  end
+  if body == nil then return head end
+  return head .. "\n" .. encode(body)
 end
 
 -- A links announcement. lua-cjson writes an empty table as {}, so the

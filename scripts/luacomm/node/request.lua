@@ -8,6 +8,7 @@ local backoff = require "luacomm.node.backoff"
 local envelope = require "luacomm.node.envelope"
 local workers = require "luacomm.node.workers"
 local RAW = envelope.RAW
+local encode_rep = envelope.encode_rep
 
 local type, pairs, tostring, error, xpcall, pcall = type, pairs, tostring, error, xpcall, pcall
 local traceback = debug.traceback
@@ -53,9 +54,13 @@ function M.request(node, to, mtype, body, opts)
   local id = node._next_id + 1
   -- the same frame (same id) for every try: that is what dedup keys on;
   -- encoded here, so that a body JSON cannot hold raises at the caller
-  local env = { kind = "req", src = node.name, dst = to, type = mtype, id = id, inc = node._inc,
-                hops = 0, ttl = timeout, body = body }
-  local frame = to ~= node.name and envelope.encode(env, node._up[to] ~= nil) or nil
+  local env, frame
+  if to ~= node.name then
+    frame = envelope.encode_req(node.name, to, mtype, id, node._inc, 0, timeout, body)
+  else -- to itself: dispatched as it is, never encoded
+    env = { kind = "req", src = to, dst = to, type = mtype, id = id, inc = node._inc, hops = 0, ttl = timeout,
+            body = body }
+  end
   node._next_id = id
   local p = { to = to, cond = node._clock.cond() }
   node._pending[id] = p
@@ -145,27 +150,30 @@ local function serve(node, fn, env, deadline)
   local msg = { from = env.src, to = env.dst, type = env.type, id = env.id, hops = env.hops,
                 deadline = deadline }
   local ok, r = xpcall(fn, handler_error, body, msg)
-  local rep = { kind = "rep", src = node.name, dst = env.src, id = env.id, inc = env.inc, type = env.type, hops = 0 }
+  local rbody, rerr
   if ok then
-    rep.body = r == nil and null or r
+    rbody = r == nil and null or r
   else
     node:_count("handler_errors")
     node._log.warn("node %s: handler for %q failed: %s", node.name, env.type, r.tb)
-    rep.err = "remote error: " .. r.msg
+    rerr = "remote error: " .. r.msg
+  end
+  local src, inc, id = env.src, env.inc, env.id
+  if src == node.name then -- its own request: the reply goes back as a table, never encoded
+    local rep = { kind = "rep", src = src, dst = src, id = id, inc = inc, type = env.type, hops = 0, body = rbody,
+                  err = rerr }
+    node._dedup:finish(src, inc, id, rep)
+    return node:_deliver(src, rep)
   end
   -- Remembered as the frame, a string: a cache of tables would cost the
   -- garbage collector a walk through every remembered reply at each cycle.
-  local frame = rep
-  if rep.dst ~= node.name then
-    local fine
-    fine, frame = pcall(envelope.encode, rep, node._up[rep.dst] ~= nil)
-    if not fine then
-      rep.body, rep.err = nil, "remote error: the reply cannot be sent as JSON: " .. tostring(frame)
-      frame = envelope.encode(rep)
-    end
+  local fine, frame = pcall(encode_rep, node.name, src, id, inc, env.type, rbody, rerr)
+  if not fine then
+    frame = encode_rep(node.name, src, id, inc, env.type, nil,
+                       "remote error: the reply cannot be sent as JSON: " .. tostring(frame))
   end
-  node._dedup:finish(env.src, env.inc, env.id, frame)
-  node:_deliver(rep.dst, rep, frame ~= rep and frame or nil)
+  node._dedup:finish(src, inc, id, frame)
+  node:_deliver(src, nil, frame)
 end
 
 local function run(node, fn, env, deadline, l)
