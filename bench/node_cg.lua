@@ -9,7 +9,7 @@
 --   node_cg inflight=K reqs=N server_ir=TOTAL server_ir_per_req=X
 -- The client's own count comes from running this script itself under
 -- callgrind twice with two COUNTs and taking the difference
--- (bench/node_cg.sh does both).
+-- (bench/node_cg.sh does both, and counts system calls with strace).
 package.path = "scripts/?.lua;scripts/?/init.lua;spec/?.lua;tools/?.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath
 

@@ -187,17 +187,25 @@ local function quote(s)
 end
 
 -- A number as JSON: an integral value as an integer (`| 0`: decoded JSON
--- numbers are floats), others as lua-cjson writes them.
+-- numbers are floats), others as lua-cjson writes them. Remembered like
+-- names: incarnations and ttls repeat, and turning a number into a string
+-- is an snprintf.
+local numbers, nnumbers = {}, 0
 local function number(x)
-  if x % 1 == 0 and x > -2 ^ 53 and x < 2 ^ 53 then return x | 0 end
-  return format("%.14g", x)
+  local s = numbers[x]
+  if s then return s end
+  if x % 1 == 0 and x > -2 ^ 53 and x < 2 ^ 53 then s = tostring(x | 0) else s = format("%.14g", x) end
+  if nnumbers >= 4096 then numbers, nnumbers = {}, 0 end
+  numbers[x], nnumbers = s, nnumbers + 1
+  return s
 end
 
 -- The frame of a req (body after a line feed, encoded here: raises on a
 -- value JSON cannot hold).
 function M.encode_req(src, dst, mtype_, id, inc, hops, ttl, body)
   local head = '{"kind":"req","src":' .. quote(src) .. ',"dst":' .. quote(dst) .. ',"type":' .. quote(mtype_)
-    .. ',"id":' .. (id | 0) .. ',"inc":' .. (inc | 0) .. ',"hops":' .. (hops | 0) .. ',"ttl":' .. number(ttl) .. "}"
+    .. ',"id":' .. (id | 0) .. ',"inc":' .. number(inc) .. ',"hops":' .. (hops == 0 and "0" or number(hops))
+    .. ',"ttl":' .. number(ttl) .. "}"
   if body == nil then return head end
   return head .. "\n" .. encode(body)
 end
@@ -208,7 +216,7 @@ function M.encode_rep(src, dst, id, inc, mtype_, body, err)
   local head
   if inc ~= nil and mtype_ ~= nil and err == nil then
     head = '{"kind":"rep","src":' .. quote(src) .. ',"dst":' .. quote(dst) .. ',"type":' .. quote(mtype_)
-      .. ',"id":' .. (id | 0) .. ',"inc":' .. (inc | 0) .. ',"hops":0}'
+      .. ',"id":' .. (id | 0) .. ',"inc":' .. number(inc) .. ',"hops":0}'
   else
     head = encode{ kind = "rep", src = src, dst = dst, id = id, inc = inc, type = mtype_, hops = 0, err = err }
   end
