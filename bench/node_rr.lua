@@ -14,6 +14,9 @@
 --   node_detect signal=STOP heartbeat=0.2 timeout=1.0 runs=N mean_s=S max_s=S
 -- (SIGKILL closes the victim's sockets, so the peer sees the connection
 -- end; SIGSTOP leaves them open, so only the heartbeat silence tells.)
+-- This process collects garbage as the luacomm host runs every script
+-- (generational mode), so that both nodes are luacomm nodes alike.
+collectgarbage("generational")
 package.path = "scripts/?.lua;scripts/?/init.lua;spec/?.lua;tools/?.lua;" .. package.path
 package.cpath = "build/lib/?.so;" .. package.cpath
 

@@ -62,7 +62,8 @@ function M.request(node, to, mtype, body, opts)
             body = body }
   end
   node._next_id = id
-  local p = { to = to, cond = node._clock.cond() }
+  -- every field it will hold named now: one allocation, no growing later
+  local p = { to = to, cond = node._clock.cond(), done = false, body = nil, err = nil }
   node._pending[id] = p
   node._npending = node._npending + 1
   local stats = node._stats
