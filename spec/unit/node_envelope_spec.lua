@@ -177,4 +177,40 @@ describe("node envelopes", function()
     -- a body JSON cannot hold raises at the caller, as encode does
     assert.has_error(function() envelope.encode_req("a", "b", "t", 1, 2, 0, 5, { f = print }) end)
   end)
+
+  it("accepts a field exactly when it has the right type and range, whatever the value", function()
+    local valid = {
+      string = function(v) return type(v) == "string" end,
+      name = function(v) return type(v) == "string" and v ~= "" and #v <= envelope.MAX_NAME end,
+      addr = function(v) return type(v) == "string" and #v <= envelope.MAX_ADDR end,
+      time = function(v) return type(v) == "number" and v >= -envelope.MAX_TIME and v <= envelope.MAX_TIME end,
+      uint = function(v) return type(v) == "number" and v >= 0 and v < envelope.MAX_INT and v % 1 == 0 end,
+      id = function(v) return type(v) == "number" and v >= 1 and v < envelope.MAX_INT and v % 1 == 0 end,
+      links = function(v) return type(v) == "table" and #v == 0 and next(v) == nil end,
+    }
+    local good = { string = "s", name = "n", addr = "h:1", time = 1.5, uint = 0, id = 1, links = {} }
+    local values = { true, false, {}, { 1 }, comm.json.null, "", "x", "5", string.rep("n", 256),
+                     string.rep("a", 1025), 0, 1, -1, 1.5, 1e14, 1e14 - 1, 1e9, -1e9 - 1, 1 / 0, -1 / 0, 0 / 0 }
+    for kind, spec in pairs(envelope.KINDS) do
+      local env = { kind = kind }
+      for field, what in pairs(spec) do env[field] = good[what:gsub("^%?", "")] end
+      assert(envelope.check(env), kind)
+      for field, what in pairs(spec) do
+        local optional = what:sub(1, 1) == "?"
+        what = what:gsub("^%?", "")
+        for _, v in ipairs(values) do
+          local e = {}
+          for k, x in pairs(env) do e[k] = x end
+          e[field] = v
+          local want = valid[what](v)
+          local got, why = envelope.check(e)
+          assert(want == (got ~= nil), ("%s.%s = %s: %s"):format(kind, field, tostring(v), tostring(why)))
+        end
+        local e = {}
+        for k, x in pairs(env) do e[k] = x end
+        e[field] = nil
+        assert(optional == (envelope.check(e) ~= nil), kind .. " without " .. field)
+      end
+    end
+  end)
 end)
