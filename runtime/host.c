@@ -4,6 +4,7 @@
 ** event loop, and hands the script to scripts/luacomm/host.lua, which owns
 ** the policy: main task, services, reload, graceful stop.
 */
+#include <errno.h>
 #include <limits.h>
 #include <malloc.h>
 #include <stdio.h>
@@ -114,7 +115,8 @@ static int pmain (lua_State *L) {
   luaL_openlibs(L);
   rt_workers_publish(L); /* comm.worker() and the reload report, under --workers */
   c = lc_getctx(L);
-  c->task_budget = o->task_budget;
+  if (o->task_budget > 0 && lc_guard_start(L, c, o->task_budget) != 0)
+    return luaL_error(L, "luacomm: cannot start the task budget's timer: %s", strerror(errno));
   preload_core(L);
   set_paths(L, o);
   create_arg(L, o);
