@@ -14,6 +14,7 @@
 
 #include "lualib.h"
 
+#include "evalloc.h"
 #include "host.h"
 #include "lc.h"
 #include "log.h"
@@ -201,6 +202,7 @@ static void tune_malloc (void) {
 int rt_host_run (const rt_opts *o) {
   struct event_base *base;
   tune_malloc();
+  rt_evalloc_install();
   base = lc_event_base_new();
   lua_State *L = luaL_newstate();
   rt_pool *pool = rt_pool_new(); /* NULL: Lua's own allocator stays */
@@ -234,6 +236,7 @@ int rt_host_run (const rt_opts *o) {
   rt_pool_free(pool);
   rt_signals_free();
   event_base_free(base);
+  rt_evalloc_release();
   remove_pidfile();
   return status;
 }
