@@ -6,7 +6,8 @@
 ** Why no hook until one is needed: while any hook is set on a thread, Lua's
 ** interpreter takes its slow path on every instruction of it (the trap in
 ** luaV_execute), about a tenth of all the instructions an echo server runs.
-** So a periodic timer signal (every budget / 4) looks at what runs: when
+** So a periodic timer signal (every budget / 4 of the process's CPU time:
+** an idle process is never woken) looks at what runs: when
 ** the same resume of a task is still running at two ticks in a row, it arms
 ** a count hook on the thread running (lua_sethook may be called from a
 ** signal handler; Lua's own interpreter does it for ^C). The hook then
@@ -211,7 +212,7 @@ static int start_ticks (lc_guard *g, double budget) {
   memset(&sev, 0, sizeof sev);
   sev.sigev_notify = SIGEV_SIGNAL;
   sev.sigev_signo = SIGRTMIN;
-  if (timer_create(CLOCK_MONOTONIC, &sev, &g->timer) != 0) return -1;
+  if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &sev, &g->timer) != 0) return -1;
   its.it_interval.tv_sec = (time_t)tick;
   its.it_interval.tv_nsec = (long)((tick - (double)(time_t)tick) * 1e9);
   its.it_value = its.it_interval;
