@@ -47,10 +47,8 @@ static struct {
 
 /* The smallest size index whose blocks hold n bytes; -1 outside the range. */
 static int index_for (size_t n) {
-  int i;
   if (n < ((size_t)1 << MIN_SHIFT) || n > ((size_t)1 << MAX_SHIFT)) return -1;
-  for (i = 0; ((size_t)1 << (MIN_SHIFT + i)) < n; i++) {}
-  return i;
+  return n == ((size_t)1 << MIN_SHIFT) ? 0 : 64 - __builtin_clzl(n - 1) - MIN_SHIFT;
 }
 
 static void *ev_malloc (size_t n) {
@@ -70,9 +68,8 @@ static void ev_free (void *p) {
   int i;
   if (p == NULL) return;
   u = malloc_usable_size(p);
-  for (i = SIZES - 1; i >= 0 && ((size_t)1 << (MIN_SHIFT + i)) > u; i--) {}
-  if (i < 0 || u >= ((size_t)2 << (MIN_SHIFT + i)) ||
-      (kept[i].count + 1) << (MIN_SHIFT + i) > KEEP_BYTES) { /* small, large, or enough kept */
+  i = 63 - __builtin_clzl(u | 1) - MIN_SHIFT;                                       /* the largest size u holds */
+  if (i < 0 || i >= SIZES || (kept[i].count + 1) << (MIN_SHIFT + i) > KEEP_BYTES) { /* small, large, enough kept */
     free(p);
     return;
   }
