@@ -19,7 +19,8 @@ DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c
+        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c \
+        bindings/guard.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).

@@ -9,11 +9,9 @@
 ** ready queue; nothing else resumes Lua.
 */
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 
 #include "lc.h"
@@ -29,9 +27,7 @@ struct lc_task {
   int streak;          /* calls that completed without waiting since the last resume */
   int watched;         /* comm.run waits for it: its error is re-raised, not logged */
   double deadline;     /* of the current wait while armed; < 0 for none */
-  double resumed_at;   /* for the runaway guard */
   unsigned long pass;  /* the on_drain that last resumed it */
-  char *runaway;       /* the guard's message while it unwinds the task */
   struct event *timer; /* the wait's deadline; created on first use */
   lc_waitq *waitq;     /* the queue it is parked on, if any */
   lc_task *prev, *next;
@@ -231,85 +227,6 @@ int lc_fair (lc_ctx *c, lua_State *L) {
 /* ---- spawning ---- */
 
 /*
-** The runaway guard. A count hook on every task would make Lua trap on
-** every VM instruction (while a count or line hook is set, luaV_execute
-** calls into the hook machinery per instruction: a quarter of a busy
-** node's instructions). So tasks run without a hook, and a CPU-time
-** interval timer (ITIMER_VIRTUAL: it ticks only while this process runs
-** in user mode, so an idle process is never woken and blocking calls are
-** not interrupted) arms a one-shot count hook on the task being resumed
-** at each tick; the hook checks that task's time since its resume, and
-** removes itself while within budget. lua_sethook may be called from a
-** signal handler (the Lua manual; lua.c's SIGINT handling does so). A tick
-** every quarter budget of CPU time catches a spinning task within 1.25
-** budgets, later only if the machine gives it less than a whole core.
-** Only the task's own thread is guarded: one spinning inside a plain
-** coroutine that it resumes is not caught (the count hook caught it).
-*/
-static lua_State *volatile guarded; /* the task thread being resumed, if guarded */
-
-static void runaway_hook (lua_State *L, lua_Debug *ar) {
-  lc_ctx *c = lc_getctx(L);
-  lc_task *t = c->current;
-  (void)ar;
-  if (t == NULL || t->co != L || c->task_budget <= 0) return;
-  if (lc_now() - t->resumed_at <= c->task_budget) {
-    /* It yielded since, or is within budget: no hook until the next tick. */
-    free(t->runaway);
-    t->runaway = NULL;
-    lua_sethook(L, NULL, 0, 0);
-    return;
-  }
-  if (t->runaway == NULL) {
-    /* First time: say where it was spinning, then keep firing on every
-    ** line with the same message until the task unwinds, so a pcall in the
-    ** runaway code cannot swallow the error for good. */
-    char what[96];
-    snprintf(what,
-             sizeof what,
-             "task ran %.3g s without yielding (budget %.3g s): interrupted",
-             lc_now() - t->resumed_at,
-             c->task_budget);
-    luaL_where(L, 0);
-    lua_pushfstring(L, "%s%s", lua_tostring(L, -1), what);
-    t->runaway = strdup(lua_tostring(L, -1));
-    lua_pop(L, 2);
-    lua_sethook(L, runaway_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
-  }
-  lua_pushstring(L, t->runaway ? t->runaway : "task interrupted: over its budget");
-  lua_error(L);
-}
-
-static void guard_tick (int sig) {
-  lua_State *co = guarded;
-  (void)sig;
-  /* A task unwinding from the guard keeps its every-line hook. */
-  if (co && !(lua_gethookmask(co) & LUA_MASKLINE)) lua_sethook(co, runaway_hook, LUA_MASKCOUNT, 1);
-}
-
-/* Sets how long a task may run without yielding (0: unguarded) and starts
-** or stops the ticks: 0, or -1 with errno set. */
-int lc_set_task_budget (lc_ctx *c, double budget) {
-  struct sigaction sa;
-  struct itimerval it;
-  double tick = budget / 4;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = budget > 0 ? guard_tick : SIG_IGN;
-  sa.sa_flags = SA_RESTART;
-  sigemptyset(&sa.sa_mask);
-  memset(&it, 0, sizeof it);
-  if (budget > 0) {
-    it.it_value.tv_sec = (time_t)tick;
-    it.it_value.tv_usec = (suseconds_t)((tick - (double)(time_t)tick) * 1e6);
-    if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0) it.it_value.tv_usec = 1;
-    it.it_interval = it.it_value;
-  }
-  if (sigaction(SIGVTALRM, &sa, NULL) != 0 || setitimer(ITIMER_VIRTUAL, &it, NULL) != 0) return -1;
-  c->task_budget = budget > 0 ? budget : 0;
-  return 0;
-}
-
-/*
 ** Stack: fn, arg1..argn at the top (n = nargs). Pops them and pushes a new
 ** task, queued to run at the next drain.
 */
@@ -354,8 +271,6 @@ static void push_task (lc_ctx *c, lc_task *t) {
 ** L is any thread that may run API calls now. */
 static void release (lc_ctx *c, lua_State *L, lc_task *t, int status) {
   t->status = status;
-  free(t->runaway);
-  t->runaway = NULL;
   if (t->timer) {
     disarm(t);
     event_free(t->timer);
@@ -452,11 +367,10 @@ static void resume (lc_ctx *c, lc_task *t) {
   t->nargs = 0;
   t->streak = 0;
   t->status = T_RUNNING;
-  t->resumed_at = lc_now();
   c->current = t;
-  if (c->task_budget > 0) guarded = t->co;
+  if (c->guard) lc_guard_enter(c->guard, t->co);
   st = lua_resume(t->co, c->L, nargs, &nres);
-  guarded = NULL;
+  if (c->guard) lc_guard_leave(c->guard);
   c->current = NULL;
   if (st == LUA_YIELD) {
     lua_pop(t->co, nres);
@@ -709,8 +623,6 @@ static int task_status (lua_State *L) {
 ** connection finalized after it does not wake it through a freed timer. */
 static int task_gc (lua_State *L) {
   lc_task *t = totask(L, 1);
-  free(t->runaway);
-  t->runaway = NULL;
   if (t->waitq) lc_waitq_remove(t->waitq, t);
   if (t->timer) {
     disarm(t);

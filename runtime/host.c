@@ -14,6 +14,7 @@
 
 #include "lualib.h"
 
+#include "evalloc.h"
 #include "host.h"
 #include "lc.h"
 #include "log.h"
@@ -115,8 +116,8 @@ static int pmain (lua_State *L) {
   luaL_openlibs(L);
   rt_workers_publish(L); /* comm.worker() and the reload report, under --workers */
   c = lc_getctx(L);
-  if (lc_set_task_budget(c, o->task_budget) != 0)
-    lc_logf(c, LC_WARN, "cannot start the runaway guard: %s", strerror(errno));
+  if (o->task_budget > 0 && lc_guard_start(L, c, o->task_budget) != 0)
+    return luaL_error(L, "luacomm: cannot start the task budget's timer: %s", strerror(errno));
   preload_core(L);
   set_paths(L, o);
   create_arg(L, o);
@@ -201,6 +202,7 @@ static void tune_malloc (void) {
 int rt_host_run (const rt_opts *o) {
   struct event_base *base;
   tune_malloc();
+  rt_evalloc_install();
   base = lc_event_base_new();
   lua_State *L = luaL_newstate();
   rt_pool *pool = rt_pool_new(); /* NULL: Lua's own allocator stays */
@@ -234,6 +236,7 @@ int rt_host_run (const rt_opts *o) {
   rt_pool_free(pool);
   rt_signals_free();
   event_base_free(base);
+  rt_evalloc_release();
   remove_pidfile();
   return status;
 }
