@@ -6,7 +6,11 @@ local json = require("luacomm").json
 local type, pairs, ipairs, tostring, pcall, error = type, pairs, ipairs, tostring, pcall, error
 local floor = math.floor
 local find, sub, format = string.find, string.sub, string.format
-local encode, decode = json.encode, json.decode
+local encode = json.encode
+-- Decoded with a lua-cjson instance of its own (the defaults, as
+-- comm.json's decoder), called under pcall right here: comm.json.decode's
+-- wrapper costs a call and a type() per frame and body.
+local cjson_decode = require("cjson").new().decode
 
 local M = {}
 M._VERSION = "0.2.0"
@@ -160,8 +164,8 @@ function M.decode(frame)
   local lf = find(frame, "\n", 1, true)
   local head, raw = frame, nil
   if lf then head, raw = sub(frame, 1, lf - 1), sub(frame, lf + 1) end
-  local env, err = decode(head)
-  if env == nil then return nil, "bad_json", tostring(err) end
+  local ok, env = pcall(cjson_decode, head)
+  if not ok then return nil, "bad_json", (tostring(env):gsub("^.-:%d+: ", "")) end
   local why, detail
   env, why, detail = M.check(env)
   if env and raw then
@@ -176,8 +180,8 @@ end
 function M.body(env)
   local raw = env[RAW]
   if raw == nil then return env.body end
-  local v, err = decode(raw)
-  if v == nil then return nil, tostring(err) end
+  local ok, v = pcall(cjson_decode, raw)
+  if not ok then return nil, (tostring(v):gsub("^.-:%d+: ", "")) end
   env.body, env[RAW] = v, nil
   return v
 end
