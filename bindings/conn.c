@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "lc.h"
-#include "tls.h"
+#include "tlsmod.h"
 
 #define READ_SCRATCH (256 * 1024)
 #define READ_DIRECT_MIN (8 * 1024)
@@ -107,7 +107,7 @@ static void destroy (lc_conn *s) {
   }
   if (s->idle_ev) event_free(s->idle_ev);
   if (s->linger_ev) event_free(s->linger_ev);
-  lc_tls_free(s->tls, s->err == 0); /* close_notify unless the link broke */
+  if (s->tls) lc_tlsapi->free(s->tls, s->err == 0); /* close_notify unless the link broke */
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->in) evbuffer_free(s->in);
@@ -144,12 +144,12 @@ static void stop_reading (lc_conn *s) {
 }
 
 static void start_reading (lc_conn *s) {
-  if (!s->reading && !s->eof && !s->err && (s->tls == NULL || lc_tls_ready(s->tls))) {
+  if (!s->reading && !s->eof && !s->err && (s->tls == NULL || lc_tlsapi->ready(s->tls))) {
     event_add(s->rev, NULL);
     s->reading = 1;
     /* Input TLS decrypted and kept while we were not reading: the socket
     ** will not announce it. */
-    if (s->tls && lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
+    if (s->tls && lc_tlsapi->pending(s->tls)) event_active(s->rev, EV_READ, 0);
   }
 }
 
@@ -191,7 +191,7 @@ static ssize_t write_some (lc_conn *s, size_t cap) {
   int n = evbuffer_peek(s->out, (ev_ssize_t)cap, NULL, vec, WRITE_IOVECS), i;
   size_t total = 0;
   ssize_t w;
-  if (s->tls) return lc_tls_write(s->tls, s->out, cap);
+  if (s->tls) return lc_tlsapi->write(s->tls, s->out, cap);
   if (n > WRITE_IOVECS) n = WRITE_IOVECS;
   for (i = 0; i < n; i++) {
     if (total + vec[i].iov_len > cap) vec[i].iov_len = cap - total;
@@ -338,9 +338,9 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
 static ssize_t read_tls (lc_conn *s, size_t cap) {
   lc_ctx *c = s->ctx;
   conn_state *cs = cstate(c);
-  ssize_t n = lc_tls_read(s->tls, cs->scratch, cap < READ_SCRATCH ? cap : READ_SCRATCH);
+  ssize_t n = lc_tlsapi->read(s->tls, cs->scratch, cap < READ_SCRATCH ? cap : READ_SCRATCH);
   if (n > 0 && evbuffer_add(s->in, cs->scratch, (size_t)n) != 0) return errno = ENOMEM, -1;
-  if (lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
+  if (lc_tlsapi->pending(s->tls)) event_active(s->rev, EV_READ, 0);
   return n;
 }
 
@@ -629,10 +629,10 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
     destroy(s);
     return io_error(L, err);
   }
-  if (s->tls && !lc_tls_ready(s->tls)) { /* connected: now the TLS handshake */
-    const char *why = lc_tls_failure(s->tls);
+  if (s->tls && !lc_tlsapi->ready(s->tls)) { /* connected: now the TLS handshake */
+    const char *why = lc_tlsapi->failure(s->tls);
     if (why == NULL && !lc_expired(L, kc)) {
-      lc_tls_start(s->tls, 0, tls_handshake_done, s);
+      lc_tlsapi->start(s->tls, 0, tls_handshake_done, s);
       return lc_wait(c, L, &s->readers, kc, conn_connect_k);
     }
     lua_pushstring(L, why ? why : "timeout");
@@ -646,25 +646,28 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
 
 /* The client context for opts.tls (opts at 2), or NULL: with err empty
 ** when there is no tls option, else with the reason. Raises on misuse. */
-static SSL_CTX *client_ctx (lua_State *L, char *err, size_t errlen) {
-  SSL_CTX *ctx = NULL;
+static struct ssl_ctx_st *client_ctx (lua_State *L, char *err, size_t errlen) {
+  struct ssl_ctx_st *ctx = NULL;
   int top = lua_gettop(L);
   err[0] = '\0';
-  if (lua_istable(L, 2) && lua_getfield(L, 2, "tls") != LUA_TNIL) ctx = lc_tls_ctx_new(L, top + 1, 0, err, errlen);
+  if (!lc_has_tls_opt(L, 2)) return NULL; /* plain TCP never loads luacomm.tls */
+  lc_tls_load(L);
+  if (lua_getfield(L, 2, "tls") != LUA_TNIL) ctx = lc_tlsapi->ctx_new(L, top + 1, 0, err, errlen);
   lua_settop(L, top);
   return ctx;
 }
 
 /* The client session on fd, checking the name opts.tls.server_name or the
 ** host part of the address (arg 1). */
-static lc_tls *client_session (lua_State *L, lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, char *err, size_t errlen) {
+static lc_tls *client_session (lua_State *L, lc_ctx *c, struct ssl_ctx_st *ctx, evutil_socket_t fd, char *err,
+                               size_t errlen) {
   char buf[512];
   const char *host = NULL, *port;
   lc_tls *t;
   int top = lua_gettop(L);
   if (lc_split_addr(lua_tostring(L, 1), buf, sizeof buf, &host, &port) != 0) host = NULL;
   lua_getfield(L, 2, "tls");
-  t = lc_tls_new(c, ctx, fd, 0, lc_tls_server_name(L, top + 1, host), err, errlen);
+  t = lc_tlsapi->session_new(c, ctx, fd, 0, lc_tlsapi->server_name(L, top + 1, host), err, errlen);
   lua_settop(L, top);
   return t;
 }
@@ -678,18 +681,18 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContex
   char why[256];
   lc_hud *u;
   lc_tls *t = NULL;
-  SSL_CTX *tctx;
+  struct ssl_ctx_st *tctx;
   lua_settop(L, 3);
   tctx = client_ctx(L, why, sizeof why); /* before the socket: it may raise */
   if (tctx == NULL && why[0] != '\0') return lc_fail(L, why);
   if ((fd = lc_socket(a, SOCK_STREAM)) < 0) {
     int e = errno;
-    SSL_CTX_free(tctx);
+    if (tctx) lc_tlsapi->ctx_free(tctx);
     return io_error(L, e);
   }
   if (tctx != NULL) {
     t = client_session(L, c, tctx, fd, why, sizeof why);
-    SSL_CTX_free(tctx); /* the session holds its own reference */
+    lc_tlsapi->ctx_free(tctx); /* the session holds its own reference */
     if (t == NULL) {
       evutil_closesocket(fd);
       return lc_fail(L, why);
@@ -1327,13 +1330,13 @@ static int conn_tls (lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  return lc_tls_push_info(L, s->tls);
+  return lc_tlsapi->push_info(L, s->tls);
 }
 
 void lc_conn_set_tls (lua_State *L, int idx, lc_tls *t) {
   lc_conn *s = udconn(lc_tohud(L, idx, &conn_class));
   s->tls = t;
-  if (lc_tls_pending(t)) event_active(s->rev, EV_READ, 0);
+  if (lc_tlsapi->pending(t)) event_active(s->rev, EV_READ, 0);
 }
 
 /* conn:closed() -> true once closed by either side of the seam. */
