@@ -141,6 +141,22 @@ static void preload_core (lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* Generational collection, tuned for message workloads (the echo bench,
+** callgrind and VmHWM):
+** - The pause, which generational mode uses only after a collection that
+**   freed little (the heap growing fast, as when a thousand connections
+**   arrive at once), at 120 rather than 200: until the heap doubled, the
+**   frames of that time piled up as garbage (1.5 MiB of 64-byte strings
+**   with 1000 connections; peak RSS 6.6 -> 5.4 MiB).
+** - A minor collection every 35% of growth rather than 20%: a heap kept
+**   small (16 KiB frames, where the pass bound holds input down) would
+**   otherwise be collected twice as often (D: 27,300 -> 25,300
+**   instructions per echoed frame). */
+static void tune_gc (lua_State *L) {
+  lua_gc(L, LUA_GCINC, 120, 0, 0);
+  lua_gc(L, LUA_GCGEN, 35, 0);
+}
+
 /* Runs under lua_pcall: returns the exit status on the stack. */
 static int pmain (lua_State *L) {
   const rt_opts *o = lua_touserdata(L, 1);
@@ -154,7 +170,7 @@ static int pmain (lua_State *L) {
   set_paths(L, o);
   create_arg(L, o);
   lua_gc(L, LUA_GCRESTART);
-  lua_gc(L, LUA_GCGEN, 0, 0);
+  tune_gc(L);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "luacomm.host");
   lua_call(L, 1, 1);
