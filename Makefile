@@ -23,7 +23,7 @@ DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/tlsload.c bindings/http.c bindings/limits.c
+        bindings/tlsload.c bindings/http.c bindings/limits.c bindings/guard.c
 TLS  := bindings/tls_mod.c bindings/tls.c bindings/tls_conn.c bindings/tls_http.c bindings/crypto.c
 HOST := $(wildcard runtime/*.c)
 

@@ -277,6 +277,48 @@ report_throughput() {
     done
 }
 
+# SUBJECT (default luacomm) against the performance targets: its share of
+# the ceiling and the floor, its lead over the best of the other servers
+# (the Lua peers) by msgs/s and by CPU per message, and its peak RSS.
+# Printed when SUBJECT and at least one peer ran.
+declare -A TARGET_CEIL=([A]=0.95 [B]=0.85 [C]=0.75 [D]=0.80 [E]=0.85)
+declare -A TARGET_FLOOR=([C]=0.90 [D]=0.90)
+TARGET_LEAD=1.15 TARGET_RSS_MIB=6
+report_summary() {
+    local subj=${SUBJECT:-luacomm} scen name peers=() best best_cpu mps cpu rss ceil floor lead lead_cpu
+    [[ -n ${CMDS[$subj]+set} ]] || return 0
+    for name in "${NAMES[@]}"; do
+        [[ $name == "$subj" || $name == "$BASE" || $name == "$FLOOR" ]] || peers+=("$name")
+    done
+    ((${#peers[@]} > 0)) || return 0
+    echo
+    echo "### $subj against the targets (best peer of: ${peers[*]})"
+    echo
+    echo "| scenario | vs $BASE (target) | vs ${FLOOR:-floor} (target) | lead over best peer, msgs/s | lead, CPU per msg | lead target | peak RSS MiB (≤ $TARGET_RSS_MIB) |"
+    echo "|---|--:|--:|--:|--:|--:|--:|"
+    for scen in "${SCENARIOS[@]}"; do
+        mps=$(column_stat 1 "$TMP/res.$scen.$subj")
+        cpu=$(column_stat 5 "$TMP/res.$scen.$subj")
+        rss=$(mib "$(column_stat 4 "$TMP/res.$scen.$subj" max)")
+        best=- best_cpu=-
+        for name in "${peers[@]}"; do
+            skip_reason "$name" "$scen" >/dev/null && continue
+            best=$(awk -v a="$best" -v b="$(column_stat 1 "$TMP/res.$scen.$name")" 'BEGIN { print (a == "-" || b + 0 > a + 0) ? b : a }')
+            best_cpu=$(awk -v a="$best_cpu" -v b="$(column_stat 5 "$TMP/res.$scen.$name")" 'BEGIN { print (a == "-" || (b != "-" && b + 0 < a + 0)) ? b : a }')
+        done
+        ceil=$(vs_base x "$mps" "$(column_stat 1 "$TMP/res.$scen.$BASE")")
+        floor=-
+        [[ -n $FLOOR ]] && floor=$(vs_base x "$mps" "$(column_stat 1 "$TMP/res.$scen.$FLOOR")")
+        lead=$(awk -v a="$mps" -v b="$best" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%+.0f %%", (a / b - 1) * 100 }')
+        lead_cpu=$(awk -v a="$cpu" -v b="$best_cpu" 'BEGIN { if (a == "-" || b == "-" || a == 0) print "-"; else printf "%+.0f %%", (b / a - 1) * 100 }')
+        printf '| %s | %s (≥ %s) | %s%s | %s | %s | %s | %s |\n' "$scen" "$ceil" "${TARGET_CEIL[$scen]:--}" \
+            "$floor" "${TARGET_FLOOR[$scen]:+ (≥ ${TARGET_FLOOR[$scen]})}" "$lead" "$lead_cpu" \
+            "$([[ $scen == A ]] && echo - || echo "≥ +$(awk -v t=$TARGET_LEAD 'BEGIN { printf "%.0f", (t - 1) * 100 }') %")" "$rss"
+    done
+    echo
+    echo "Lead by CPU per message: how much more CPU the best peer spends per message than $subj (where the load generator, not the server, sets the rate, msgs/s ties)."
+}
+
 report_idle() {
     local name base rss base_rss=- line why
     if ((IDLE_CONNS == 0)); then
@@ -331,7 +373,7 @@ main() {
         ((IDLE_CONNS > 0)) && ! skip_reason "$name" idle >/dev/null && idle_one "$name"
     done
 
-    { report_header; report_throughput; report_idle; } >"$TMP/report.md"
+    { report_header; report_throughput; report_summary; report_idle; } >"$TMP/report.md"
     mkdir -p "$(dirname "$OUT")"
     if [[ -n ${APPEND:-} ]]; then
         cat "$TMP/report.md" >>"$OUT"

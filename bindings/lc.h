@@ -60,6 +60,7 @@ extern const char *const lc_level_names[];
 
 typedef struct lc_ctx lc_ctx;
 typedef struct lc_task lc_task;
+typedef struct lc_guard lc_guard;
 
 /* A FIFO of parked tasks. Embedded in whatever they wait on. */
 typedef struct lc_waitq {
@@ -106,7 +107,7 @@ typedef void (*lc_log_fn)(void *ud, int level, const char *msg, size_t len);
 ** slot, not the type (conn.c's read buffer and flush list, resolve.c's
 ** resolver, limits.c's budget, tls_conn.c's BIO method). Freed by fini,
 ** then free(), when the context ends. */
-enum { LC_MOD_CONN, LC_MOD_RESOLVE, LC_MOD_LIMITS, LC_MOD_TLS, LC_MODS };
+enum { LC_MOD_CONN, LC_MOD_RESOLVE, LC_MOD_LIMITS, LC_MOD_TLS, LC_MOD_GUARD, LC_MODS };
 typedef void (*lc_fini_fn)(lc_ctx *c, void *state);
 typedef struct lc_module {
   void *state;
@@ -182,7 +183,7 @@ struct lc_ctx {
   lc_module mods[LC_MODS];                /* per-file state, see lc_module_state */
   lc_pass_fn pass_end[LC_MAX_PASS_HOOKS]; /* see lc_on_pass_end */
   int npass_end;
-  double task_budget; /* seconds a task may run without yielding; 0 = off */
+  lc_guard *guard; /* the runaway guard (guard.c), or NULL: off */
   lc_log_fn log;
   void *log_ud;
   int log_level;
@@ -201,6 +202,11 @@ struct timeval lc_timeval(double seconds);
 void lc_handle_add(lc_ctx *c, lc_handle *h, int kind);
 void lc_handle_remove(lc_ctx *c, lc_handle *h);
 void *lc_module_state(lc_ctx *c, int slot, size_t size, lc_fini_fn fini);
+
+/* ---- guard.c ---- */
+int lc_guard_start(lua_State *L, lc_ctx *c, double budget);
+void lc_guard_enter(lc_guard *g, lua_State *co);
+void lc_guard_leave(lc_guard *g);
 int lc_on_pass_end(lc_ctx *c, lc_pass_fn fn);
 int lc_push_host_hook(lua_State *L, const char *name);
 int lc_opt_int(lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min);

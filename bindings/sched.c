@@ -27,8 +27,6 @@ struct lc_task {
   int streak;          /* calls that completed without waiting since the last resume */
   int watched;         /* comm.run waits for it: its error is re-raised, not logged */
   double deadline;     /* of the current wait while armed; < 0 for none */
-  double resumed_at;   /* for the runaway guard */
-  char *runaway;       /* the guard's message while it unwinds the task */
   struct event *timer; /* the wait's deadline; created on first use */
   lc_waitq *waitq;     /* the queue it is parked on, if any */
   lc_task *prev, *next;
@@ -228,40 +226,6 @@ int lc_fair (lc_ctx *c, lua_State *L) {
 
 /* ---- spawning ---- */
 
-static void runaway_hook (lua_State *L, lua_Debug *ar) {
-  lc_ctx *c = lc_getctx(L);
-  lc_task *t = c->current;
-  (void)ar;
-  if (t == NULL || t->co != L || c->task_budget <= 0) return;
-  if (lc_now() - t->resumed_at <= c->task_budget) {
-    /* It yielded since: back to the cheap hook. */
-    if (t->runaway) {
-      free(t->runaway);
-      t->runaway = NULL;
-      lua_sethook(L, runaway_hook, LUA_MASKCOUNT, 10000);
-    }
-    return;
-  }
-  if (t->runaway == NULL) {
-    /* First time: say where it was spinning, then keep firing on every
-    ** line with the same message until the task unwinds, so a pcall in the
-    ** runaway code cannot swallow the error for good. */
-    char what[96];
-    snprintf(what,
-             sizeof what,
-             "task ran %.3g s without yielding (budget %.3g s): interrupted",
-             lc_now() - t->resumed_at,
-             c->task_budget);
-    luaL_where(L, 0);
-    lua_pushfstring(L, "%s%s", lua_tostring(L, -1), what);
-    t->runaway = strdup(lua_tostring(L, -1));
-    lua_pop(L, 2);
-    lua_sethook(L, runaway_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
-  }
-  lua_pushstring(L, t->runaway ? t->runaway : "task interrupted: over its budget");
-  lua_error(L);
-}
-
 /*
 ** Stack: fn, arg1..argn at the top (n = nargs). Pops them and pushes a new
 ** task, queued to run at the next drain.
@@ -282,7 +246,6 @@ int lc_spawn_top (lua_State *L, int nargs) {
   lua_xmove(L, co, nargs + 1);
   t->co = co;
   t->nargs = nargs;
-  if (c->task_budget > 0) lua_sethook(co, runaway_hook, LUA_MASKCOUNT, 10000);
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   c->live_tasks++;
@@ -308,8 +271,6 @@ static void push_task (lc_ctx *c, lc_task *t) {
 ** L is any thread that may run API calls now. */
 static void release (lc_ctx *c, lua_State *L, lc_task *t, int status) {
   t->status = status;
-  free(t->runaway);
-  t->runaway = NULL;
   if (t->timer) {
     disarm(t);
     event_free(t->timer);
@@ -406,9 +367,10 @@ static void resume (lc_ctx *c, lc_task *t) {
   t->nargs = 0;
   t->streak = 0;
   t->status = T_RUNNING;
-  t->resumed_at = lc_now();
   c->current = t;
+  if (c->guard) lc_guard_enter(c->guard, t->co);
   st = lua_resume(t->co, c->L, nargs, &nres);
+  if (c->guard) lc_guard_leave(c->guard);
   c->current = NULL;
   if (st == LUA_YIELD) {
     lua_pop(t->co, nres);
@@ -660,8 +622,6 @@ static int task_status (lua_State *L) {
 ** connection finalized after it does not wake it through a freed timer. */
 static int task_gc (lua_State *L) {
   lc_task *t = totask(L, 1);
-  free(t->runaway);
-  t->runaway = NULL;
   if (t->waitq) lc_waitq_remove(t->waitq, t);
   if (t->timer) {
     disarm(t);

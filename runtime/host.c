@@ -4,6 +4,7 @@
 ** event loop, and hands the script to scripts/luacomm/host.lua, which owns
 ** the policy: main task, services, reload, graceful stop.
 */
+#include <errno.h>
 #include <limits.h>
 #include <malloc.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 #include "lualib.h"
 
+#include "evalloc.h"
 #include "host.h"
 #include "lc.h"
 #include "log.h"
@@ -165,7 +167,8 @@ static int pmain (lua_State *L) {
   luaL_openlibs(L);
   rt_workers_publish(L); /* comm.worker() and the reload report, under --workers */
   c = lc_getctx(L);
-  c->task_budget = o->task_budget;
+  if (o->task_budget > 0 && lc_guard_start(L, c, o->task_budget) != 0)
+    return luaL_error(L, "luacomm: cannot start the task budget's timer: %s", strerror(errno));
   preload_core(L);
   set_paths(L, o);
   create_arg(L, o);
@@ -250,6 +253,7 @@ static void tune_malloc (void) {
 int rt_host_run (const rt_opts *o) {
   struct event_base *base;
   tune_malloc();
+  rt_evalloc_install();
   base = lc_event_base_new();
   lua_State *L = luaL_newstate();
   rt_pool *pool = rt_pool_new(); /* NULL: Lua's own allocator stays */
@@ -283,6 +287,7 @@ int rt_host_run (const rt_opts *o) {
   rt_pool_free(pool);
   rt_signals_free();
   event_base_free(base);
+  rt_evalloc_release();
   remove_pidfile();
   return status;
 }
