@@ -8,7 +8,11 @@ WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wundef -Wwrite-strings \
 CPPFLAGS += -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -Ibindings -Iruntime \
             $(shell pkg-config --cflags $(PKGS))
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) -MMD -MP
-LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra libevent_openssl libssl libcrypto)
+# The core and the host never link OpenSSL: TLS and crypto are the
+# luacomm.tls module (bindings/tlsmod.h), loaded on first use, so a plain
+# process does not map libssl/libcrypto (about 1.7 MiB of RSS).
+LIBEVENT := $(shell pkg-config --libs libevent_core libevent_extra)
+TLSLIBS  := $(shell pkg-config --libs libevent_core libevent_openssl libssl libcrypto)
 LUALIBS  := $(shell pkg-config --libs lua5.4)
 
 LUA_SHARE = $(PREFIX)/share/lua/5.4
@@ -19,8 +23,8 @@ DOCDIR    = $(PREFIX)/share/doc/luacomm
 
 BIND := bindings/core.c bindings/object.c bindings/sched.c bindings/timer.c bindings/cond.c \
         bindings/addr.c bindings/resolve.c bindings/conn.c bindings/listener.c bindings/udp.c \
-        bindings/crypto.c bindings/tls.c bindings/tls_conn.c bindings/http.c bindings/limits.c \
-        bindings/guard.c
+        bindings/tlsload.c bindings/http.c bindings/limits.c bindings/guard.c
+TLS  := bindings/tls_mod.c bindings/tls.c bindings/tls_conn.c bindings/tls_http.c bindings/crypto.c
 HOST := $(wildcard runtime/*.c)
 
 # B selects a build flavour: "" (release) or "asan" (ASan + UBSan).
@@ -34,19 +38,26 @@ ifeq ($(B),werror)
 CFLAGS := -O2 -g -Werror
 endif
 
-all: $(OUT)/lib/luacomm/core.so $(OUT)/luacomm
+all: $(OUT)/lib/luacomm/core.so $(OUT)/lib/luacomm/tls.so $(OUT)/luacomm
 
 $(OUT)/pic/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -fPIC -c $< -o $@
 $(OUT)/obj/%.o: %.c
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -c $< -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -DLC_SHARE_DIR='"$(LUA_SHARE)"' -DLC_LIB_DIR='"$(LUA_LIB)"' -c $< -o $@
 
 # The module links libevent but never liblua: it uses the interpreter's Lua.
 $(OUT)/lib/luacomm/core.so: $(BIND:%.c=$(OUT)/pic/%.o)
 	@mkdir -p $(@D)
 	$(CC) -shared $(LDFLAGS) -o $@ $^ $(LIBEVENT)
+
+# luacomm.tls, for the host and core.so alike (found on the cpath). Never
+# unloaded (-z nodelete): sessions and its context state may outlive the
+# package library's unloading at lua_close.
+$(OUT)/lib/luacomm/tls.so: $(TLS:%.c=$(OUT)/pic/%.o)
+	@mkdir -p $(@D)
+	$(CC) -shared $(LDFLAGS) -Wl,-z,nodelete -o $@ $^ $(TLSLIBS)
 
 $(OUT)/luacomm: $(HOST:%.c=$(OUT)/obj/%.o) $(BIND:%.c=$(OUT)/obj/%.o)
 	@mkdir -p $(@D)
@@ -89,7 +100,7 @@ test-asan:
 # C built with -Werror (warnings are errors in CI, not in release builds).
 check: deps
 	luacheck -q scripts spec tools examples bench fuzz
-	clang-format --dry-run -Werror $(BIND) $(HOST) bindings/*.h runtime/*.h
+	clang-format --dry-run -Werror $(BIND) $(TLS) $(HOST) bindings/*.h runtime/*.h
 	@$(MAKE) --no-print-directory B=werror all
 
 # The examples under valgrind, with traffic and signals: nothing may be found.
@@ -118,6 +129,7 @@ install-rock: all
 	  install -D -m 644 scripts/$$f $(DESTDIR)$(LUA_SHARE)/$$f || exit 1; \
 	done
 	install -m 755 $(OUT)/lib/luacomm/core.so $(DESTDIR)$(LUA_LIB)/luacomm/core.so
+	install -m 755 $(OUT)/lib/luacomm/tls.so $(DESTDIR)$(LUA_LIB)/luacomm/tls.so
 
 DOC_FILES := README.md CHANGELOG.md $(wildcard docs/*.md) $(shell find examples -type f)
 install: install-rock

@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #include "lc.h"
-#include "tls.h"
+#include "tlsmod.h"
 
 #define READ_SCRATCH (256 * 1024)
 #define READ_DIRECT_MIN (8 * 1024)
@@ -33,12 +33,14 @@
 /* A direct read reserves at most what already arrived, and at least this
 ** (a power of two less libevent's chain header, so no chain is wasted). */
 #define READ_GROW_MIN (16 * 1024 - 256)
+#define OUT_CACHE 128 /* twice the tasks a pass may wake from I/O (LC_PASS_MAX) */
 
 struct lc_conn {
   lc_handle h; /* first: the handle list hands us back this pointer */
   lc_ctx *ctx;
   evutil_socket_t fd;
   struct event *rev, *wev; /* wev made on first need (arm_write) */
+  /* out is NULL while nothing is pending (out_take) */
   struct evbuffer *in, *out;
   lc_waitq readers; /* at most one task (a second reader raises) */
   lc_waitq writers; /* tasks held back by the high-water mark */
@@ -74,6 +76,8 @@ typedef struct conn_state {
   char *spare;      /* READ_BLOCK bytes read into first, see read_some */
   int lingering;    /* closed by the user, still flushing */
   lc_waitq drained; /* tasks in core.drained(): woken as connections go */
+  int nfree_out;    /* empty output buffers kept for reuse (out_take) */
+  struct evbuffer *free_out[OUT_CACHE];
 } conn_state;
 
 #define cstate(c) ((conn_state *)(c)->mods[LC_MOD_CONN].state)
@@ -88,6 +92,34 @@ static const lc_class conn_class;
 
 /* In a continuation, argument 1 was checked by the first call. */
 #define argconn(L) ((lc_hud *)lua_touserdata(L, 1))
+
+/* ---- output buffers ----
+**
+** A connection holds an output buffer only while output is pending: an
+** idle one holds none (144 bytes each, 1.4 MiB for 10,000 idle
+** connections). Emptied buffers wait in a small cache of the context (at
+** most 128: 18 KiB), so a busy connection pays a few instructions per
+** flush, not an allocation. */
+
+#define out_len(s) ((s)->out ? evbuffer_get_length((s)->out) : 0)
+
+/* s->out, made (or taken from the cache) when missing; NULL: no memory. */
+static struct evbuffer *out_take (lc_conn *s) {
+  conn_state *cs;
+  if (s->out != NULL) return s->out;
+  cs = cstate(s->ctx);
+  s->out = cs->nfree_out > 0 ? cs->free_out[--cs->nfree_out] : evbuffer_new();
+  return s->out;
+}
+
+/* Gives back s->out: to the cache when empty and there is room. */
+static void out_release (lc_conn *s) {
+  conn_state *cs = cstate(s->ctx);
+  if (s->out == NULL) return;
+  if (evbuffer_get_length(s->out) == 0 && cs->nfree_out < OUT_CACHE) cs->free_out[cs->nfree_out++] = s->out;
+  else evbuffer_free(s->out);
+  s->out = NULL;
+}
 
 /* ---- lifetime ---- */
 
@@ -107,11 +139,11 @@ static void destroy (lc_conn *s) {
   }
   if (s->idle_ev) event_free(s->idle_ev);
   if (s->linger_ev) event_free(s->linger_ev);
-  lc_tls_free(s->tls, s->err == 0); /* close_notify unless the link broke */
+  if (s->tls) lc_tlsapi->free(s->tls, s->err == 0); /* close_notify unless the link broke */
   if (s->rev) event_free(s->rev);
   if (s->wev) event_free(s->wev);
   if (s->in) evbuffer_free(s->in);
-  if (s->out) evbuffer_free(s->out);
+  out_release(s);
   if (s->fd >= 0) evutil_closesocket(s->fd);
   if (s->dirty) { /* unlink from the flush list */
     lc_conn **p = &cs->dirty;
@@ -144,12 +176,12 @@ static void stop_reading (lc_conn *s) {
 }
 
 static void start_reading (lc_conn *s) {
-  if (!s->reading && !s->eof && !s->err && (s->tls == NULL || lc_tls_ready(s->tls))) {
+  if (!s->reading && !s->eof && !s->err && (s->tls == NULL || lc_tlsapi->ready(s->tls))) {
     event_add(s->rev, NULL);
     s->reading = 1;
     /* Input TLS decrypted and kept while we were not reading: the socket
     ** will not announce it. */
-    if (s->tls && lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
+    if (s->tls && lc_tlsapi->pending(s->tls)) event_active(s->rev, EV_READ, 0);
   }
 }
 
@@ -191,7 +223,7 @@ static ssize_t write_some (lc_conn *s, size_t cap) {
   int n = evbuffer_peek(s->out, (ev_ssize_t)cap, NULL, vec, WRITE_IOVECS), i;
   size_t total = 0;
   ssize_t w;
-  if (s->tls) return lc_tls_write(s->tls, s->out, cap);
+  if (s->tls) return lc_tlsapi->write(s->tls, s->out, cap);
   if (n > WRITE_IOVECS) n = WRITE_IOVECS;
   for (i = 0; i < n; i++) {
     if (total + vec[i].iov_len > cap) vec[i].iov_len = cap - total;
@@ -222,8 +254,9 @@ static int arm_write (lc_conn *s) {
 /* Writes what it can now; arms the write event for the rest. */
 static void flush (lc_conn *s) {
   lc_ctx *c = s->ctx;
-  size_t before = evbuffer_get_length(s->out), left;
+  size_t before = out_len(s), left;
   ssize_t n;
+  if (before == 0) out_release(s); /* a write of nothing */
   if (before == 0 || s->err || s->connecting) return;
   n = write_some(s, c->max_io > 0 ? (size_t)c->max_io : before);
   if (n < 0 && errno != EAGAIN && errno != EINTR) {
@@ -232,6 +265,7 @@ static void flush (lc_conn *s) {
   }
   if (n > 0) touch(s);
   left = evbuffer_get_length(s->out);
+  if (left == 0) out_release(s);
   if (left > 0 && !s->writing) {
     if (arm_write(s) != 0) return;
   } else if (left == 0 && s->writing) {
@@ -298,6 +332,7 @@ static void free_state (lc_ctx *c, void *state) {
   (void)c;
   free(cs->scratch);
   free(cs->spare);
+  while (cs->nfree_out > 0) evbuffer_free(cs->free_out[--cs->nfree_out]);
 }
 
 static void flush_dirty (lc_ctx *c) {
@@ -307,7 +342,7 @@ static void flush_dirty (lc_ctx *c) {
     cs->dirty = s->next_dirty;
     s->dirty = 0;
     flush(s);
-    if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
+    if (s->closed && (out_len(s) == 0 || s->err)) finish_close(s);
   }
 }
 
@@ -327,7 +362,7 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
     return;
   }
   flush(s);
-  if (s->closed && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
+  if (s->closed && (out_len(s) == 0 || s->err)) finish_close(s);
 }
 
 /* ---- reading ---- */
@@ -338,9 +373,9 @@ static void on_writable (evutil_socket_t fd, short what, void *arg) {
 static ssize_t read_tls (lc_conn *s, size_t cap) {
   lc_ctx *c = s->ctx;
   conn_state *cs = cstate(c);
-  ssize_t n = lc_tls_read(s->tls, cs->scratch, cap < READ_SCRATCH ? cap : READ_SCRATCH);
+  ssize_t n = lc_tlsapi->read(s->tls, cs->scratch, cap < READ_SCRATCH ? cap : READ_SCRATCH);
   if (n > 0 && evbuffer_add(s->in, cs->scratch, (size_t)n) != 0) return errno = ENOMEM, -1;
-  if (lc_tls_pending(s->tls)) event_active(s->rev, EV_READ, 0);
+  if (lc_tlsapi->pending(s->tls)) event_active(s->rev, EV_READ, 0);
   return n;
 }
 
@@ -497,6 +532,7 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
   if (n > 0) {
     s->bytes_in += (uint64_t)n;
     c->n.bytes_in += (uint64_t)n;
+    c->pass_in += (size_t)n;
     touch(s);
   } else if (n == 0) {
     s->eof = 1;
@@ -522,6 +558,7 @@ static void on_readable (evutil_socket_t fd, short what, void *arg) {
   } else if (have >= s->hwm) {
     stop_reading(s); /* nobody reads: let TCP push back on the peer */
   }
+  lc_pass_if_full(c); /* last: the pass may close s */
 }
 
 /* ---- construction ---- */
@@ -541,11 +578,10 @@ void lc_conn_push (lua_State *L, lc_ctx *c, evutil_socket_t fd, uint32_t max_fra
   s->hwm = hwm;
   s->rev = event_new(c->base, fd, EV_READ | EV_PERSIST, on_readable, s);
   s->in = evbuffer_new();
-  s->out = evbuffer_new();
   s->h.destroy = handle_destroy;
   s->h.close = handle_close;
   lc_handle_add(c, &s->h, LC_H_CONN);
-  if (!s->rev || !s->in || !s->out) {
+  if (!s->rev || !s->in) {
     destroy(s);
     luaL_error(L, "luacomm: out of memory");
   }
@@ -629,10 +665,10 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
     destroy(s);
     return io_error(L, err);
   }
-  if (s->tls && !lc_tls_ready(s->tls)) { /* connected: now the TLS handshake */
-    const char *why = lc_tls_failure(s->tls);
+  if (s->tls && !lc_tlsapi->ready(s->tls)) { /* connected: now the TLS handshake */
+    const char *why = lc_tlsapi->failure(s->tls);
     if (why == NULL && !lc_expired(L, kc)) {
-      lc_tls_start(s->tls, 0, tls_handshake_done, s);
+      lc_tlsapi->start(s->tls, 0, tls_handshake_done, s);
       return lc_wait(c, L, &s->readers, kc, conn_connect_k);
     }
     lua_pushstring(L, why ? why : "timeout");
@@ -646,25 +682,28 @@ static int conn_connect_k (lua_State *L, int status, lua_KContext kc) {
 
 /* The client context for opts.tls (opts at 2), or NULL: with err empty
 ** when there is no tls option, else with the reason. Raises on misuse. */
-static SSL_CTX *client_ctx (lua_State *L, char *err, size_t errlen) {
-  SSL_CTX *ctx = NULL;
+static struct ssl_ctx_st *client_ctx (lua_State *L, char *err, size_t errlen) {
+  struct ssl_ctx_st *ctx = NULL;
   int top = lua_gettop(L);
   err[0] = '\0';
-  if (lua_istable(L, 2) && lua_getfield(L, 2, "tls") != LUA_TNIL) ctx = lc_tls_ctx_new(L, top + 1, 0, err, errlen);
+  if (!lc_has_tls_opt(L, 2)) return NULL; /* plain TCP never loads luacomm.tls */
+  lc_tls_load(L);
+  if (lua_getfield(L, 2, "tls") != LUA_TNIL) ctx = lc_tlsapi->ctx_new(L, top + 1, 0, err, errlen);
   lua_settop(L, top);
   return ctx;
 }
 
 /* The client session on fd, checking the name opts.tls.server_name or the
 ** host part of the address (arg 1). */
-static lc_tls *client_session (lua_State *L, lc_ctx *c, SSL_CTX *ctx, evutil_socket_t fd, char *err, size_t errlen) {
+static lc_tls *client_session (lua_State *L, lc_ctx *c, struct ssl_ctx_st *ctx, evutil_socket_t fd, char *err,
+                               size_t errlen) {
   char buf[512];
   const char *host = NULL, *port;
   lc_tls *t;
   int top = lua_gettop(L);
   if (lc_split_addr(lua_tostring(L, 1), buf, sizeof buf, &host, &port) != 0) host = NULL;
   lua_getfield(L, 2, "tls");
-  t = lc_tls_new(c, ctx, fd, 0, lc_tls_server_name(L, top + 1, host), err, errlen);
+  t = lc_tlsapi->session_new(c, ctx, fd, 0, lc_tlsapi->server_name(L, top + 1, host), err, errlen);
   lua_settop(L, top);
   return t;
 }
@@ -678,18 +717,18 @@ static int start_connect (lua_State *L, lc_ctx *c, const lc_addr *a, lua_KContex
   char why[256];
   lc_hud *u;
   lc_tls *t = NULL;
-  SSL_CTX *tctx;
+  struct ssl_ctx_st *tctx;
   lua_settop(L, 3);
   tctx = client_ctx(L, why, sizeof why); /* before the socket: it may raise */
   if (tctx == NULL && why[0] != '\0') return lc_fail(L, why);
   if ((fd = lc_socket(a, SOCK_STREAM)) < 0) {
     int e = errno;
-    SSL_CTX_free(tctx);
+    if (tctx) lc_tlsapi->ctx_free(tctx);
     return io_error(L, e);
   }
   if (tctx != NULL) {
     t = client_session(L, c, tctx, fd, why, sizeof why);
-    SSL_CTX_free(tctx); /* the session holds its own reference */
+    lc_tlsapi->ctx_free(tctx); /* the session holds its own reference */
     if (t == NULL) {
       evutil_closesocket(fd);
       return lc_fail(L, why);
@@ -911,7 +950,8 @@ static int conn_forward_k (lua_State *L, int status, lua_KContext kc) {
   got = frame_in(s, hb, &h, &contiguous, &len);
   if (got < 0) return frame_too_large(L, u);
   if (got > 0 && len > d->max_frame) return lc_fail(L, "frame too large"); /* left for recv */
-  if (got > 0 && evbuffer_get_length(d->out) <= d->hwm) {
+  if (got > 0 && out_len(d) <= d->hwm) {
+    if (out_take(d) == NULL) return luaL_error(L, "luacomm: out of memory");
     evbuffer_remove_buffer(s->in, d->out, 4 + (size_t)len); /* whole chains move, no copy */
     s->frames_in++, d->frames_out++;
     s->ctx->n.frames_in++, s->ctx->n.frames_out++;
@@ -1029,10 +1069,11 @@ static void add_pinned (lua_State *L, lc_conn *s, int idx, const char *data, siz
 static int append (lua_State *L, lc_conn *s, const char *p, size_t len, int framed, lua_KContext kc, lua_KFunction k) {
   size_t wire = len + (framed ? 4 : 0);
   if (s->err || s->closed) return frame_closed_error(L, s, 0);
-  if (evbuffer_get_length(s->out) > s->hwm) {
+  if (out_len(s) > s->hwm) {
     if (lc_expired(L, kc)) return lc_fail(L, "timeout"); /* send's timeout: nothing queued */
     return lc_wait(s->ctx, L, &s->writers, kc, k);
   }
+  if (out_take(s) == NULL) return luaL_error(L, "luacomm: out of memory");
   if (framed) {
     unsigned char h[4 + SMALL_FRAME];
     h[0] = (unsigned char)(len >> 24), h[1] = (unsigned char)(len >> 16);
@@ -1106,7 +1147,7 @@ static int conn_try_send (lua_State *L) {
   p = luaL_checklstring(L, 2, &len);
   lua_settop(L, 2);
   if (len > s->max_frame) return lc_fail(L, "frame too large");
-  if (!s->err && !s->closed && evbuffer_get_length(s->out) > s->hwm) return lc_fail(L, "full");
+  if (!s->err && !s->closed && out_len(s) > s->hwm) return lc_fail(L, "full");
   return append(L, s, p, len, 1, 0, conn_send_k);
 }
 
@@ -1212,7 +1253,7 @@ static void close_graceful (lc_conn *s) {
   lc_wake_all(s->ctx, &s->readers);
   lc_wake_all(s->ctx, &s->writers);
   if (!s->dirty) flush(s);
-  if (!s->dirty && (evbuffer_get_length(s->out) == 0 || s->err)) finish_close(s);
+  if (!s->dirty && (out_len(s) == 0 || s->err)) finish_close(s);
 }
 
 /* close(), __close, __gc: idempotent (object.c); see close_graceful. */
@@ -1300,7 +1341,7 @@ static int conn_stats (lua_State *L) {
   setnum(L, "bytes_in", s->bytes_in);
   setnum(L, "bytes_out", s->bytes_out);
   setnum(L, "pending_in", evbuffer_get_length(s->in));
-  setnum(L, "pending_out", evbuffer_get_length(s->out));
+  setnum(L, "pending_out", out_len(s));
   return 1;
 }
 
@@ -1327,13 +1368,13 @@ static int conn_tls (lua_State *L) {
     lua_pushnil(L);
     return 1;
   }
-  return lc_tls_push_info(L, s->tls);
+  return lc_tlsapi->push_info(L, s->tls);
 }
 
 void lc_conn_set_tls (lua_State *L, int idx, lc_tls *t) {
   lc_conn *s = udconn(lc_tohud(L, idx, &conn_class));
   s->tls = t;
-  if (lc_tls_pending(t)) event_active(s->rev, EV_READ, 0);
+  if (lc_tlsapi->pending(t)) event_active(s->rev, EV_READ, 0);
 }
 
 /* conn:closed() -> true once closed by either side of the seam. */

@@ -2,9 +2,11 @@
 ** crypto.c — the little cryptography the node handshake needs, all of it
 ** OpenSSL's (nothing here is written by hand): HMAC-SHA256, random bytes
 ** from the OS-seeded CSPRNG, and a comparison whose time does not depend
-** on where two strings differ. No allocation outlives a call.
+** on where two strings differ. No allocation outlives a call. Part of
+** the luacomm.tls module (tlsmod.h); the core's core.hmac_sha256 and
+** friends load it and call these.
 */
-#include "lc.h"
+#include "tls.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -15,7 +17,7 @@
 #define LC_RANDOM_MAX 1024
 
 /* core.hmac_sha256(key, data) -> the 32-byte MAC (a binary string). */
-static int crypto_hmac_sha256 (lua_State *L) {
+int lc_crypto_hmac_sha256 (lua_State *L) {
   size_t klen, dlen;
   const char *key = luaL_checklstring(L, 1, &klen);
   const char *data = luaL_checklstring(L, 2, &dlen);
@@ -29,7 +31,7 @@ static int crypto_hmac_sha256 (lua_State *L) {
 
 /* core.random_bytes(n) -> n bytes from RAND_bytes; raises if OpenSSL
 ** cannot produce them (an unseeded generator must not yield a nonce). */
-static int crypto_random_bytes (lua_State *L) {
+int lc_crypto_random_bytes (lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   unsigned char buf[LC_RANDOM_MAX];
   luaL_argcheck(L, n >= 0 && n <= LC_RANDOM_MAX, 1, "0 to 1024 bytes");
@@ -40,25 +42,10 @@ static int crypto_random_bytes (lua_State *L) {
 
 /* core.equal_consttime(a, b) -> boolean; time depends on the lengths
 ** only (lengths are not secret here: a MAC's is fixed). */
-static int crypto_equal_consttime (lua_State *L) {
+int lc_crypto_equal_consttime (lua_State *L) {
   size_t alen, blen;
   const char *a = luaL_checklstring(L, 1, &alen);
   const char *b = luaL_checklstring(L, 2, &blen);
   lua_pushboolean(L, alen == blen && CRYPTO_memcmp(a, b, alen) == 0);
   return 1;
-}
-
-static const luaL_Reg crypto_funcs[] = {{"hmac_sha256", crypto_hmac_sha256},
-                                        {"random_bytes", crypto_random_bytes},
-                                        {"equal_consttime", crypto_equal_consttime},
-                                        {NULL, NULL}};
-
-/* Stack: mod, ctx (as for every lc_*_open); adds the functions to mod. */
-int lc_crypto_open (lua_State *L) {
-  const luaL_Reg *f;
-  for (f = crypto_funcs; f->name != NULL; f++) {
-    lua_pushcfunction(L, f->func);
-    lua_setfield(L, -3, f->name);
-  }
-  return 0;
 }

@@ -8,7 +8,8 @@
 ** task that answered may take the next request (server:next) instead of a
 ** new coroutine being made per request: requests for idle tasks wait on
 ** the server's queue, anchored in the registry, until one takes them.
-** HTTPS is a bufferevent_openssl under evhttp, its SSL_CTX from tls.h.
+** HTTPS is a bufferevent_openssl under evhttp, made by luacomm.tls
+** (tls_http.c), loaded only when a tls table is given.
 **
 ** Server ownership: the server is a handle (a listener, or LC_H_AUX for one
 ** that must outlive a graceful stop's first step, like /health). Each
@@ -30,14 +31,12 @@
 #include <unistd.h>
 
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/http.h>
 #include <event2/http_struct.h> /* the request's HTTP version: no accessor */
 #include <event2/keyvalq_struct.h>
-#include <openssl/ssl.h>
 
 #include "lc.h"
-#include "tls.h"
+#include "tlsmod.h"
 
 #define LC_HTTP_T "luacomm.http.server"
 #define LC_HREQ_T "luacomm.http.req"
@@ -75,9 +74,9 @@ struct lc_http {
   lc_ctx *ctx;
   struct evhttp *http;
   struct evhttp_bound_socket *bound;
-  struct event *reap; /* frees a drained server outside evhttp's callbacks */
-  int dispatch_ref;   /* registry: fn(req, hreq) run in a task per request */
-  SSL_CTX *tls;       /* HTTPS: each connection gets an SSL of its own */
+  struct event *reap;     /* frees a drained server outside evhttp's callbacks */
+  int dispatch_ref;       /* registry: fn(req, hreq) run in a task per request */
+  struct ssl_ctx_st *tls; /* HTTPS: each connection gets an SSL of its own */
   pend *pending;
   int npending;
   lc_waitq idle;         /* worker tasks waiting for their next request */
@@ -136,7 +135,7 @@ static void srv_free (lc_http *s) {
   lc_handle_unlink(c, &s->h);
   if (s->http) evhttp_free(s->http);
   if (s->reap) event_free(s->reap);
-  if (s->tls) SSL_CTX_free(s->tls);
+  if (s->tls) lc_tlsapi->ctx_free(s->tls);
   if (s->dispatch_ref != LUA_NOREF) luaL_unref(c->mainL, LUA_REGISTRYINDEX, s->dispatch_ref);
   free(s);
   lc_maybe_idle(c);
@@ -566,42 +565,10 @@ static evutil_socket_t bind_listen (const lc_addr *a, int backlog) {
   return -1;
 }
 
-/* A fatal alert, sent or received, before a handshake finished: that
-** connection never reaches a handler. Logged and counted (tls_failures)
-** as comm.listen does for its own. */
-static void tls_info (const SSL *ssl, int where, int ret) {
-  lc_http *s;
-  lc_addr a;
-  char peer[80] = "?";
-  if (!(where & SSL_CB_ALERT) || (ret >> 8) != SSL3_AL_FATAL || SSL_is_init_finished(ssl)) return;
-  s = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
-  if (s == NULL) return;
-  a.len = sizeof a.ss;
-  if (getpeername(SSL_get_fd(ssl), (struct sockaddr *)&a.ss, &a.len) == 0) {
-    lc_push_addrstring(s->ctx->mainL, (struct sockaddr *)&a.ss, a.len);
-    snprintf(peer, sizeof peer, "%s", lua_tostring(s->ctx->mainL, -1));
-    lua_pop(s->ctx->mainL, 1);
-  }
-  lc_logf(s->ctx,
-          LC_WARN,
-          "https: connection from %s refused: tls: alert %s: %s",
-          peer,
-          (where & SSL_CB_READ) ? "received" : "sent",
-          SSL_alert_desc_string_long(ret));
-  s->ctx->n.tls_failures++;
-}
-
-/* evhttp's bufferevent for each accepted HTTPS connection: the handshake
-** runs inside the bufferevent before evhttp reads a byte. */
+/* evhttp's bufferevent for each accepted HTTPS connection (tls_http.c). */
 static struct bufferevent *tls_bevcb (struct event_base *base, void *arg) {
   lc_http *s = arg;
-  SSL *ssl = SSL_new(s->tls);
-  struct bufferevent *bev;
-  if (ssl == NULL) return NULL;
-  bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
-  if (bev == NULL) SSL_free(ssl);
-  else bufferevent_openssl_set_allow_dirty_shutdown(bev, 1); /* a client that just closes */
-  return bev;
+  return lc_tlsapi->https_server_bev(base, s->tls);
 }
 
 static void configure (lua_State *L, lc_http *s, int opts) {
@@ -619,11 +586,12 @@ static void configure (lua_State *L, lc_http *s, int opts) {
 
 /* opts.tls at opts -> a server context, NULL without one; on a bad file,
 ** NULL with the reason in err. */
-static SSL_CTX *server_tls (lua_State *L, int opts, char *err, size_t errlen) {
-  SSL_CTX *ctx = NULL;
+static struct ssl_ctx_st *server_tls (lua_State *L, int opts, char *err, size_t errlen) {
+  struct ssl_ctx_st *ctx = NULL;
   err[0] = '\0';
   if (!lua_istable(L, opts)) return NULL;
-  if (lua_getfield(L, opts, "tls") == LUA_TTABLE) ctx = lc_tls_ctx_new(L, lua_gettop(L), 1, err, errlen);
+  if (lua_getfield(L, opts, "tls") == LUA_TTABLE)
+    ctx = lc_tls_load(L)->https_server_ctx(L, lua_gettop(L), lc_getctx(L), err, errlen);
   else if (!lua_isnil(L, -1)) luaL_error(L, "bad option 'tls' (a table expected)");
   lua_pop(L, 1);
   return ctx;
@@ -641,7 +609,7 @@ static int http_serve (lua_State *L) {
   lc_http *s;
   lc_addr a;
   evutil_socket_t fd;
-  SSL_CTX *tls;
+  struct ssl_ctx_st *tls;
   char err[256];
   luaL_checktype(L, 2, LUA_TFUNCTION);
   if (lua_istable(L, 3)) {
@@ -661,24 +629,20 @@ static int http_serve (lua_State *L) {
   u = lc_newhud(L, &server_class);
   fd = bind_listen(&a, backlog);
   if (fd < 0) {
-    if (tls) SSL_CTX_free(tls);
+    if (tls) lc_tlsapi->ctx_free(tls);
     return lc_fail(L, lc_strerror(errno, err, sizeof err));
   }
   evutil_make_socket_nonblocking(fd);
   s = calloc(1, sizeof *s);
   if (s) s->tls = tls;
-  else if (tls) SSL_CTX_free(tls);
-  if (s && tls) {
-    SSL_CTX_set_app_data(tls, s);
-    SSL_CTX_set_info_callback(tls, tls_info);
-  }
+  else if (tls) lc_tlsapi->ctx_free(tls);
   if (s == NULL || (s->http = evhttp_new(c->base)) == NULL ||
       (s->reap = event_new(c->base, -1, 0, on_reap, s)) == NULL ||
       (s->bound = evhttp_accept_socket_with_handle(s->http, fd)) == NULL) {
     close(fd);
     if (s && s->http) evhttp_free(s->http);
     if (s && s->reap) event_free(s->reap);
-    if (s && s->tls) SSL_CTX_free(s->tls);
+    if (s && s->tls) lc_tlsapi->ctx_free(s->tls);
     free(s);
     return luaL_error(L, "luacomm: cannot create an HTTP server");
   }
@@ -761,7 +725,7 @@ typedef struct fetch {
   lc_waitq waiters;
   struct evhttp_connection *evcon;
   struct evhttp_request *req; /* ours once done with a response */
-  SSL *ssl;                   /* HTTPS: owned by the connection's bufferevent */
+  struct ssl_st *ssl;         /* HTTPS: owned by the connection's bufferevent */
   int done;
   char err[160];
 } fetch;
@@ -803,10 +767,11 @@ static void on_fetch_done (struct evhttp_request *req, void *arg) {
   if (req == NULL || evhttp_request_get_response_code(req) == 0) {
     /* evhttp frees it. A failed connect arrives here with no error call. */
     f->req = NULL;
-    if (f->err[0] == '\0' || (f->ssl && !SSL_is_init_finished(f->ssl))) {
+    if (f->err[0] == '\0' || (f->ssl && !lc_tlsapi->https_finished(f->ssl))) {
       char buf[80];
       int refused = err == ECONNREFUSED || err == ENETUNREACH || err == EHOSTUNREACH;
-      if (f->ssl && !refused && !SSL_is_init_finished(f->ssl)) lc_tls_reason(f->ssl, -1, f->err, sizeof f->err);
+      if (f->ssl && !refused && !lc_tlsapi->https_finished(f->ssl))
+        lc_tlsapi->https_reason(f->ssl, f->err, sizeof f->err);
       else snprintf(f->err, sizeof f->err, "%s", refused ? lc_strerror(err, buf, sizeof buf) : "connection refused");
     }
   } else {
@@ -863,28 +828,10 @@ static enum evhttp_cmd_type check_method (lua_State *L, int idx) {
 static struct evhttp_connection *fetch_connection (lua_State *L, fetch *f, const char *host, ev_uint16_t port,
                                                    char *err, size_t errlen) {
   lc_ctx *c = f->ctx;
-  SSL_CTX *ctx;
   struct bufferevent *bev;
   if (!lua_istable(L, 8)) return evhttp_connection_base_new(c->base, NULL, host, port);
-  if ((ctx = lc_tls_ctx_new(L, 8, 0, err, errlen)) == NULL) return NULL;
-  f->ssl = SSL_new(ctx);
-  SSL_CTX_free(ctx); /* the SSL holds its own reference */
-  if (f->ssl == NULL ||
-      lc_tls_client_setup(f->ssl, lc_tls_server_name(L, 8, luaL_optstring(L, 9, host)), err, errlen) != 0) {
-    if (f->ssl) SSL_free(f->ssl);
-    f->ssl = NULL;
-    if (err[0] == '\0') snprintf(err, errlen, "tls: cannot make a session");
-    return NULL;
-  }
-  bev = bufferevent_openssl_socket_new(
-    c->base, -1, f->ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-  if (bev == NULL) {
-    SSL_free(f->ssl);
-    f->ssl = NULL;
-    snprintf(err, errlen, "tls: cannot make a session");
-    return NULL;
-  }
-  bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+  bev = lc_tls_load(L)->https_client_bev(L, c->base, 8, luaL_optstring(L, 9, host), &f->ssl, err, errlen);
+  if (bev == NULL) return NULL;
   return evhttp_connection_base_bufferevent_new(c->base, NULL, bev, host, port);
 }
 

@@ -167,6 +167,8 @@ struct lc_ctx {
   lua_State *mainL;       /* the state's main thread: for registry work anywhere */
   struct event *drain_ev; /* drains the ready queue */
   lc_waitq ready;
+  int woken;         /* tasks made ready since the last pass began */
+  size_t pass_in;    /* bytes read by connections since then */
   lc_task *current;  /* task being resumed, or NULL */
   int running;       /* inside core.loop */
   int draining;      /* inside the ready queue's pass */
@@ -252,6 +254,11 @@ double lc_deadline(lua_State *L, int idx);
 void lc_waitq_remove(lc_waitq *q, lc_task *t);
 int lc_spawn_top(lua_State *L, int nargs);
 void lc_maybe_idle(lc_ctx *c);
+/* Tasks woken, or input bytes held, before a pass runs at once
+** (lc_pass_if_full). */
+#define LC_PASS_MAX 64
+#define LC_PASS_BYTES ((size_t)256 * 1024)
+void lc_pass_if_full(lc_ctx *c);
 int lc_fair(lc_ctx *c, lua_State *L);
 int lc_sched_open(lua_State *L);
 

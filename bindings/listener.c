@@ -17,7 +17,7 @@
 #include <event2/listener.h>
 
 #include "lc.h"
-#include "tls.h"
+#include "tlsmod.h"
 
 #define ACCEPT_QUEUE 64
 #define MAX_HANDSHAKES 1024 /* TLS handshakes under way at once, per listener */
@@ -60,7 +60,7 @@ static void destroy (lc_listener *l) {
   if (l->lev) evconnlistener_free(l->lev);
   if (l->resume_ev) event_free(l->resume_ev);
   if (l->slots) l->slots->used -= l->tls_held;
-  lc_tls_server_free(l->tls); /* handshakes under way end here */
+  if (l->tls) lc_tlsapi->server_free(l->tls); /* handshakes under way end here */
   while (l->count > 0) {
     evutil_closesocket(l->queue[l->head]);
     l->head = (l->head + 1) % ACCEPT_QUEUE;
@@ -88,7 +88,7 @@ static void handle_destroy (lc_handle *h) {
 ** handshake ends. */
 static void throttle (lc_listener *l) {
   int busy = l->paused ||
-    (l->tls ? lc_tls_server_ready(l->tls) >= ACCEPT_QUEUE || lc_tls_server_inflight(l->tls) >= MAX_HANDSHAKES
+    (l->tls ? lc_tlsapi->server_ready(l->tls) >= ACCEPT_QUEUE || lc_tlsapi->server_inflight(l->tls) >= MAX_HANDSHAKES
             : l->count >= ACCEPT_QUEUE);
   if (busy && l->enabled) evconnlistener_disable(l->lev);
   else if (!busy && !l->enabled) evconnlistener_enable(l->lev);
@@ -105,7 +105,7 @@ static void enqueue (lc_listener *l, evutil_socket_t fd) {
 /* Handshakes the TLS server refused (and closed) free their max_conns
 ** slots: what it holds now is what is under way or ready. */
 static void tls_reconcile (lc_listener *l) {
-  int now = lc_tls_server_inflight(l->tls) + lc_tls_server_ready(l->tls);
+  int now = lc_tlsapi->server_inflight(l->tls) + lc_tlsapi->server_ready(l->tls);
   if (now < l->tls_held) l->slots->used -= l->tls_held - now;
   l->tls_held = now;
 }
@@ -115,7 +115,7 @@ static void on_tls_done (void *arg) {
   lc_listener *l = arg;
   tls_reconcile(l);
   throttle(l);
-  if (lc_tls_server_ready(l->tls) > 0) lc_wake_one(l->ctx, &l->accepters);
+  if (lc_tlsapi->server_ready(l->tls) > 0) lc_wake_one(l->ctx, &l->accepters);
 }
 
 /* libevent's accept callback: the new fd is ours until a task takes it
@@ -149,7 +149,7 @@ static void on_accept (struct evconnlistener *lev, evutil_socket_t fd, struct so
   }
   /* The handshake runs before any task sees the connection. */
   l->tls_held++;
-  lc_tls_accept(l->tls, l->ctx, fd, on_tls_done, l);
+  lc_tlsapi->accept(l->tls, l->ctx, fd, on_tls_done, l);
   tls_reconcile(l); /* a session it could not even make */
   throttle(l);
 }
@@ -190,7 +190,7 @@ static int listener_accept_k (lua_State *L, int status, lua_KContext kc) {
   if (l == NULL) return lc_fail(L, "closed");
   if (l->tls != NULL) {
     evutil_socket_t fd;
-    lc_tls *t = lc_tls_server_pop(l->tls, &fd);
+    lc_tls *t = lc_tlsapi->server_pop(l->tls, &fd);
     if (t != NULL) {
       l->tls_held--;
       throttle(l);
@@ -314,19 +314,21 @@ static int listener_listen (lua_State *L) {
   bad = lc_parse_addr(where, SOCK_STREAM, &a);
   if (bad && bad[0] == '!') return luaL_argerror(L, 1, bad + 1);
   if (bad) return lc_fail(L, bad);
-  tls = lc_tls_server_new(L, 2, why, sizeof why); /* files are read now */
+  tls = NULL; /* a plain listener never loads luacomm.tls */
+  why[0] = '\0';
+  if (lc_has_tls_opt(L, 2)) tls = lc_tls_load(L)->server_new(L, 2, why, sizeof why); /* files are read now */
   if (tls == NULL && why[0] != '\0') return lc_fail(L, why);
   u = lc_newhud(L, &listener_class);
   fd = bind_listen(&a, backlog, reuseport);
   if (fd < 0) {
     char buf[128];
-    lc_tls_server_free(tls);
+    if (tls) lc_tlsapi->server_free(tls);
     return lc_fail(L, lc_strerror(errno, buf, sizeof buf));
   }
   l = calloc(1, sizeof *l);
   if (l == NULL) {
     close(fd);
-    lc_tls_server_free(tls);
+    if (tls) lc_tlsapi->server_free(tls);
     return luaL_error(L, "luacomm: out of memory");
   }
   l->tls = tls;

@@ -92,6 +92,7 @@ double lc_deadline (lua_State *L, int idx) {
 static void ready_push (lc_ctx *c, lc_task *t) {
   t->status = T_READY;
   waitq_push(&c->ready, t);
+  c->woken++;
   if (c->ready.head == t && c->running && !c->draining) event_active(c->drain_ev, EV_TIMEOUT, 0);
 }
 
@@ -407,6 +408,8 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
   int i;
   (void)fd, (void)what;
   c->draining = 1;
+  c->woken = 0;
+  c->pass_in = 0;
   while ((t = c->ready.head) != NULL) {
     lc_waitq_remove(&c->ready, t);
     if (t->pass == pass) {
@@ -416,9 +419,11 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
     t->pass = pass;
     resume(c, t);
   }
+  c->woken = 0; /* those woken during the pass ran in it: only these wait */
   while ((t = ran.head) != NULL) {
     lc_waitq_remove(&ran, t);
     waitq_push(&c->ready, t);
+    c->woken++;
   }
   for (i = 0; i < c->npass_end; i++) c->pass_end[i](c); /* lc_on_pass_end */
   c->draining = 0;
@@ -427,6 +432,20 @@ static void on_drain (evutil_socket_t fd, short what, void *arg) {
   ** timeout comes after the next poll. */
   if (c->ready.head) event_add(c->drain_ev, &zero);
   else lc_maybe_idle(c);
+}
+
+/* Called by an I/O callback as its last act (it must not touch what it
+** served afterwards: the tasks may close it). Runs a pass now, instead of
+** after every callback of this poll, once LC_PASS_MAX tasks were woken or
+** LC_PASS_BYTES of input were read since the last one: each woken task holds its
+** input (at least a 1 KiB evbuffer chain, for the smallest frame) until
+** it runs, and a poll may return thousands of descriptors, so without a
+** bound the memory held at once grows with the number of busy
+** connections. The drain event already pending then finds less to do. */
+void lc_pass_if_full (lc_ctx *c) {
+  if ((c->woken >= LC_PASS_MAX || c->pass_in >= LC_PASS_BYTES) && c->running && !c->draining && c->current == NULL &&
+      c->ready.head != NULL)
+    on_drain(-1, 0, c);
 }
 
 /* Ends core.loop when nothing can make progress any more. A task parked on a

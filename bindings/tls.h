@@ -17,6 +17,18 @@
 #include <openssl/ssl.h>
 
 #include "lc.h"
+#include "tlsmod.h"
+
+/* Inside the module the core's functions are reached through the table
+** the core published (tlsmod.h): this shared object links against
+** neither the host nor core.so. Set by luaopen_luacomm_tls. */
+extern const lc_core_api *lc_core;
+#define lc_getctx(L) (lc_core->getctx(L))
+#define lc_logf (lc_core->logf)
+#define lc_module_state(c, slot, size, fini) (lc_core->module_state((c), (slot), (size), (fini)))
+#define lc_now() (lc_core->now())
+#define lc_timeval(s) (lc_core->timeval(s))
+#define lc_push_addrstring(L, sa, len) (lc_core->push_addrstring((L), (sa), (len)))
 
 /* ---- contexts (stable API) ----
 **
@@ -69,11 +81,9 @@ const char *lc_tls_reason(SSL *ssl, int ret, char *buf, size_t len);
 
 /* ---- sessions on connections ---- */
 
-typedef struct lc_tls lc_tls;
-
-/* Called once when a handshake ends: err is NULL on success, else the
-** reason ("tls: ..."); t stays alive, the callee owns it. */
-typedef void (*lc_tls_done_fn)(lc_tls *t, const char *err, void *arg);
+/* lc_tls (tlsmod.h) is one session; its lc_tls_done_fn is called once
+** when a handshake ends: err is NULL on success, else the reason
+** ("tls: ..."); t stays alive, the callee owns it. */
 
 /* A session on fd (which the caller keeps owning) made from ctx (which
 ** stays the caller's; the session holds its own reference). A client
@@ -117,8 +127,8 @@ int lc_tls_push_info(lua_State *L, const lc_tls *t);
 
 /* ---- accepting ---- */
 
-/* A listener's TLS: a context plus the handshakes it has under way. */
-typedef struct lc_tls_server lc_tls_server;
+/* lc_tls_server (tlsmod.h): a listener's TLS, a context plus the
+** handshakes it has under way. */
 
 /* Reads opts.tls at opts_idx (a listen options table) into a server, or
 ** returns NULL: with err empty when there is no tls option, else with the
@@ -129,7 +139,6 @@ lc_tls_server *lc_tls_server_new(lua_State *L, int opts_idx, char *err, size_t e
 ** A success lands in the server's ready list (lc_tls_server_pop); a
 ** failure is logged, counted in tls_failures and closed here. Either way
 ** notify(arg) runs afterwards, from the loop. */
-typedef void (*lc_tls_notify_fn)(void *arg);
 void lc_tls_accept(lc_tls_server *srv, lc_ctx *c, evutil_socket_t fd, lc_tls_notify_fn notify, void *arg);
 
 /* The oldest session whose handshake succeeded, with its fd (both owned by
@@ -145,10 +154,17 @@ int lc_tls_server_inflight(const lc_tls_server *srv);
 /* Cancels the handshakes under way (closing their sockets) and frees. */
 void lc_tls_server_free(lc_tls_server *srv);
 
-/* ---- conn.c ---- */
+/* ---- HTTPS (tls_http.c) and the module (tls_mod.c) ---- */
 
-/* Hands the session t (handshake done) to the connection at idx, which
-** then reads and writes through it and frees it. */
-void lc_conn_set_tls(lua_State *L, int idx, lc_tls *t);
+SSL_CTX *lc_tls_https_server_ctx(lua_State *L, int opts_idx, lc_ctx *c, char *err, size_t errlen);
+struct bufferevent *lc_tls_https_server_bev(struct event_base *base, SSL_CTX *ctx);
+struct bufferevent *lc_tls_https_client_bev(lua_State *L, struct event_base *base, int tls_idx, const char *name,
+                                            SSL **ssl, char *err, size_t errlen);
+int lc_tls_https_finished(const SSL *ssl);
+const char *lc_tls_https_reason(SSL *ssl, char *buf, size_t len);
+int lc_crypto_hmac_sha256(lua_State *L);
+int lc_crypto_random_bytes(lua_State *L);
+int lc_crypto_equal_consttime(lua_State *L);
+int luaopen_luacomm_tls(lua_State *L);
 
 #endif

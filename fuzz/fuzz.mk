@@ -7,7 +7,8 @@ FUZZERS      := frames node handshake
 FUZZ_OUT     := build-fuzz
 FUZZ_FLAGS   := -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined -MMD -MP
-FUZZ_OBJS    := $(BIND:%.c=$(FUZZ_OUT)/obj/%.o)
+# The TLS module is linked in and preloaded (harness.c), not loaded.
+FUZZ_OBJS    := $(BIND:%.c=$(FUZZ_OUT)/obj/%.o) $(TLS:%.c=$(FUZZ_OUT)/obj/%.o)
 
 $(FUZZ_OUT)/obj/%.o: %.c
 	@mkdir -p $(@D)
@@ -19,7 +20,7 @@ $(FUZZ_OUT)/obj/%.o: %.c
 $(FUZZERS:%=$(FUZZ_OUT)/fuzz-%): $(FUZZ_OUT)/fuzz-%: fuzz/harness.c $(FUZZ_OBJS)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -DDRIVER='"$*"' -DFUZZ_ROOT='"$(CURDIR)"' \
-	  -o $@ $< $(FUZZ_OBJS) $(LUALIBS) $(LIBEVENT) -lm
+	  -o $@ $< $(FUZZ_OBJS) $(LUALIBS) $(LIBEVENT) $(TLSLIBS) -lm
 
 fuzz-build: $(FUZZERS:%=$(FUZZ_OUT)/fuzz-%)
 

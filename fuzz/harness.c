@@ -16,6 +16,8 @@
 #include "lc.h"
 #include "lualib.h"
 
+int luaopen_luacomm_tls(lua_State *L); /* tls_mod.c, linked in here */
+
 #ifndef DRIVER
 #error "build with -DDRIVER=\"name\""
 #endif
@@ -52,6 +54,8 @@ static int setup (lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_luacomm_core);
   lua_setfield(L, -2, "luacomm.core");
+  lua_pushcfunction(L, luaopen_luacomm_tls); /* what the core loads on first use */
+  lua_setfield(L, -2, "luacomm.tls");
   lua_getglobal(L, "package");
   lua_pushstring(L, FUZZ_ROOT "/scripts/?.lua;" FUZZ_ROOT "/scripts/?/init.lua;" FUZZ_ROOT "/fuzz/?.lua");
   lua_setfield(L, -2, "path");

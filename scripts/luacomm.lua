@@ -149,8 +149,15 @@ function M.reload()
   return false, "reload needs the luacomm host"
 end
 
--- comm.serve(addr, handler, [opts]): a task per connection, closed when the
--- handler returns (or fails: the error is logged by the scheduler).
+-- A connection's task: the handler, and the connection closed when it
+-- returns (or fails: the error is logged by the scheduler). One function
+-- for every connection, not a closure each: idle connections add up.
+local function serve_conn(handler, c)
+  local _ <close> = c
+  return handler(c)
+end
+
+-- comm.serve(addr, handler, [opts]): a task per connection (serve_conn).
 function M.serve(addr, handler, opts)
   if type(handler) ~= "function" then error("bad argument #2 to 'serve' (function expected)", 2) end
   staging_check("serve")
@@ -162,10 +169,7 @@ function M.serve(addr, handler, opts)
     while true do
       local conn = listener:accept()
       if not conn then return end -- closed
-      core.spawn(function(c)
-        local _ <close> = c
-        return handler(c)
-      end, conn)
+      core.spawn(serve_conn, handler, conn)
     end
   end)
   return listener

@@ -66,6 +66,7 @@ describe("make install PREFIX=...", function()
     assert.is_true(exists(prefix .. "/bin/luacomm"))
     assert.is_true(os.execute("test -x " .. helpers.shquote(prefix .. "/bin/luacomm")))
     assert.is_true(exists(lib .. "/luacomm/core.so"))
+    assert.is_true(exists(lib .. "/luacomm/tls.so"))
     local files = library_files()
     assert.truthy(#files >= 2)
     for _, rel in ipairs(files) do
@@ -109,11 +110,14 @@ describe("make install PREFIX=...", function()
     assert(os.execute(("cp -r %s %s"):format(helpers.shquote(prefix), helpers.shquote(moved))))
     local st, out, err = helpers.run_host({}, {
       argv = argv(UNSET, { moved .. "/bin/luacomm", "-e",
-        "print(debug.getinfo(require('luacomm').run, 'S').source)" }),
+        "print(debug.getinfo(require('luacomm').run, 'S').source) " ..
+        "print(#require('luacomm').crypto.hmac_sha256('k', 'd'), package.searchpath('luacomm.tls', package.cpath))" }),
       cwd = helpers.tmpdir(),
     })
     assert.are.equal(0, st, err)
-    assert.are.equal("@" .. moved .. "/bin/../share/lua/5.4/luacomm.lua\n", out)
+    -- the TLS module, loaded on first use, comes from the moved tree too
+    assert.are.equal("@" .. moved .. "/bin/../share/lua/5.4/luacomm.lua\n32\t" .. moved ..
+      "/bin/../lib/lua/5.4/luacomm/tls.so\n", out)
   end)
 
   local function lua_env()
