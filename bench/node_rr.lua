@@ -8,6 +8,7 @@
 -- handler, plus a raw frame echo listener); this process is node "cli".
 -- Prints one machine-readable line per phase:
 --   node_rr raw inflight=1 frames=N frames_per_s=R
+--   node_rr raw inflight=64 frames=N frames_per_s=R   (one connection, pipelined)
 --   node_rr inflight=1 reqs=N reqs_per_s=R ratio_to_raw=X
 --   node_rr inflight=64 reqs=N reqs_per_s=R
 --   node_detect signal=KILL heartbeat=0.2 timeout=1.0 runs=N mean_s=S max_s=S
@@ -107,6 +108,29 @@ local function detect(signal)
        signal, HEARTBEAT, TIMEOUT, RUNS, sum / RUNS, max)
 end
 
+-- Raw frames over one connection with `inflight` of them outstanding (a
+-- writer task, and this one reading): what the transport of the same
+-- processes carries, the floor under request/reply with as many in flight.
+local function raw_window(c, inflight, payload)
+  local tokens, sent, got = comm.channel(), 0, 0
+  for _ = 1, inflight do tokens:put(true) end
+  local stop_at = comm.now() + SECONDS
+  local writer = comm.spawn(function()
+    while comm.now() < stop_at do
+      tokens:get()
+      assert(c:send(payload))
+      sent = sent + 1
+    end
+  end)
+  while comm.now() < stop_at or got < sent do
+    assert(c:recv(5))
+    got = got + 1
+    tokens:put(true)
+  end
+  assert(writer:join())
+  return got
+end
+
 local port, raw = helpers.free_port(), helpers.free_port()
 local srv = helpers.spawn_host({ "-e", SERVER, tostring(port), tostring(raw) })
 local ok, err = pcall(comm.run, function()
@@ -120,9 +144,11 @@ local ok, err = pcall(comm.run, function()
     assert(c:send(payload))
     assert(c:recv(5))
   end)
-  c:close()
   local raw_rate = frames / SECONDS
   line("node_rr raw inflight=1 frames=%d frames_per_s=%.0f", frames, raw_rate)
+  local piped = raw_window(c, INFLIGHT, payload)
+  line("node_rr raw inflight=%d frames=%d frames_per_s=%.0f", INFLIGHT, piped, piped / SECONDS)
+  c:close()
   local function once() assert(n:request("srv", "echo", payload, { timeout = 5 })) end
   local reqs = phase(1, once)
   line("node_rr inflight=1 reqs=%d reqs_per_s=%.0f ratio_to_raw=%.2f", reqs, reqs / SECONDS,
