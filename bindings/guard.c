@@ -35,12 +35,12 @@
 
 struct lc_guard {
   double budget;
-  double resumed_at;             /* of the task running now */
-  char *runaway;                 /* the error while that task unwinds */
-  _Atomic(lua_State *) task;     /* the running task's thread, or NULL */
-  _Atomic(lua_State *) active;   /* the innermost thread running for it */
-  atomic_ulong resumes;          /* counts resumes: same count, same run */
-  unsigned long seen, armed_for; /* the signal handler's */
+  double resumed_at;            /* of the task running now */
+  char *runaway;                /* the error while that task unwinds */
+  _Atomic(lua_State *) task;    /* the running task's thread, or NULL */
+  _Atomic(lua_State *) active;  /* the innermost thread running for it */
+  atomic_ulong resumes;         /* counts resumes: same count, same run */
+  atomic_ulong seen, armed_for; /* the resume seen at the last tick, and armed for */
   timer_t timer;
 };
 
@@ -52,7 +52,7 @@ static void runaway_hook (lua_State *L, lua_Debug *ar) {
   lc_guard *g = atomic_load(&the_guard);
   double ran;
   (void)ar;
-  if (g == NULL || atomic_load(&g->task) == NULL || atomic_load(&g->resumes) != g->armed_for) {
+  if (g == NULL || atomic_load(&g->task) == NULL || atomic_load(&g->resumes) != atomic_load(&g->armed_for)) {
     lua_sethook(L, NULL, 0, 0); /* armed for a run that has yielded since */
     return;
   }
@@ -81,12 +81,12 @@ static void on_tick (int sig) {
     unsigned long n = atomic_load_explicit(&g->resumes, memory_order_acquire);
     lua_State *task = atomic_load_explicit(&g->task, memory_order_acquire);
     lua_State *active = atomic_load_explicit(&g->active, memory_order_acquire);
-    if (task != NULL && active != NULL && n == g->seen && g->armed_for != n) { /* one run, two ticks */
-      g->armed_for = n;
+    if (task != NULL && active != NULL && n == atomic_load(&g->seen) && atomic_load(&g->armed_for) != n) {
+      atomic_store(&g->armed_for, n); /* one run, two ticks */
       lua_sethook(active, runaway_hook, LUA_MASKCOUNT, CHECK_EVERY);
       if (task != active) lua_sethook(task, runaway_hook, LUA_MASKCOUNT, CHECK_EVERY);
     }
-    g->seen = n;
+    atomic_store(&g->seen, n);
   }
   errno = saved;
 }
@@ -191,10 +191,10 @@ static void note_coroutines (lua_State *L, lc_guard *g) {
 
 static void guard_fini (lc_ctx *c, void *state) {
   lc_guard *g = state;
-  (void)c;
+  c->guard = NULL; /* freed by the caller after this */
   timer_delete(g->timer);
   atomic_store(&the_guard, NULL);
-  signal(SIGRTMIN, SIG_DFL);
+  signal(SIGRTMIN, SIG_IGN); /* not SIG_DFL: a tick still queued would end the process */
   free(g->runaway);
   g->runaway = NULL;
 }
