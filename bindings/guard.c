@@ -191,7 +191,7 @@ static void note_coroutines (lua_State *L, lc_guard *g) {
 
 static void guard_fini (lc_ctx *c, void *state) {
   lc_guard *g = state;
-  c->guard = NULL; /* freed by the caller after this */
+  (void)c;
   timer_delete(g->timer);
   atomic_store(&the_guard, NULL);
   signal(SIGRTMIN, SIG_IGN); /* not SIG_DFL: a tick still queued would end the process */
@@ -241,7 +241,6 @@ int lc_guard_start (lua_State *L, lc_ctx *c, double budget) {
   }
   c->mods[LC_MOD_GUARD].state = g;
   c->mods[LC_MOD_GUARD].fini = guard_fini;
-  c->guard = g;
   note_coroutines(L, g);
   atomic_store(&the_guard, g);
   return 0;

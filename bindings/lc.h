@@ -153,6 +153,12 @@ typedef struct lc_limits {
 
 #define lc_limits_of(c) ((lc_limits *)(c)->mods[LC_MOD_LIMITS].state)
 
+/* ---- guard.c: the runaway guard (slot LC_MOD_GUARD; none: off) ---- */
+#define lc_guard_of(c) ((lc_guard *)(c)->mods[LC_MOD_GUARD].state)
+int lc_guard_start(lua_State *L, lc_ctx *c, double budget);
+void lc_guard_enter(lc_guard *g, lua_State *co);
+void lc_guard_leave(lc_guard *g);
+
 /* Connections one listener accepted and that are still open, shared by
 ** the listener and those connections so that either may go first. */
 typedef struct lc_slots {
@@ -167,23 +173,23 @@ struct lc_ctx {
   lua_State *mainL;       /* the state's main thread: for registry work anywhere */
   struct event *drain_ev; /* drains the ready queue */
   lc_waitq ready;
-  int woken;         /* tasks made ready since the last pass began */
-  size_t pass_in;    /* bytes read by connections since then */
-  lc_task *current;  /* task being resumed, or NULL */
-  int running;       /* inside core.loop */
-  int draining;      /* inside the ready queue's pass */
-  int stopping;      /* comm.stop() was called */
-  lc_task *run_task; /* that task, weakly */
-  int live_tasks;    /* spawned, not finished */
-  int sleepers;      /* tasks parked with a deadline */
-  lc_handle handles; /* sentinel of a circular list */
+  int woken;            /* tasks made ready since the last pass began */
+  unsigned long passes; /* numbers each pass, for a task's last one */
+  size_t pass_in;       /* bytes read by connections since then */
+  lc_task *current;     /* task being resumed, or NULL */
+  int running;          /* inside core.loop */
+  int draining;         /* inside the ready queue's pass */
+  int stopping;         /* comm.stop() was called */
+  lc_task *run_task;    /* that task, weakly */
+  int live_tasks;       /* spawned, not finished */
+  int sleepers;         /* tasks parked with a deadline */
+  lc_handle handles;    /* sentinel of a circular list */
   int nhandles[LC_H_KINDS];
   lc_counters n;
   int max_io;                             /* test knob: cap every read/write at this many bytes */
   lc_module mods[LC_MODS];                /* per-file state, see lc_module_state */
   lc_pass_fn pass_end[LC_MAX_PASS_HOOKS]; /* see lc_on_pass_end */
   int npass_end;
-  lc_guard *guard; /* the runaway guard (guard.c), or NULL: off */
   lc_log_fn log;
   void *log_ud;
   int log_level;
@@ -202,11 +208,6 @@ struct timeval lc_timeval(double seconds);
 void lc_handle_add(lc_ctx *c, lc_handle *h, int kind);
 void lc_handle_remove(lc_ctx *c, lc_handle *h);
 void *lc_module_state(lc_ctx *c, int slot, size_t size, lc_fini_fn fini);
-
-/* ---- guard.c ---- */
-int lc_guard_start(lua_State *L, lc_ctx *c, double budget);
-void lc_guard_enter(lc_guard *g, lua_State *co);
-void lc_guard_leave(lc_guard *g);
 int lc_on_pass_end(lc_ctx *c, lc_pass_fn fn);
 int lc_push_host_hook(lua_State *L, const char *name);
 int lc_opt_int(lua_State *L, int idx, const char *k, lua_Integer def, lua_Integer min);

@@ -364,14 +364,15 @@ static void close_cancelled (lua_State *from, lc_task *t) {
 /* The one place a task is resumed (on_drain). c->current names it while it
 ** runs: blocking calls check they come from it (check_parkable). */
 static void resume (lc_ctx *c, lc_task *t) {
+  lc_guard *guard = lc_guard_of(c);
   int nres, st, nargs = t->nargs;
   t->nargs = 0;
   t->streak = 0;
   t->status = T_RUNNING;
   c->current = t;
-  if (c->guard) lc_guard_enter(c->guard, t->co);
+  if (guard) lc_guard_enter(guard, t->co);
   st = lua_resume(t->co, c->L, nargs, &nres);
-  if (c->guard) lc_guard_leave(c->guard);
+  if (guard) lc_guard_leave(guard);
   c->current = NULL;
   if (st == LUA_YIELD) {
     lua_pop(t->co, nres);
@@ -397,13 +398,11 @@ static void resume (lc_ctx *c, lc_task *t) {
 ** that yields itself, or is woken again after it ran, waits for the next
 ** pass, after libevent has looked at I/O again: a pass stays bounded by the
 ** number of tasks, and two tasks waking each other cannot starve I/O. */
-static unsigned long passes; /* numbers each on_drain, for lc_task.pass */
-
 static void on_drain (evutil_socket_t fd, short what, void *arg) {
   static const struct timeval zero = {0, 0};
   lc_ctx *c = arg;
   lc_waitq ran = {NULL, NULL}; /* ready again after their turn in this pass */
-  unsigned long pass = ++passes;
+  unsigned long pass = ++c->passes;
   lc_task *t;
   int i;
   (void)fd, (void)what;

@@ -17,6 +17,7 @@
 ** plain free: installing late (a worker, forked from a supervisor that
 ** ran libevent) is safe. Under AddressSanitizer it steps aside.
 */
+#include <limits.h>
 #include <malloc.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@
 #define MAX_SHIFT 14 /* 16 KiB */
 #define SIZES (MAX_SHIFT - MIN_SHIFT + 1)
 #define KEEP_BYTES (1024 * 1024)
+#define LONG_BITS ((int)(sizeof(unsigned long) * CHAR_BIT))
 
 #if defined(__SANITIZE_ADDRESS__)
 #define EVALLOC_OFF 1
@@ -48,7 +50,7 @@ static struct {
 /* The smallest size index whose blocks hold n bytes; -1 outside the range. */
 static int index_for (size_t n) {
   if (n < ((size_t)1 << MIN_SHIFT) || n > ((size_t)1 << MAX_SHIFT)) return -1;
-  return n == ((size_t)1 << MIN_SHIFT) ? 0 : 64 - __builtin_clzl(n - 1) - MIN_SHIFT;
+  return n == ((size_t)1 << MIN_SHIFT) ? 0 : LONG_BITS - __builtin_clzl(n - 1) - MIN_SHIFT;
 }
 
 static void *ev_malloc (size_t n) {
@@ -68,7 +70,7 @@ static void ev_free (void *p) {
   int i;
   if (p == NULL) return;
   u = malloc_usable_size(p);
-  i = 63 - __builtin_clzl(u | 1) - MIN_SHIFT;                                       /* the largest size u holds */
+  i = LONG_BITS - 1 - __builtin_clzl(u | 1) - MIN_SHIFT;                            /* the largest size u holds */
   if (i < 0 || i >= SIZES || (kept[i].count + 1) << (MIN_SHIFT + i) > KEEP_BYTES) { /* small, large, enough kept */
     free(p);
     return;

@@ -30,37 +30,37 @@
 #endif
 
 /* out = dir + rel when that fits and probe (a file under it) is readable. */
-static int try_dir (char *out, size_t size, const char *dir, const char *rel) {
-  int n = snprintf(out, size, "%s%s/luacomm.lua", dir, rel);
+static int try_dir (char *out, size_t size, const char *dir, const char *rel, const char *probe) {
+  int n = snprintf(out, size, "%s%s/%s", dir, rel, probe);
   if (n < 0 || (size_t)n >= size || access(out, R_OK) != 0) return 0;
   n = snprintf(out, size, "%s%s", dir, rel);
   return n > 0 && (size_t)n < size;
 }
 
-/* Where luacomm's own Lua library is: next to the binary in a build tree
-** (build/luacomm -> scripts/), else the installed share dir. */
-static void find_library (char *out, size_t size) {
+/* out = the first of the binary's directory + rels[i] that holds probe,
+** else fallback. */
+static void find_dir (char *out, size_t size, const char *const rels[], const char *probe, const char *fallback) {
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   char *slash;
+  int i;
   if (n > 0) {
     exe[n] = '\0';
     slash = strrchr(exe, '/');
     if (slash) {
       *slash = '\0';
-      if (try_dir(out, size, exe, "/../scripts")) return;
-      if (try_dir(out, size, exe, "/../share/lua/5.4")) return;
+      for (i = 0; rels[i]; i++)
+        if (try_dir(out, size, exe, rels[i], probe)) return;
     }
   }
-  snprintf(out, size, "%s", LC_SHARE_DIR);
+  snprintf(out, size, "%s", fallback);
 }
 
-/* out = exe_dir + rel when luacomm/tls.so is readable under it. */
-static int try_clib (char *out, size_t size, const char *exe_dir, const char *rel) {
-  int n = snprintf(out, size, "%s%s/luacomm/tls.so", exe_dir, rel);
-  if (n < 0 || (size_t)n >= size || access(out, R_OK) != 0) return 0;
-  n = snprintf(out, size, "%s%s", exe_dir, rel);
-  return n > 0 && (size_t)n < size;
+/* Where luacomm's own Lua library is: next to the binary in a build tree
+** (build/luacomm -> scripts/), else the installed share dir. */
+static void find_library (char *out, size_t size) {
+  static const char *const rels[] = {"/../scripts", "/../share/lua/5.4", NULL};
+  find_dir(out, size, rels, "luacomm.lua", LC_SHARE_DIR);
 }
 
 /* Where the luacomm.tls module (luacomm/tls.so) is: lib/ next to the
@@ -68,19 +68,8 @@ static int try_clib (char *out, size_t size, const char *exe_dir, const char *re
 ** not), else the C module dir it was built for. The core loads it with
 ** require on first use of TLS or crypto. */
 static void find_clib (char *out, size_t size) {
-  char exe[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  char *slash;
-  if (n > 0) {
-    exe[n] = '\0';
-    slash = strrchr(exe, '/');
-    if (slash) {
-      *slash = '\0';
-      if (try_clib(out, size, exe, "/lib")) return;
-      if (try_clib(out, size, exe, "/../lib/lua/5.4")) return;
-    }
-  }
-  snprintf(out, size, "%s", LC_LIB_DIR);
+  static const char *const rels[] = {"/lib", "/../lib/lua/5.4", NULL};
+  find_dir(out, size, rels, "luacomm/tls.so", LC_LIB_DIR);
 }
 
 /* package[field] = prefix .. ";" .. package[field] */
